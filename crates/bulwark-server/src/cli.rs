@@ -1,0 +1,695 @@
+//! The `bulwark` command line: `serve`, `migrate`, `config check`, `user …`, `password hash`,
+//! `healthcheck`. Every admin action works here without the web console.
+
+use crate::app::{load_or_create_key, App, StartError};
+use crate::clock::{format_time, SystemClock};
+use crate::config::{CliOverrides, Config};
+use crate::mail::Transport;
+use crate::services::users::NewUserInput;
+use crate::services::{ClientInfo, ServiceError};
+use bulwark_core::password::Password;
+use bulwark_store::{Store, UserFilter, UserRecord};
+use bulwark_store_sqlite::SqliteStore;
+use clap::{Args, Parser, Subcommand};
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+/// Bulwark: account security (passwords, two-factor, lockout) for Odoo and any web app.
+#[derive(Debug, Parser)]
+#[command(name = "bulwark", version, about)]
+pub struct Cli {
+    /// Configuration file (TOML).
+    #[arg(long, global = true, env = "BULWARK_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Data directory (default ./bulwark-data).
+    #[arg(long, global = true, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Address to listen on (default 127.0.0.1:9091).
+    #[arg(long, global = true, value_name = "ADDR")]
+    listen: Option<String>,
+    /// Public base URL users reach Bulwark at.
+    #[arg(long, global = true, value_name = "URL")]
+    public_url: Option<String>,
+    /// Database URL (default sqlite://DATA_DIR/bulwark.db).
+    #[arg(long, global = true, value_name = "URL")]
+    database_url: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server.
+    Serve,
+    /// Bring the database schema up to date, then exit.
+    Migrate,
+    /// Configuration tools.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Manage users.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Password tools.
+    #[command(subcommand)]
+    Password(PasswordCommand),
+    /// Ask the running server whether it is healthy (exit 0 if so).
+    Healthcheck,
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Validate the configuration and print it, secrets redacted.
+    Check,
+}
+
+#[derive(Debug, Subcommand)]
+enum PasswordCommand {
+    /// Hash a password read from standard input and print the hash.
+    Hash {
+        /// argon2id (default) or pbkdf2-sha512 (Odoo/passlib format).
+        #[arg(long)]
+        scheme: Option<String>,
+    },
+}
+
+#[derive(Debug, Args)]
+struct PasswordSource {
+    /// Read the password from standard input (one line) instead of prompting.
+    #[arg(long)]
+    password_stdin: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum UserCommand {
+    /// Create a user (password prompted, read with --password-stdin, or none with --invite).
+    Add {
+        login: String,
+        #[arg(long)]
+        email: Option<String>,
+        #[arg(long, default_value = "")]
+        name: String,
+        /// Group (repeatable): admins, internal, portal, or your own.
+        #[arg(long = "group", value_name = "GROUP")]
+        groups: Vec<String>,
+        /// Create without a password and mail an invitation link.
+        #[arg(long, conflicts_with = "password_stdin")]
+        invite: bool,
+        /// The user must choose a new password at first login.
+        #[arg(long)]
+        must_change_password: bool,
+        #[command(flatten)]
+        source: PasswordSource,
+    },
+    /// List users.
+    List {
+        #[arg(long)]
+        search: Option<String>,
+        #[arg(long)]
+        group: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        #[arg(long, default_value_t = 0)]
+        offset: u32,
+    },
+    /// Show one user.
+    Show { login: String },
+    /// Disable a user and end their sessions.
+    Disable { login: String },
+    /// Re-enable a user.
+    Enable { login: String },
+    /// Delete a user.
+    Delete {
+        login: String,
+        /// Confirm deletion.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Set a user's password (prompted or --password-stdin).
+    SetPassword {
+        login: String,
+        /// The user must choose a new password at next login.
+        #[arg(long)]
+        must_change: bool,
+        #[command(flatten)]
+        source: PasswordSource,
+    },
+    /// Require a password change at next login.
+    ForcePasswordChange { login: String },
+    /// Mail an invitation with a link to choose a password.
+    Invite { login: String },
+    /// Lift a login lock.
+    Unlock { login: String },
+    /// Show or change a user's groups.
+    Groups {
+        login: String,
+        #[arg(long, value_name = "GROUP")]
+        add: Vec<String>,
+        #[arg(long, value_name = "GROUP")]
+        remove: Vec<String>,
+        /// Replace all groups (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        set: Option<Vec<String>>,
+    },
+}
+
+/// Entry point of the binary.
+pub fn run() -> ExitCode {
+    let cli = Cli::parse();
+    let overrides = CliOverrides {
+        data_dir: cli.data_dir.clone(),
+        listen: cli.listen.clone(),
+        public_url: cli.public_url.clone(),
+        database_url: cli.database_url.clone(),
+    };
+    let env: Vec<(String, String)> = std::env::vars().collect();
+    let config = match Config::load(cli.config.as_deref(), &env, &overrides) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli.command, config)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BULWARK_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+/// A CLI-level error: printed as `error: …`.
+#[derive(Debug, thiserror::Error)]
+enum CliError {
+    #[error("{0}")]
+    Start(#[from] StartError),
+    #[error("{0}")]
+    Message(String),
+}
+
+impl From<ServiceError> for CliError {
+    fn from(e: ServiceError) -> Self {
+        Self::Message(match e {
+            ServiceError::PolicyRejected(v) => {
+                let lines: Vec<String> = v.iter().map(|x| format!("  - {x}")).collect();
+                format!(
+                    "the password does not meet the policy:\n{}",
+                    lines.join("\n")
+                )
+            }
+            ServiceError::NotFound => "no such user".into(),
+            ServiceError::Internal(m) => format!("internal error: {m}"),
+            ServiceError::Unavailable(m) => format!("database unavailable: {m}"),
+            other => other.to_string(),
+        })
+    }
+}
+
+impl From<bulwark_store::StoreError> for CliError {
+    fn from(e: bulwark_store::StoreError) -> Self {
+        Self::Start(StartError::Store(e))
+    }
+}
+
+async fn open_store(config: &Config) -> Result<Arc<dyn Store>, CliError> {
+    if config.database.url.starts_with("sqlite:") {
+        if let Some(path) = config
+            .database
+            .url
+            .strip_prefix("sqlite://")
+            .filter(|p| !p.starts_with(':'))
+        {
+            if let Some(parent) = std::path::Path::new(path)
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+            {
+                create_private_dir(parent)?;
+            }
+        }
+        let store =
+            SqliteStore::connect(&config.database.url, config.database.max_connections).await?;
+        return Ok(Arc::new(store));
+    }
+    Err(CliError::Message(format!(
+        "invalid configuration: `database.url`: unsupported database `{}`",
+        config.database.url
+    )))
+}
+
+fn create_private_dir(path: &std::path::Path) -> Result<(), CliError> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder
+        .create(path)
+        .map_err(|e| CliError::Message(format!("cannot create directory {}: {e}", path.display())))
+}
+
+async fn build_app(config: Config) -> Result<App, CliError> {
+    create_private_dir(&config.data_dir)?;
+    let key = load_or_create_key(&config.secret_key_file)?;
+    let store = open_store(&config).await?;
+    store.migrate().await?;
+    Ok(App::new(config, store, Arc::new(SystemClock), key)?)
+}
+
+async fn dispatch(command: Command, config: Config) -> Result<ExitCode, CliError> {
+    match command {
+        Command::Serve => serve(config).await,
+        Command::Migrate => {
+            let store = open_store(&config).await?;
+            store.migrate().await?;
+            println!("database is up to date");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Config(ConfigCommand::Check) => {
+            print!("{}", config.to_redacted_toml());
+            eprintln!("configuration is valid");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Password(PasswordCommand::Hash { scheme }) => {
+            let scheme = match scheme.as_deref().unwrap_or("argon2id") {
+                "argon2id" => bulwark_core::password::hash::Scheme::Argon2id,
+                "pbkdf2-sha512" => bulwark_core::password::hash::Scheme::Pbkdf2Sha512,
+                other => {
+                    return Err(CliError::Message(format!(
+                        "unknown scheme `{other}`: use argon2id or pbkdf2-sha512"
+                    )))
+                }
+            };
+            let p = &config.passwords;
+            let hasher = bulwark_core::password::hash::PasswordHasher::new(
+                p.argon2,
+                scheme,
+                p.pbkdf2_rounds,
+            )
+            .map_err(|e| CliError::Message(e.to_string()))?;
+            let password = read_password(true, false)?;
+            let hash = hasher
+                .hash(&password)
+                .map_err(|e| CliError::Message(e.to_string()))?;
+            println!("{}", hash.as_str());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Healthcheck => healthcheck(&config).await,
+        Command::User(cmd) => {
+            let app = build_app(config).await?;
+            user_command(&app, cmd).await?;
+            // Deliver what the command queued (invitations, notifications) before exiting.
+            let transport = Transport::from_config(&app.config.mail)?;
+            app.mailer.deliver_due(&transport, app.now()).await;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn read_password(from_stdin: bool, confirm: bool) -> Result<Password, CliError> {
+    let text = if from_stdin || !std::io::stdin().is_terminal() {
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line).map_err(|e| {
+            CliError::Message(format!("cannot read the password from standard input: {e}"))
+        })?;
+        line.trim_end_matches(['\r', '\n']).to_string()
+    } else {
+        let first = rpassword::prompt_password("Password: ")
+            .map_err(|e| CliError::Message(format!("cannot read the password: {e}")))?;
+        if confirm {
+            let again = rpassword::prompt_password("Password again: ")
+                .map_err(|e| CliError::Message(format!("cannot read the password: {e}")))?;
+            if first != again {
+                return Err(CliError::Message("the passwords do not match".into()));
+            }
+        }
+        first
+    };
+    Password::parse(text).map_err(|e| CliError::Message(e.to_string()))
+}
+
+fn print_user(u: &UserRecord, locked_until: Option<i64>) {
+    println!("login:            {}", u.login);
+    println!("name:             {}", u.display_name);
+    println!("email:            {}", u.email.as_deref().unwrap_or("-"));
+    println!(
+        "groups:           {}",
+        if u.groups.is_empty() {
+            "-".into()
+        } else {
+            u.groups.join(",")
+        }
+    );
+    println!(
+        "active:           {}",
+        if u.active { "yes" } else { "no (disabled)" }
+    );
+    println!("created:          {}", format_time(u.created_at));
+    println!(
+        "last login:       {}",
+        u.last_login_at
+            .map(format_time)
+            .unwrap_or_else(|| "never".into())
+    );
+    println!(
+        "password changed: {}",
+        u.password_changed_at
+            .map(format_time)
+            .unwrap_or_else(|| "no password set".into())
+    );
+    println!(
+        "must change:      {}",
+        if u.must_change_password { "yes" } else { "no" }
+    );
+    println!(
+        "locked:           {}",
+        locked_until
+            .map(|t| format!("until {}", format_time(t)))
+            .unwrap_or_else(|| "no".into())
+    );
+}
+
+async fn user_command(app: &App, cmd: UserCommand) -> Result<(), CliError> {
+    let client = ClientInfo::cli();
+    let actor = "cli";
+    match cmd {
+        UserCommand::Add {
+            login,
+            email,
+            name,
+            groups,
+            invite,
+            must_change_password,
+            source,
+        } => {
+            if invite && email.is_none() {
+                return Err(CliError::Message("--invite needs --email".into()));
+            }
+            let password = if invite {
+                None
+            } else {
+                Some(
+                    read_password(source.password_stdin, true)?
+                        .expose()
+                        .to_string(),
+                )
+            };
+            let user = app
+                .add_user(
+                    NewUserInput {
+                        login,
+                        email,
+                        display_name: name,
+                        groups,
+                        password,
+                        must_change_password,
+                    },
+                    actor,
+                    &client,
+                )
+                .await?;
+            println!(
+                "created user {} (groups: {})",
+                user.login,
+                if user.groups.is_empty() {
+                    "-".into()
+                } else {
+                    user.groups.join(",")
+                }
+            );
+            if invite {
+                let until = app.invite_user(&user.login, actor, &client).await?;
+                println!(
+                    "invitation mailed to {}; the link works until {}",
+                    user.email.as_deref().unwrap_or("-"),
+                    format_time(until)
+                );
+            }
+        }
+        UserCommand::List {
+            search,
+            group,
+            limit,
+            offset,
+        } => {
+            let users = app
+                .list_users(&UserFilter {
+                    search,
+                    group,
+                    limit: limit.clamp(1, 10_000),
+                    offset,
+                })
+                .await?;
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(
+                out,
+                "{:<32} {:<32} {:<24} {:<8} LAST LOGIN",
+                "LOGIN", "EMAIL", "GROUPS", "ACTIVE"
+            );
+            for u in users {
+                let _ = writeln!(
+                    out,
+                    "{:<32} {:<32} {:<24} {:<8} {}",
+                    u.login,
+                    u.email.as_deref().unwrap_or("-"),
+                    if u.groups.is_empty() {
+                        "-".into()
+                    } else {
+                        u.groups.join(",")
+                    },
+                    if u.active { "yes" } else { "no" },
+                    u.last_login_at
+                        .map(format_time)
+                        .unwrap_or_else(|| "never".into())
+                );
+            }
+        }
+        UserCommand::Show { login } => {
+            let u = app.user_by_login(&login).await?;
+            let lock = app.user_lock(&u).await?;
+            print_user(&u, lock);
+        }
+        UserCommand::Disable { login } => {
+            let u = app.set_user_active(&login, false, actor, &client).await?;
+            println!("disabled {} and ended their sessions", u.login);
+        }
+        UserCommand::Enable { login } => {
+            let u = app.set_user_active(&login, true, actor, &client).await?;
+            println!("enabled {}", u.login);
+        }
+        UserCommand::Delete { login, yes } => {
+            if !yes {
+                return Err(CliError::Message(format!(
+                    "deleting `{login}` cannot be undone: add --yes to confirm"
+                )));
+            }
+            app.delete_user(&login, actor, &client).await?;
+            println!("deleted {login}");
+        }
+        UserCommand::SetPassword {
+            login,
+            must_change,
+            source,
+        } => {
+            let user = app.user_by_login(&login).await?;
+            let password = read_password(source.password_stdin, true)?;
+            app.admin_set_password(
+                &user.login,
+                password.expose().to_string(),
+                must_change,
+                actor,
+                &client,
+            )
+            .await?;
+            println!("password of {} set; their sessions were ended", user.login);
+        }
+        UserCommand::ForcePasswordChange { login } => {
+            app.force_password_change(&login, true, actor, &client)
+                .await?;
+            println!("{login} must choose a new password at next login");
+        }
+        UserCommand::Invite { login } => {
+            let until = app.invite_user(&login, actor, &client).await?;
+            println!(
+                "invitation mailed; the link works until {}",
+                format_time(until)
+            );
+        }
+        UserCommand::Unlock { login } => {
+            app.unlock_user(&login, actor, &client).await?;
+            println!("unlocked {login}");
+        }
+        UserCommand::Groups {
+            login,
+            add,
+            remove,
+            set,
+        } => {
+            let user = if add.is_empty() && remove.is_empty() && set.is_none() {
+                app.user_by_login(&login).await?
+            } else {
+                app.update_user_groups(&login, &add, &remove, set.as_deref(), actor, &client)
+                    .await?
+            };
+            println!(
+                "{}: {}",
+                user.login,
+                if user.groups.is_empty() {
+                    "-".into()
+                } else {
+                    user.groups.join(",")
+                }
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn serve(config: Config) -> Result<ExitCode, CliError> {
+    let listen = config.server.listen;
+    let app = build_app(config).await?;
+    if app.config.insecure_cookies() {
+        tracing::warn!("cookies are sent without the Secure flag: fine for local use on {}, never in production (set server.public_url to an https:// URL)", app.config.server.public_url);
+    }
+    let transport = Transport::from_config(&app.config.mail)?;
+    app.mailer.spawn_worker(transport, app.clock.clone());
+    spawn_session_pruner(app.clone());
+
+    let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
+        CliError::Message(format!("cannot listen on {listen} (`server.listen`): {e}"))
+    })?;
+    let url = &app.config.server.public_url;
+    println!("Bulwark is running: open {url}");
+    match app.setup_link_if_needed().await? {
+        Some(link) => {
+            println!();
+            println!("No administrator exists yet. Create the first one with this one-time link");
+            println!(
+                "(valid {} minutes; restart Bulwark for a new one):",
+                app.config.links.setup_minutes
+            );
+            println!();
+            println!("    {link}");
+            println!();
+            println!("Or from a shell: bulwark user add LOGIN --email you@example.com --group admins --group internal");
+        }
+        None => println!("Log in at {url}/login"),
+    }
+    let _ = std::io::stdout().flush();
+    let router = crate::web::router(app);
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown_signal())
+    .await
+    .map_err(|e| CliError::Message(format!("server error: {e}")))?;
+    tracing::info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn spawn_session_pruner(app: App) {
+    tokio::spawn(async move {
+        let policy = app.config.sessions.policy();
+        loop {
+            let now = app.now();
+            match app
+                .store
+                .delete_expired_sessions(now - policy.idle_secs, now - policy.absolute_secs)
+                .await
+            {
+                Ok(n) if n > 0 => tracing::info!(sessions = n, "pruned expired sessions"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot prune expired sessions"),
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(600)).await;
+        }
+    });
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}
+
+async fn healthcheck(config: &Config) -> Result<ExitCode, CliError> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut addr = config.server.listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(if addr.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        });
+    }
+    let attempt = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        stream
+            .write_all(
+                format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
+                    .as_bytes(),
+            )
+            .await?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await?;
+        Ok::<_, std::io::Error>(response)
+    };
+    match tokio::time::timeout(std::time::Duration::from_secs(5), attempt).await {
+        Ok(Ok(r)) if r.starts_with("HTTP/1.1 200") => {
+            println!("healthy: {addr}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Ok(Ok(r)) => {
+            println!("unhealthy: {}", r.lines().next().unwrap_or("no response"));
+            Ok(ExitCode::FAILURE)
+        }
+        Ok(Err(e)) => {
+            println!("unhealthy: cannot reach {addr}: {e}");
+            Ok(ExitCode::FAILURE)
+        }
+        Err(_) => {
+            println!("unhealthy: {addr} did not answer within 5 seconds");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}

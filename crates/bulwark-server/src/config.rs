@@ -1,0 +1,1071 @@
+//! Configuration: defaults < TOML file < `BULWARK_*` environment < command-line flags.
+//!
+//! Everything is read into a loosely typed TOML table first (so each layer can override any
+//! key), then deserialized once into [`RawConfig`] (`deny_unknown_fields`, so a typo is an
+//! error naming the key), then validated into [`Config`]. Only `Config` is used at run time.
+
+use bulwark_core::lockout::LockoutPolicy;
+use bulwark_core::password::hash::{Argon2Params, Scheme};
+use bulwark_core::password::policy::{PasswordPolicy, Preset};
+use bulwark_core::session::SessionPolicy;
+use bulwark_core::SecretString;
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+/// A configuration problem, naming the key and what is allowed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Dotted key, e.g. `server.listen`.
+    pub key: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "invalid configuration: {}", self.message)
+        } else {
+            write!(f, "invalid configuration: `{}`: {}", self.key, self.message)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Values given on the command line; they override the file and the environment.
+#[derive(Debug, Clone, Default)]
+pub struct CliOverrides {
+    pub data_dir: Option<PathBuf>,
+    pub listen: Option<String>,
+    pub public_url: Option<String>,
+    pub database_url: Option<String>,
+}
+
+// ---------------------------------------------------------------------------------------
+// Raw (as written) configuration
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    data_dir: Option<PathBuf>,
+    secret_key_file: Option<PathBuf>,
+    #[serde(default)]
+    server: RawServer,
+    #[serde(default)]
+    database: RawDatabase,
+    #[serde(default)]
+    mail: RawMail,
+    #[serde(default)]
+    passwords: RawPasswords,
+    #[serde(default)]
+    policy: RawPolicy,
+    #[serde(default)]
+    sessions: RawSessions,
+    #[serde(default)]
+    lockout: RawLockout,
+    #[serde(default)]
+    links: RawLinks,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: Option<String>,
+    public_url: Option<String>,
+    secure_cookies: Option<bool>,
+    trusted_proxies: Option<Vec<String>>,
+    max_body_bytes: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDatabase {
+    url: Option<String>,
+    max_connections: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMail {
+    transport: Option<String>,
+    from: Option<String>,
+    outbox_dir: Option<PathBuf>,
+    #[serde(default)]
+    smtp: RawSmtp,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSmtp {
+    host: Option<String>,
+    port: Option<u16>,
+    security: Option<String>,
+    #[serde(default, deserialize_with = "string_or_number")]
+    username: Option<String>,
+    #[serde(default, deserialize_with = "string_or_number")]
+    password: Option<String>,
+    timeout_secs: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPasswords {
+    scheme: Option<String>,
+    argon2_memory_kib: Option<u32>,
+    argon2_iterations: Option<u32>,
+    argon2_parallelism: Option<u32>,
+    pbkdf2_rounds: Option<u32>,
+    max_concurrent_hashes: Option<usize>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicyRules {
+    min_length: Option<usize>,
+    max_length: Option<usize>,
+    min_lower: Option<usize>,
+    min_upper: Option<usize>,
+    min_digit: Option<usize>,
+    min_special: Option<usize>,
+    min_score: Option<u8>,
+    blocklist: Option<bool>,
+    history: Option<usize>,
+    expiry_days: Option<u32>,
+    min_age_hours: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    preset: Option<String>,
+    min_length: Option<usize>,
+    max_length: Option<usize>,
+    min_lower: Option<usize>,
+    min_upper: Option<usize>,
+    min_digit: Option<usize>,
+    min_special: Option<usize>,
+    min_score: Option<u8>,
+    blocklist: Option<bool>,
+    history: Option<usize>,
+    expiry_days: Option<u32>,
+    min_age_hours: Option<u32>,
+    #[serde(default)]
+    groups: BTreeMap<String, RawPolicyRules>,
+}
+
+impl RawPolicy {
+    // serde cannot combine `flatten` with `deny_unknown_fields`, hence the copy.
+    fn rules(&self) -> RawPolicyRules {
+        RawPolicyRules {
+            min_length: self.min_length,
+            max_length: self.max_length,
+            min_lower: self.min_lower,
+            min_upper: self.min_upper,
+            min_digit: self.min_digit,
+            min_special: self.min_special,
+            min_score: self.min_score,
+            blocklist: self.blocklist,
+            history: self.history,
+            expiry_days: self.expiry_days,
+            min_age_hours: self.min_age_hours,
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSessions {
+    idle_minutes: Option<i64>,
+    absolute_hours: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLockout {
+    #[serde(default)]
+    account: RawLockoutRules,
+    #[serde(default)]
+    ip: RawLockoutRules,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLockoutRules {
+    free_attempts: Option<u32>,
+    max_delay_secs: Option<i64>,
+    lock_after: Option<u32>,
+    lock_minutes: Option<i64>,
+    window_minutes: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLinks {
+    setup_minutes: Option<i64>,
+    reset_minutes: Option<i64>,
+    invitation_hours: Option<i64>,
+}
+
+fn string_or_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum StrOrNum {
+        S(String),
+        I(i64),
+        F(f64),
+    }
+    Ok(Option::<StrOrNum>::deserialize(d)?.map(|v| match v {
+        StrOrNum::S(s) => s,
+        StrOrNum::I(i) => i.to_string(),
+        StrOrNum::F(f) => f.to_string(),
+    }))
+}
+
+// ---------------------------------------------------------------------------------------
+// Validated configuration
+
+/// The validated configuration every part of the server reads.
+#[derive(Debug, Clone, Serialize)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub secret_key_file: PathBuf,
+    pub server: ServerConfig,
+    pub database: DatabaseConfig,
+    pub mail: MailConfig,
+    pub passwords: PasswordsConfig,
+    pub policy: PolicyConfig,
+    pub sessions: SessionsConfig,
+    pub lockout: LockoutConfig,
+    pub links: LinksConfig,
+}
+
+/// HTTP listener and public address.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    /// Base URL users reach Bulwark at (no trailing slash).
+    pub public_url: String,
+    /// Whether cookies carry the `Secure` flag.
+    pub secure_cookies: bool,
+    /// Whether the public URL is HTTPS (drives HSTS).
+    pub https: bool,
+    pub trusted_proxies: Vec<IpNet>,
+    pub max_body_bytes: usize,
+}
+
+/// Which store and how many connections.
+#[derive(Debug, Clone, Serialize)]
+pub struct DatabaseConfig {
+    pub url: String,
+    pub max_connections: u32,
+}
+
+/// Outgoing mail.
+#[derive(Debug, Clone, Serialize)]
+pub struct MailConfig {
+    pub from: String,
+    pub transport: MailTransportConfig,
+}
+
+/// Where mail goes.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum MailTransportConfig {
+    /// `.eml` files in a directory (the embedded default).
+    Outbox { dir: PathBuf },
+    /// An SMTP relay.
+    Smtp(SmtpConfig),
+}
+
+/// SMTP relay settings.
+#[derive(Debug, Clone, Serialize)]
+pub struct SmtpConfig {
+    pub host: String,
+    pub port: u16,
+    pub security: SmtpSecurity,
+    pub username: Option<String>,
+    #[serde(serialize_with = "redacted")]
+    pub password: Option<SecretString>,
+    pub timeout_secs: u64,
+}
+
+/// Transport security to the SMTP relay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SmtpSecurity {
+    /// Plain connection upgraded with STARTTLS (required).
+    Starttls,
+    /// TLS from the first byte (port 465).
+    Tls,
+    /// No encryption: allowed only for a relay on loopback.
+    None,
+}
+
+/// Password hashing.
+#[derive(Debug, Clone, Serialize)]
+pub struct PasswordsConfig {
+    #[serde(serialize_with = "scheme_name")]
+    pub scheme: Scheme,
+    pub argon2: Argon2Params,
+    pub pbkdf2_rounds: u32,
+    pub max_concurrent_hashes: usize,
+}
+
+/// Password policy: the base rules and per-group tightenings.
+#[derive(Debug, Clone, Serialize)]
+pub struct PolicyConfig {
+    pub preset: Preset,
+    pub base: PasswordPolicy,
+    pub groups: BTreeMap<String, PasswordPolicy>,
+}
+
+impl PolicyConfig {
+    /// The policy for a member of `groups`: the strictest of the base and each group's rules.
+    pub fn for_groups<S: AsRef<str>>(&self, groups: &[S]) -> PasswordPolicy {
+        groups
+            .iter()
+            .filter_map(|g| self.groups.get(g.as_ref()))
+            .fold(self.base.clone(), |acc, p| acc.strictest(p))
+    }
+}
+
+/// Session timeouts.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct SessionsConfig {
+    pub idle_minutes: i64,
+    pub absolute_hours: i64,
+}
+
+impl SessionsConfig {
+    /// The domain rule these settings describe.
+    pub fn policy(&self) -> SessionPolicy {
+        SessionPolicy {
+            idle_secs: self.idle_minutes * 60,
+            absolute_secs: self.absolute_hours * 3600,
+        }
+    }
+}
+
+/// Login throttling per account and per client IP.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct LockoutConfig {
+    pub account: LockoutPolicy,
+    pub ip: LockoutPolicy,
+}
+
+/// Lifetimes of links sent by mail or printed at first start.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct LinksConfig {
+    pub setup_minutes: i64,
+    pub reset_minutes: i64,
+    pub invitation_hours: i64,
+}
+
+fn redacted<S: serde::Serializer>(v: &Option<SecretString>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(_) => s.serialize_str("<redacted>"),
+        None => s.serialize_none(),
+    }
+}
+
+fn scheme_name<S: serde::Serializer>(v: &Scheme, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(match v {
+        Scheme::Argon2id => "argon2id",
+        Scheme::Pbkdf2Sha512 => "pbkdf2-sha512",
+    })
+}
+
+impl Config {
+    /// Loads the layers and validates them. `file` is the `--config` path, if any.
+    pub fn load(
+        file: Option<&Path>,
+        env: &[(String, String)],
+        cli: &CliOverrides,
+    ) -> Result<Self, ConfigError> {
+        let mut table = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    ConfigError::new(
+                        "",
+                        format!("cannot read config file {}: {e}", path.display()),
+                    )
+                })?;
+                toml::from_str::<toml::Table>(&text).map_err(|e| {
+                    ConfigError::new(
+                        "",
+                        format!("config file {} is not valid TOML: {e}", path.display()),
+                    )
+                })?
+            }
+            None => toml::Table::new(),
+        };
+        for (name, value) in env {
+            let Some(rest) = name.strip_prefix("BULWARK_") else {
+                continue;
+            };
+            if matches!(rest, "CONFIG" | "LOG") || rest.is_empty() {
+                continue;
+            }
+            let path: Vec<String> = rest.split("__").map(str::to_lowercase).collect();
+            set_path(&mut table, &path, env_value(value))
+                .map_err(|m| ConfigError::new(format!("environment {name}"), m))?;
+        }
+        let overrides = [
+            (
+                &["data_dir"][..],
+                cli.data_dir.as_ref().map(|p| p.display().to_string()),
+            ),
+            (&["server", "listen"][..], cli.listen.clone()),
+            (&["server", "public_url"][..], cli.public_url.clone()),
+            (&["database", "url"][..], cli.database_url.clone()),
+        ];
+        for (path, value) in overrides {
+            if let Some(v) = value {
+                let path: Vec<String> = path.iter().map(|s| s.to_string()).collect();
+                set_path(&mut table, &path, toml::Value::String(v))
+                    .map_err(|m| ConfigError::new(path.join("."), m))?;
+            }
+        }
+        let raw: RawConfig =
+            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+                let key = e.path().to_string();
+                ConfigError::new(
+                    if key == "." { String::new() } else { key },
+                    e.into_inner().to_string(),
+                )
+            })?;
+        Self::validate(raw)
+    }
+
+    fn validate(raw: RawConfig) -> Result<Self, ConfigError> {
+        let data_dir = raw
+            .data_dir
+            .unwrap_or_else(|| PathBuf::from("./bulwark-data"));
+        if data_dir.as_os_str().is_empty() {
+            return Err(ConfigError::new("data_dir", "must not be empty"));
+        }
+        let secret_key_file = raw
+            .secret_key_file
+            .unwrap_or_else(|| data_dir.join("secret.key"));
+
+        let listen_text = raw.server.listen.unwrap_or_else(|| "127.0.0.1:9091".into());
+        let listen: SocketAddr = listen_text.parse().map_err(|_| {
+            ConfigError::new(
+                "server.listen",
+                format!("`{listen_text}` is not an address like 127.0.0.1:9091"),
+            )
+        })?;
+        let public_url = match raw.server.public_url {
+            Some(u) => u.trim_end_matches('/').to_string(),
+            None => default_public_url(listen),
+        };
+        let (https, loopback) = parse_public_url(&public_url)?;
+        let secure_cookies = raw.server.secure_cookies.unwrap_or(https);
+        if !secure_cookies && !loopback {
+            return Err(ConfigError::new(
+                "server.secure_cookies",
+                "cookies without the Secure flag are only allowed when server.public_url is on loopback (plain-HTTP local use)",
+            ));
+        }
+        let trusted_proxies = raw
+            .server
+            .trusted_proxies
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                parse_net(s).ok_or_else(|| {
+                    ConfigError::new(
+                        format!("server.trusted_proxies[{i}]"),
+                        format!("`{s}` is not an IP address or CIDR like 10.0.0.0/8"),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let max_body_bytes = raw.server.max_body_bytes.unwrap_or(64 * 1024);
+        if !(1024..=10 * 1024 * 1024).contains(&max_body_bytes) {
+            return Err(ConfigError::new(
+                "server.max_body_bytes",
+                "must be between 1024 and 10485760",
+            ));
+        }
+
+        let url = raw
+            .database
+            .url
+            .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("bulwark.db").display()));
+        if !(url.starts_with("sqlite:")) {
+            return Err(ConfigError::new(
+                "database.url",
+                "must start with sqlite:// (PostgreSQL support is not in this build)",
+            ));
+        }
+        let max_connections = raw.database.max_connections.unwrap_or(8);
+        if !(1..=1000).contains(&max_connections) {
+            return Err(ConfigError::new(
+                "database.max_connections",
+                "must be between 1 and 1000",
+            ));
+        }
+
+        let mail = validate_mail(raw.mail, &data_dir)?;
+        let passwords = validate_passwords(raw.passwords)?;
+        let policy = validate_policy(raw.policy)?;
+
+        let sessions = SessionsConfig {
+            idle_minutes: raw.sessions.idle_minutes.unwrap_or(30),
+            absolute_hours: raw.sessions.absolute_hours.unwrap_or(12),
+        };
+        if !(1..=60 * 24 * 30).contains(&sessions.idle_minutes) {
+            return Err(ConfigError::new(
+                "sessions.idle_minutes",
+                "must be between 1 and 43200",
+            ));
+        }
+        if !(1..=24 * 90).contains(&sessions.absolute_hours) {
+            return Err(ConfigError::new(
+                "sessions.absolute_hours",
+                "must be between 1 and 2160",
+            ));
+        }
+
+        let lockout = LockoutConfig {
+            account: lockout_rules(
+                raw.lockout.account,
+                LockoutPolicy::ACCOUNT,
+                "lockout.account",
+            )?,
+            ip: lockout_rules(raw.lockout.ip, LockoutPolicy::IP, "lockout.ip")?,
+        };
+
+        let links = LinksConfig {
+            setup_minutes: raw.links.setup_minutes.unwrap_or(60),
+            reset_minutes: raw.links.reset_minutes.unwrap_or(30),
+            invitation_hours: raw.links.invitation_hours.unwrap_or(72),
+        };
+        for (key, v, max) in [
+            ("links.setup_minutes", links.setup_minutes, 24 * 60),
+            ("links.reset_minutes", links.reset_minutes, 24 * 60),
+            ("links.invitation_hours", links.invitation_hours, 24 * 30),
+        ] {
+            if !(1..=max).contains(&v) {
+                return Err(ConfigError::new(
+                    key,
+                    format!("must be between 1 and {max}"),
+                ));
+            }
+        }
+
+        Ok(Self {
+            data_dir,
+            secret_key_file,
+            server: ServerConfig {
+                listen,
+                public_url,
+                secure_cookies,
+                https,
+                trusted_proxies,
+                max_body_bytes,
+            },
+            database: DatabaseConfig {
+                url,
+                max_connections,
+            },
+            mail,
+            passwords,
+            policy,
+            sessions,
+            lockout,
+            links,
+        })
+    }
+
+    /// The effective configuration as TOML, secrets shown as `<redacted>`.
+    pub fn to_redacted_toml(&self) -> String {
+        toml::to_string_pretty(self)
+            .unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"))
+    }
+
+    /// True when cookies go over plain HTTP (local use only): `serve` warns about it.
+    pub fn insecure_cookies(&self) -> bool {
+        !self.server.secure_cookies
+    }
+}
+
+fn default_public_url(listen: SocketAddr) -> String {
+    match listen.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => format!("http://127.0.0.1:{}", listen.port()),
+        IpAddr::V6(ip) if ip.is_unspecified() => format!("http://[::1]:{}", listen.port()),
+        _ => format!("http://{listen}"),
+    }
+}
+
+/// Returns (is https, host is loopback).
+fn parse_public_url(url: &str) -> Result<(bool, bool), ConfigError> {
+    let err = || {
+        ConfigError::new(
+            "server.public_url",
+            format!("`{url}` is not an absolute http(s) URL like https://auth.example.com"),
+        )
+    };
+    let (https, rest) = if let Some(r) = url.strip_prefix("https://") {
+        (true, r)
+    } else if let Some(r) = url.strip_prefix("http://") {
+        (false, r)
+    } else {
+        return Err(err());
+    };
+    let authority = rest.split('/').next().unwrap_or_default();
+    if authority.is_empty()
+        || authority.contains('@')
+        || rest.contains(['?', '#'])
+        || rest.contains(char::is_whitespace)
+    {
+        return Err(err());
+    }
+    let host = if let Some(v6) = authority.strip_prefix('[') {
+        v6.split(']').next().unwrap_or_default()
+    } else {
+        authority.split(':').next().unwrap_or_default()
+    };
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<IpAddr>()
+            .map(|ip| ip.is_loopback())
+            .unwrap_or(false);
+    if !https && !loopback {
+        return Err(ConfigError::new(
+            "server.public_url",
+            format!("`{url}` must use https:// (plain http is only allowed on loopback, e.g. http://127.0.0.1:9091)"),
+        ));
+    }
+    Ok((https, loopback))
+}
+
+/// Parses `10.0.0.0/8` or a single address (as a /32 or /128).
+pub fn parse_net(s: &str) -> Option<IpNet> {
+    let s = s.trim();
+    s.parse::<IpNet>()
+        .ok()
+        .or_else(|| s.parse::<IpAddr>().ok().map(IpNet::from))
+}
+
+fn validate_mail(raw: RawMail, data_dir: &Path) -> Result<MailConfig, ConfigError> {
+    let from = raw
+        .from
+        .unwrap_or_else(|| "Bulwark <bulwark@localhost>".into());
+    if from.parse::<lettre::message::Mailbox>().is_err() {
+        return Err(ConfigError::new(
+            "mail.from",
+            format!("`{from}` is not a mailbox like `Bulwark <security@example.com>`"),
+        ));
+    }
+    let transport = match raw.transport.as_deref().unwrap_or("outbox") {
+        "outbox" => MailTransportConfig::Outbox {
+            dir: raw.outbox_dir.unwrap_or_else(|| data_dir.join("outbox")),
+        },
+        "smtp" => {
+            let host = raw
+                .smtp
+                .host
+                .filter(|h| !h.trim().is_empty())
+                .ok_or_else(|| {
+                    ConfigError::new(
+                        "mail.smtp.host",
+                        "is required when mail.transport = \"smtp\"",
+                    )
+                })?;
+            let security = match raw.smtp.security.as_deref().unwrap_or("starttls") {
+                "starttls" => SmtpSecurity::Starttls,
+                "tls" => SmtpSecurity::Tls,
+                "none" => SmtpSecurity::None,
+                other => {
+                    return Err(ConfigError::new(
+                        "mail.smtp.security",
+                        format!("`{other}` is not one of starttls, tls, none"),
+                    ))
+                }
+            };
+            let loopback = host.eq_ignore_ascii_case("localhost")
+                || host
+                    .parse::<IpAddr>()
+                    .map(|ip| ip.is_loopback())
+                    .unwrap_or(false);
+            if security == SmtpSecurity::None && !loopback {
+                return Err(ConfigError::new(
+                    "mail.smtp.security",
+                    "\"none\" (no encryption) is only allowed for a relay on loopback",
+                ));
+            }
+            let port = raw.smtp.port.unwrap_or(match security {
+                SmtpSecurity::Tls => 465,
+                SmtpSecurity::Starttls => 587,
+                SmtpSecurity::None => 25,
+            });
+            if raw.smtp.username.is_some() != raw.smtp.password.is_some() {
+                return Err(ConfigError::new(
+                    "mail.smtp.password",
+                    "set both mail.smtp.username and mail.smtp.password, or neither",
+                ));
+            }
+            MailTransportConfig::Smtp(SmtpConfig {
+                host,
+                port,
+                security,
+                username: raw.smtp.username,
+                password: raw.smtp.password.map(SecretString::new),
+                timeout_secs: raw.smtp.timeout_secs.unwrap_or(15),
+            })
+        }
+        other => {
+            return Err(ConfigError::new(
+                "mail.transport",
+                format!("`{other}` is not one of outbox, smtp"),
+            ))
+        }
+    };
+    Ok(MailConfig { from, transport })
+}
+
+fn validate_passwords(raw: RawPasswords) -> Result<PasswordsConfig, ConfigError> {
+    let scheme = match raw.scheme.as_deref().unwrap_or("argon2id") {
+        "argon2id" => Scheme::Argon2id,
+        "pbkdf2-sha512" => Scheme::Pbkdf2Sha512,
+        other => {
+            return Err(ConfigError::new(
+                "passwords.scheme",
+                format!("`{other}` is not one of argon2id, pbkdf2-sha512"),
+            ))
+        }
+    };
+    let d = Argon2Params::default();
+    let argon2 = Argon2Params {
+        memory_kib: raw.argon2_memory_kib.unwrap_or(d.memory_kib),
+        iterations: raw.argon2_iterations.unwrap_or(d.iterations),
+        parallelism: raw.argon2_parallelism.unwrap_or(d.parallelism),
+    };
+    if !(8192..=4 * 1024 * 1024).contains(&argon2.memory_kib) {
+        return Err(ConfigError::new(
+            "passwords.argon2_memory_kib",
+            "must be between 8192 and 4194304 (OWASP minimum is 19456 with 2 iterations)",
+        ));
+    }
+    if !(1..=100).contains(&argon2.iterations) {
+        return Err(ConfigError::new(
+            "passwords.argon2_iterations",
+            "must be between 1 and 100",
+        ));
+    }
+    if !(1..=64).contains(&argon2.parallelism) {
+        return Err(ConfigError::new(
+            "passwords.argon2_parallelism",
+            "must be between 1 and 64",
+        ));
+    }
+    let pbkdf2_rounds = raw.pbkdf2_rounds.unwrap_or(600_000);
+    if pbkdf2_rounds < 600_000 {
+        return Err(ConfigError::new(
+            "passwords.pbkdf2_rounds",
+            "must be at least 600000 (OWASP for PBKDF2-HMAC-SHA512)",
+        ));
+    }
+    let max_concurrent_hashes = raw.max_concurrent_hashes.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+    });
+    if !(1..=256).contains(&max_concurrent_hashes) {
+        return Err(ConfigError::new(
+            "passwords.max_concurrent_hashes",
+            "must be between 1 and 256",
+        ));
+    }
+    Ok(PasswordsConfig {
+        scheme,
+        argon2,
+        pbkdf2_rounds,
+        max_concurrent_hashes,
+    })
+}
+
+fn apply_rules(mut p: PasswordPolicy, r: &RawPolicyRules) -> PasswordPolicy {
+    macro_rules! set {
+        ($($f:ident),*) => { $( if let Some(v) = r.$f { p.$f = v; } )* };
+    }
+    set!(
+        min_length,
+        max_length,
+        min_lower,
+        min_upper,
+        min_digit,
+        min_special,
+        min_score,
+        blocklist,
+        history,
+        expiry_days,
+        min_age_hours
+    );
+    p
+}
+
+fn validate_policy(raw: RawPolicy) -> Result<PolicyConfig, ConfigError> {
+    let preset = match raw.preset.as_deref().unwrap_or("nist") {
+        "nist" => Preset::Nist,
+        "strict" => Preset::Strict,
+        other => {
+            return Err(ConfigError::new(
+                "policy.preset",
+                format!("`{other}` is not one of nist, strict"),
+            ))
+        }
+    };
+    let base = apply_rules(PasswordPolicy::preset(preset), &raw.rules());
+    base.validate()
+        .map_err(|e| ConfigError::new(format!("policy.{}", e.field), e.message.clone()))?;
+    let mut groups = BTreeMap::new();
+    for (name, rules) in &raw.groups {
+        if bulwark_core::account::GroupName::parse(name).is_err() {
+            return Err(ConfigError::new(
+                format!("policy.groups.{name}"),
+                "is not a valid group name",
+            ));
+        }
+        let p = apply_rules(base.clone(), rules);
+        p.validate().map_err(|e| {
+            ConfigError::new(
+                format!("policy.groups.{name}.{}", e.field),
+                e.message.clone(),
+            )
+        })?;
+        groups.insert(name.clone(), p);
+    }
+    Ok(PolicyConfig {
+        preset,
+        base,
+        groups,
+    })
+}
+
+fn lockout_rules(
+    raw: RawLockoutRules,
+    d: LockoutPolicy,
+    key: &str,
+) -> Result<LockoutPolicy, ConfigError> {
+    let p = LockoutPolicy {
+        free_attempts: raw.free_attempts.unwrap_or(d.free_attempts),
+        max_delay_secs: raw.max_delay_secs.unwrap_or(d.max_delay_secs),
+        lock_after: raw.lock_after.unwrap_or(d.lock_after),
+        lock_secs: raw
+            .lock_minutes
+            .map(|m| m.saturating_mul(60))
+            .unwrap_or(d.lock_secs),
+        window_secs: raw
+            .window_minutes
+            .map(|m| m.saturating_mul(60))
+            .unwrap_or(d.window_secs),
+    };
+    p.validate().map_err(|m| ConfigError::new(key, m))?;
+    Ok(p)
+}
+
+/// Environment values are TOML scalars when they parse as one (numbers, booleans, arrays),
+/// otherwise plain strings.
+fn env_value(raw: &str) -> toml::Value {
+    match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
+        Ok(mut t) => match t.remove("v") {
+            Some(
+                v @ (toml::Value::Integer(_)
+                | toml::Value::Boolean(_)
+                | toml::Value::Float(_)
+                | toml::Value::Array(_)
+                | toml::Value::String(_)),
+            ) => v,
+            _ => toml::Value::String(raw.to_string()),
+        },
+        Err(_) => toml::Value::String(raw.to_string()),
+    }
+}
+
+fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) -> Result<(), String> {
+    let Some((last, parents)) = path.split_last() else {
+        return Err("empty key".into());
+    };
+    let mut current = table;
+    for part in parents {
+        let entry = current
+            .entry(part.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        current = match entry {
+            toml::Value::Table(t) => t,
+            _ => return Err(format!("`{part}` is not a section")),
+        };
+    }
+    current.insert(last.clone(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(toml_text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bulwark.toml");
+        std::fs::write(&path, toml_text).unwrap();
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::load(Some(&path), &env, &CliOverrides::default())
+    }
+
+    #[test]
+    fn defaults_work_without_a_file() {
+        let c = Config::load(None, &[], &CliOverrides::default()).unwrap();
+        assert_eq!(c.server.listen.to_string(), "127.0.0.1:9091");
+        assert_eq!(c.server.public_url, "http://127.0.0.1:9091");
+        assert_eq!(c.data_dir, PathBuf::from("./bulwark-data"));
+        assert_eq!(c.database.url, "sqlite://./bulwark-data/bulwark.db");
+        assert!(
+            matches!(&c.mail.transport, MailTransportConfig::Outbox { dir } if dir == Path::new("./bulwark-data/outbox"))
+        );
+        assert!(!c.server.secure_cookies, "plain-HTTP loopback default");
+        assert_eq!(c.policy.base.min_length, 12);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = load("[server]\nlisten = \"127.0.0.1:1\"\nlistne = 1\n", &[]).unwrap_err();
+        assert_eq!(err.key, "server.listne");
+        assert!(err.to_string().contains("listne"), "{err}");
+    }
+
+    #[test]
+    fn invalid_value_names_key_and_allowed_values() {
+        let err = load("[server]\nlisten = \"nonsense\"\n", &[]).unwrap_err();
+        assert_eq!(err.key, "server.listen");
+        let err = load("[policy]\npreset = \"lax\"\n", &[]).unwrap_err();
+        assert!(
+            err.to_string().contains("`policy.preset`") && err.to_string().contains("nist, strict"),
+            "{err}"
+        );
+        let err = load("[policy]\nmin_length = 0\n", &[]).unwrap_err();
+        assert_eq!(err.key, "policy.min_length");
+        let err = load("[sessions]\nidle_minutes = \"ten\"\n", &[]).unwrap_err();
+        assert_eq!(err.key, "sessions.idle_minutes");
+    }
+
+    #[test]
+    fn precedence_is_file_then_env_then_cli() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b.toml");
+        std::fs::write(
+            &path,
+            "[server]\nlisten = \"127.0.0.1:1000\"\n[sessions]\nidle_minutes = 5\n",
+        )
+        .unwrap();
+        let env = vec![
+            (
+                "BULWARK_SERVER__LISTEN".to_string(),
+                "127.0.0.1:2000".to_string(),
+            ),
+            ("BULWARK_SESSIONS__IDLE_MINUTES".into(), "7".into()),
+        ];
+        let c = Config::load(Some(&path), &env, &CliOverrides::default()).unwrap();
+        assert_eq!(c.server.listen.port(), 2000);
+        assert_eq!(c.sessions.idle_minutes, 7);
+        let cli = CliOverrides {
+            listen: Some("127.0.0.1:3000".into()),
+            ..Default::default()
+        };
+        let c = Config::load(Some(&path), &env, &cli).unwrap();
+        assert_eq!(c.server.listen.port(), 3000);
+    }
+
+    #[test]
+    fn unknown_env_key_is_rejected() {
+        let err = load("", &[("BULWARK_SERVER__LISTN", "x")]).unwrap_err();
+        assert!(err.to_string().contains("listn"), "{err}");
+    }
+
+    #[test]
+    fn plain_http_is_only_for_loopback() {
+        let err = load("[server]\npublic_url = \"http://auth.example.com\"\n", &[]).unwrap_err();
+        assert_eq!(err.key, "server.public_url");
+        let c = load(
+            "[server]\npublic_url = \"https://auth.example.com/\"\n",
+            &[],
+        )
+        .unwrap();
+        assert!(c.server.secure_cookies && c.server.https);
+        assert_eq!(c.server.public_url, "https://auth.example.com");
+        let err = load(
+            "[server]\npublic_url = \"https://auth.example.com\"\nsecure_cookies = false\n",
+            &[],
+        )
+        .unwrap_err();
+        assert_eq!(err.key, "server.secure_cookies");
+    }
+
+    #[test]
+    fn smtp_settings_are_checked_and_password_redacted() {
+        let err = load("[mail]\ntransport = \"smtp\"\n", &[]).unwrap_err();
+        assert_eq!(err.key, "mail.smtp.host");
+        let err = load("[mail]\ntransport = \"smtp\"\n[mail.smtp]\nhost = \"mail.example.com\"\nsecurity = \"none\"\n", &[]).unwrap_err();
+        assert_eq!(err.key, "mail.smtp.security");
+        let c = load(
+            "[mail]\ntransport = \"smtp\"\n[mail.smtp]\nhost = \"mail.example.com\"\nusername = \"u\"\n",
+            &[("BULWARK_MAIL__SMTP__PASSWORD", "s3cr3t-smtp-pass")],
+        )
+        .unwrap();
+        let shown = c.to_redacted_toml();
+        assert!(!shown.contains("s3cr3t-smtp-pass"), "{shown}");
+        assert!(shown.contains("<redacted>"));
+        assert!(!format!("{c:?}").contains("s3cr3t-smtp-pass"));
+    }
+
+    #[test]
+    fn trusted_proxies_must_be_networks() {
+        let c = load(
+            "[server]\ntrusted_proxies = [\"10.0.0.0/8\", \"127.0.0.1\"]\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.server.trusted_proxies.len(), 2);
+        let err = load("[server]\ntrusted_proxies = [\"10.0.0.0/33\"]\n", &[]).unwrap_err();
+        assert_eq!(err.key, "server.trusted_proxies[0]");
+    }
+
+    #[test]
+    fn group_overrides_only_tighten() {
+        let c = load("[policy]\npreset = \"nist\"\n[policy.groups.admins]\nmin_length = 16\n[policy.groups.portal]\nmin_length = 8\n", &[]).unwrap();
+        assert_eq!(c.policy.for_groups(&["admins", "internal"]).min_length, 16);
+        assert_eq!(
+            c.policy.for_groups(&["portal"]).min_length,
+            12,
+            "a looser group rule never wins over the base"
+        );
+        assert_eq!(c.policy.for_groups::<&str>(&[]).min_length, 12);
+    }
+
+    #[test]
+    fn weak_hashing_is_refused() {
+        let err = load("[passwords]\npbkdf2_rounds = 1000\n", &[]).unwrap_err();
+        assert_eq!(err.key, "passwords.pbkdf2_rounds");
+        let err = load("[passwords]\nargon2_memory_kib = 64\n", &[]).unwrap_err();
+        assert_eq!(err.key, "passwords.argon2_memory_kib");
+    }
+}

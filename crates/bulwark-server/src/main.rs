@@ -1,0 +1,5 @@
+//! The `bulwark` binary: see `bulwark --help`.
+
+fn main() -> std::process::ExitCode {
+    bulwark_server::cli::run()
+}

@@ -1,0 +1,933 @@
+//! Logging in and out, sessions, password changes, reset and invitation links, first setup.
+//!
+//! Login flow (this build: password only; the second factor plugs in after `PasswordOk`):
+//!
+//! ```text
+//!  Anonymous --POST /login--> [throttle gate] --blocked--> 429 Retry-After
+//!                                  |
+//!                             verify password (dummy hash for unknown users)
+//!                                  |--wrong--> count failure (account + IP) --> 401 / lock
+//!                                  v
+//!                             PasswordOk --> new session id (never the pre-login one)
+//!                                  |
+//!                    must change / expired? --yes--> ChangeRequired: only /password/change
+//!                                  v
+//!                               Active
+//! ```
+
+use super::{Audit, ClientInfo, ServiceError};
+use crate::app::App;
+use bulwark_core::account::{DisplayName, Email, GroupName, Login};
+use bulwark_core::lockout::{Gate, LockoutPolicy};
+use bulwark_core::password::hash::Verification;
+use bulwark_core::password::policy::{PasswordPolicy, PolicyViolation};
+use bulwark_core::password::Password;
+use bulwark_core::token::{self, TokenHash};
+use bulwark_core::{SecretString, UnixTime};
+use bulwark_store::{
+    NewOneTimeToken, NewSession, NewUser, PasswordChange, SessionRecord, TokenPurpose, UserRecord,
+};
+use std::net::IpAddr;
+
+/// A logged-in session, as loaded for each request.
+#[derive(Debug, Clone)]
+pub struct CurrentSession {
+    pub user: UserRecord,
+    pub session: SessionRecord,
+    /// Why the user must change their password before anything else, if they must.
+    pub change_required: Option<ChangeReason>,
+}
+
+/// Why a password change is forced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeReason {
+    /// An administrator asked for it (or set a temporary password).
+    Forced,
+    /// The password is older than the policy allows.
+    Expired,
+}
+
+/// A successful login: the new session's cookie value.
+#[derive(Debug)]
+pub struct LoginSuccess {
+    pub token: SecretString,
+    pub user: UserRecord,
+    pub change_required: Option<ChangeReason>,
+}
+
+/// The fields of a set-password form (reset, invitation, first setup).
+#[derive(Debug, Default)]
+pub struct SetPasswordInput {
+    pub password: String,
+    pub confirm: String,
+    /// Only for first setup.
+    pub login: String,
+    pub email: String,
+    pub display_name: String,
+}
+
+/// What a valid link leads to.
+#[derive(Debug, Clone)]
+pub struct LinkInfo {
+    pub purpose: TokenPurpose,
+    pub user: Option<UserRecord>,
+}
+
+fn account_key(login: &str) -> String {
+    let normalized: String = login.trim().to_lowercase().chars().take(128).collect();
+    format!("login:{normalized}")
+}
+
+fn ip_key(ip: IpAddr) -> String {
+    match ip {
+        // One IPv6 host usually owns a whole /64: count it as one client.
+        IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
+            let s = v6.segments();
+            format!("ip:{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+        }
+        IpAddr::V6(v6) => format!(
+            "ip:{}",
+            v6.to_ipv4_mapped()
+                .map(IpAddr::V4)
+                .unwrap_or(IpAddr::V6(v6))
+        ),
+        IpAddr::V4(v4) => format!("ip:{v4}"),
+    }
+}
+
+impl App {
+    /// The password policy that applies to a member of `groups`.
+    pub fn policy_for(&self, groups: &[String]) -> PasswordPolicy {
+        self.config.policy.for_groups(groups)
+    }
+
+    fn change_reason(&self, user: &UserRecord, now: UnixTime) -> Option<ChangeReason> {
+        if user.must_change_password {
+            return Some(ChangeReason::Forced);
+        }
+        let changed_at = user.password_changed_at?;
+        self.policy_for(&user.groups)
+            .is_expired(changed_at, now)
+            .then_some(ChangeReason::Expired)
+    }
+
+    async fn gate(
+        &self,
+        key: &str,
+        policy: &LockoutPolicy,
+        now: UnixTime,
+    ) -> Result<(), ServiceError> {
+        if let Some(t) = self.store.find_throttle(key).await? {
+            match policy.gate(t.blocked_until, t.failures, now) {
+                Gate::Open => {}
+                Gate::Wait { retry_after } => {
+                    return Err(ServiceError::Throttled {
+                        retry_after,
+                        locked: false,
+                    })
+                }
+                Gate::Locked { retry_after } => {
+                    return Err(ServiceError::Throttled {
+                        retry_after,
+                        locked: true,
+                    })
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Counts a failure; returns true when this failure locked the key.
+    async fn count_failure(
+        &self,
+        key: &str,
+        policy: &LockoutPolicy,
+        now: UnixTime,
+    ) -> Result<bool, ServiceError> {
+        let failures = self
+            .store
+            .record_failure(key, now, policy.window_secs)
+            .await?;
+        match policy.block_after(failures) {
+            Some(block) => {
+                self.store
+                    .update_blocked_until(key, now + block.secs)
+                    .await?;
+                Ok(block.locked && failures == policy.lock_after)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// Both throttle gates for a login attempt.
+    async fn gate_login(
+        &self,
+        login: &str,
+        client: &ClientInfo,
+        now: UnixTime,
+    ) -> Result<(), ServiceError> {
+        self.gate(&account_key(login), &self.config.lockout.account, now)
+            .await?;
+        if let Some(ip) = client.ip {
+            self.gate(&ip_key(ip), &self.config.lockout.ip, now).await?;
+        }
+        Ok(())
+    }
+
+    async fn count_login_failure(
+        &self,
+        login: &str,
+        client: &ClientInfo,
+        now: UnixTime,
+    ) -> Result<(), ServiceError> {
+        let locked = self
+            .count_failure(&account_key(login), &self.config.lockout.account, now)
+            .await?;
+        if locked {
+            self.audit(
+                Audit::event("account_locked", "success")
+                    .actor("system")
+                    .subject(login)
+                    .client(client),
+                now,
+            )
+            .await;
+        }
+        if let Some(ip) = client.ip {
+            if self
+                .count_failure(&ip_key(ip), &self.config.lockout.ip, now)
+                .await?
+            {
+                self.audit(
+                    Audit::event("ip_locked", "success")
+                        .actor("system")
+                        .detail(ip.to_string())
+                        .client(client),
+                    now,
+                )
+                .await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks a login and password; on success starts a new session.
+    pub async fn login(
+        &self,
+        login: &str,
+        password: String,
+        client: &ClientInfo,
+    ) -> Result<LoginSuccess, ServiceError> {
+        let now = self.now();
+        let audit_subject: String = login.trim().to_lowercase().chars().take(128).collect();
+        if let Err(e) = self.gate_login(login, client, now).await {
+            if let ServiceError::Throttled { .. } = e {
+                self.audit(
+                    Audit::event("login", "denied")
+                        .subject(&audit_subject)
+                        .detail("throttled")
+                        .client(client),
+                    now,
+                )
+                .await;
+            }
+            return Err(e);
+        }
+        let password = match Password::parse(password) {
+            Ok(p) => p,
+            Err(_) if login.trim().is_empty() => {
+                return Err(ServiceError::InvalidInput(
+                    "Enter your login and password.".into(),
+                ))
+            }
+            Err(_) => {
+                self.count_login_failure(login, client, now).await?;
+                return Err(ServiceError::InvalidCredentials);
+            }
+        };
+        let user = match Login::parse(login) {
+            Ok(l) => self.store.find_user_by_login(&l).await?,
+            Err(_) => None,
+        };
+        let stored = match &user {
+            Some(u) if u.active => self.store.find_password_hash(u.id).await?,
+            _ => None,
+        };
+        let (user, stored) = match (user, stored) {
+            (Some(user), Some(stored)) => (user, stored),
+            (user, _) => {
+                // Same work as a real check, so timing does not tell which logins exist.
+                self.hashes.dummy_verify(password).await?;
+                self.count_login_failure(login, client, now).await?;
+                let why = match user {
+                    None => "unknown user",
+                    Some(u) if !u.active => "account disabled",
+                    Some(_) => "no password set",
+                };
+                self.audit(
+                    Audit::event("login", "failure")
+                        .subject(&audit_subject)
+                        .detail(why)
+                        .client(client),
+                    now,
+                )
+                .await;
+                return Err(ServiceError::InvalidCredentials);
+            }
+        };
+        match self.hashes.verify(password.clone(), stored).await? {
+            Verification::Invalid => {
+                self.count_login_failure(login, client, now).await?;
+                self.audit(
+                    Audit::event("login", "failure")
+                        .subject(&user.login)
+                        .detail("wrong password")
+                        .client(client),
+                    now,
+                )
+                .await;
+                Err(ServiceError::InvalidCredentials)
+            }
+            Verification::Valid { needs_rehash } => {
+                self.store.delete_throttle(&account_key(login)).await?;
+                if needs_rehash {
+                    let hash = self.hashes.hash(password).await?;
+                    self.store.rehash_password(user.id, &hash).await?;
+                    self.audit(
+                        Audit::event("password_rehashed", "success")
+                            .actor("system")
+                            .subject(&user.login),
+                        now,
+                    )
+                    .await;
+                }
+                self.store.update_last_login(user.id, now).await?;
+                let token = self.start_session(&user, client, now).await?;
+                self.audit(
+                    Audit::event("login", "success")
+                        .actor(&user.login)
+                        .subject(&user.login)
+                        .client(client),
+                    now,
+                )
+                .await;
+                let change_required = self.change_reason(&user, now);
+                Ok(LoginSuccess {
+                    token,
+                    user,
+                    change_required,
+                })
+            }
+        }
+    }
+
+    async fn start_session(
+        &self,
+        user: &UserRecord,
+        client: &ClientInfo,
+        now: UnixTime,
+    ) -> Result<SecretString, ServiceError> {
+        let (token, hash) = token::generate();
+        self.store
+            .insert_session(&NewSession {
+                token_hash: hash,
+                user: user.id,
+                created_at: now,
+                ip: client.ip.map(|ip| ip.to_string()),
+                user_agent: client
+                    .user_agent
+                    .as_ref()
+                    .map(|ua| ua.chars().filter(|c| !c.is_control()).take(256).collect()),
+            })
+            .await?;
+        Ok(token)
+    }
+
+    /// The live session behind a cookie value, if any; expired sessions are removed.
+    pub async fn authenticate(&self, cookie: &str) -> Result<Option<CurrentSession>, ServiceError> {
+        if !token::looks_like_token(cookie) {
+            return Ok(None);
+        }
+        let now = self.now();
+        let Some(session) = self.store.find_session(&TokenHash::of(cookie)).await? else {
+            return Ok(None);
+        };
+        let policy = self.config.sessions.policy();
+        if !policy.is_live(session.created_at, session.last_seen_at, now) {
+            self.store.delete_session(session.id).await?;
+            return Ok(None);
+        }
+        let user = match self.store.get_user(session.user).await {
+            Ok(u) if u.active => u,
+            Ok(_) | Err(bulwark_store::StoreError::NotFound) => {
+                self.store.delete_session(session.id).await?;
+                return Ok(None);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if policy.touch_due(session.last_seen_at, now) {
+            self.store.touch_session(session.id, now).await?;
+        }
+        let change_required = self.change_reason(&user, now);
+        Ok(Some(CurrentSession {
+            user,
+            session,
+            change_required,
+        }))
+    }
+
+    /// Ends one session (logout).
+    pub async fn logout(
+        &self,
+        current: &CurrentSession,
+        client: &ClientInfo,
+    ) -> Result<(), ServiceError> {
+        let now = self.now();
+        self.store.delete_session(current.session.id).await?;
+        self.audit(
+            Audit::event("logout", "success")
+                .actor(&current.user.login)
+                .subject(&current.user.login)
+                .client(client),
+            now,
+        )
+        .await;
+        Ok(())
+    }
+
+    /// Ends one of the user's own sessions by id.
+    pub async fn revoke_own_session(
+        &self,
+        current: &CurrentSession,
+        id: i64,
+        client: &ClientInfo,
+    ) -> Result<(), ServiceError> {
+        let now = self.now();
+        let sessions = self.store.list_user_sessions(current.user.id).await?;
+        if !sessions.iter().any(|s| s.id == id) {
+            return Err(ServiceError::NotFound);
+        }
+        self.store.delete_session(id).await?;
+        self.audit(
+            Audit::event("session_revoked", "success")
+                .actor(&current.user.login)
+                .subject(&current.user.login)
+                .client(client),
+            now,
+        )
+        .await;
+        Ok(())
+    }
+
+    /// "Log out everywhere": ends every session of the user, this one included.
+    pub async fn revoke_all_own_sessions(
+        &self,
+        current: &CurrentSession,
+        client: &ClientInfo,
+    ) -> Result<u64, ServiceError> {
+        let now = self.now();
+        let n = self
+            .store
+            .delete_user_sessions(current.user.id, None)
+            .await?;
+        self.audit(
+            Audit::event("sessions_revoked", "success")
+                .actor(&current.user.login)
+                .subject(&current.user.login)
+                .detail(format!("{n} sessions"))
+                .client(client),
+            now,
+        )
+        .await;
+        Ok(n)
+    }
+
+    /// Every rule a new password for `user` breaks, history and minimum age included.
+    async fn check_new_password(
+        &self,
+        user: &UserRecord,
+        password: &Password,
+        enforce_min_age: bool,
+        now: UnixTime,
+    ) -> Result<(), ServiceError> {
+        let policy = self.policy_for(&user.groups);
+        let context = context_words(&user.login, user.email.as_deref(), &user.display_name);
+        let context: Vec<&str> = context.iter().map(String::as_str).collect();
+        let mut violations = policy.check(password, &context);
+        if policy.history > 0 {
+            let history = self
+                .store
+                .list_password_history(user.id, policy.history)
+                .await?;
+            if self.hashes.matches_any(password.clone(), history).await? {
+                violations.push(PolicyViolation::Reused {
+                    history: policy.history,
+                });
+            }
+        }
+        if enforce_min_age {
+            if let Some(seconds) = user
+                .password_changed_at
+                .and_then(|at| policy.too_soon_to_change(at, now))
+            {
+                violations.push(PolicyViolation::TooSoon { seconds });
+            }
+        }
+        if violations.is_empty() {
+            Ok(())
+        } else {
+            Err(ServiceError::PolicyRejected(violations))
+        }
+    }
+
+    /// Stores a new password that passed the policy and ends every session of the user.
+    pub(crate) async fn apply_new_password(
+        &self,
+        user: &UserRecord,
+        password: Password,
+        must_change: bool,
+        now: UnixTime,
+    ) -> Result<(), ServiceError> {
+        let policy = self.policy_for(&user.groups);
+        let hash = self.hashes.hash(password).await?;
+        self.store
+            .update_password(&PasswordChange {
+                user: user.id,
+                hash,
+                changed_at: now,
+                must_change,
+                keep_history: policy.history,
+            })
+            .await?;
+        self.store.delete_user_sessions(user.id, None).await?;
+        self.store
+            .delete_throttle(&account_key(&user.login))
+            .await?;
+        Ok(())
+    }
+
+    /// Changes the signed-in user's password. Ends every session and returns a fresh one for
+    /// this browser. A forced change (expired or admin-required) skips the minimum age.
+    pub async fn change_password(
+        &self,
+        current: &CurrentSession,
+        old: String,
+        new: String,
+        confirm: String,
+        client: &ClientInfo,
+    ) -> Result<SecretString, ServiceError> {
+        let now = self.now();
+        let user = &current.user;
+        self.gate(&account_key(&user.login), &self.config.lockout.account, now)
+            .await?;
+        let old = Password::parse(old)
+            .map_err(|_| ServiceError::InvalidInput("Enter your current password.".into()))?;
+        let stored = self
+            .store
+            .find_password_hash(user.id)
+            .await?
+            .ok_or(ServiceError::InvalidCredentials)?;
+        if !self.hashes.verify(old, stored).await?.is_valid() {
+            self.count_failure(&account_key(&user.login), &self.config.lockout.account, now)
+                .await?;
+            self.audit(
+                Audit::event("password_change", "failure")
+                    .actor(&user.login)
+                    .subject(&user.login)
+                    .detail("wrong current password")
+                    .client(client),
+                now,
+            )
+            .await;
+            return Err(ServiceError::InvalidInput(
+                "Your current password is not correct.".into(),
+            ));
+        }
+        let new = parse_new_password(new, &confirm)?;
+        if let Err(e) = self
+            .check_new_password(user, &new, current.change_required.is_none(), now)
+            .await
+        {
+            self.audit(
+                Audit::event("password_change", "failure")
+                    .actor(&user.login)
+                    .subject(&user.login)
+                    .detail("rejected by policy")
+                    .client(client),
+                now,
+            )
+            .await;
+            return Err(e);
+        }
+        self.apply_new_password(user, new, false, now).await?;
+        let token = self.start_session(user, client, now).await?;
+        self.audit(
+            Audit::event("password_change", "success")
+                .actor(&user.login)
+                .subject(&user.login)
+                .client(client),
+            now,
+        )
+        .await;
+        self.notify_password_changed(user, client, now).await;
+        Ok(token)
+    }
+
+    pub(crate) async fn notify_password_changed(
+        &self,
+        user: &UserRecord,
+        client: &ClientInfo,
+        now: UnixTime,
+    ) {
+        let Some(email) = &user.email else { return };
+        let ip = client
+            .ip
+            .map(|ip| ip.to_string())
+            .unwrap_or_else(|| "unknown".into());
+        let text = format!(
+            "The password of your account {} was changed at {} from IP {}.\n\nIf this was not you, reset your password now and contact your administrator.",
+            user.login,
+            crate::clock::format_time(now),
+            ip
+        );
+        let link = self.url("/password/forgot");
+        self.mailer
+            .send(
+                email,
+                "Your password was changed",
+                &text,
+                Some((&link, "Reset my password")),
+                now,
+            )
+            .await;
+    }
+
+    /// "Forgot password": mails a reset link to each matching active account that has an
+    /// address. The caller answers the same whatever happens here (no account enumeration).
+    pub async fn request_password_reset(
+        &self,
+        login_or_email: &str,
+        client: &ClientInfo,
+    ) -> Result<(), ServiceError> {
+        let now = self.now();
+        let input = login_or_email.trim();
+        let mut users = Vec::new();
+        if let Ok(login) = Login::parse(input) {
+            users.extend(self.store.find_user_by_login(&login).await?);
+        }
+        if users.is_empty() {
+            if let Ok(email) = Email::parse(input) {
+                users = self.store.find_users_by_email(&email).await?;
+            }
+        }
+        if users.is_empty() {
+            self.audit(
+                Audit::event("password_reset_requested", "failure")
+                    .subject(input)
+                    .detail("no such account")
+                    .client(client),
+                now,
+            )
+            .await;
+        }
+        for user in users.into_iter().filter(|u| u.active) {
+            let Some(email) = user.email.clone() else {
+                continue;
+            };
+            // At most 3 reset mails per account per hour: a form cannot be used to flood a mailbox.
+            let sent = self
+                .store
+                .record_failure(&format!("reset-mail:{}", user.id), now, 3600)
+                .await?;
+            if sent > 3 {
+                self.audit(
+                    Audit::event("password_reset_requested", "denied")
+                        .subject(&user.login)
+                        .detail("mail rate limit")
+                        .client(client),
+                    now,
+                )
+                .await;
+                continue;
+            }
+            self.store
+                .revoke_user_tokens(user.id, TokenPurpose::PasswordReset, now)
+                .await?;
+            let minutes = self.config.links.reset_minutes;
+            let token = self
+                .issue_link(
+                    TokenPurpose::PasswordReset,
+                    Some(user.id),
+                    now,
+                    minutes * 60,
+                )
+                .await?;
+            let link = self.url(&format!("/password/reset/{}", token.expose()));
+            let text = format!(
+                "Someone (hopefully you) asked to reset the password of the account {} from IP {}.\n\nThe link below works once, for {} minutes. If you did not ask for it, ignore this mail: your password stays as it is.",
+                user.login,
+                client.ip.map(|ip| ip.to_string()).unwrap_or_else(|| "unknown".into()),
+                minutes
+            );
+            self.mailer
+                .send(
+                    &email,
+                    "Reset your password",
+                    &text,
+                    Some((&link, "Choose a new password")),
+                    now,
+                )
+                .await;
+            self.audit(
+                Audit::event("password_reset_requested", "success")
+                    .subject(&user.login)
+                    .client(client),
+                now,
+            )
+            .await;
+        }
+        Ok(())
+    }
+
+    /// Creates a one-time link token valid for `ttl_secs`.
+    pub(crate) async fn issue_link(
+        &self,
+        purpose: TokenPurpose,
+        user: Option<i64>,
+        now: UnixTime,
+        ttl_secs: i64,
+    ) -> Result<SecretString, ServiceError> {
+        let (token, hash) = token::generate();
+        self.store
+            .insert_one_time_token(&NewOneTimeToken {
+                hash,
+                purpose,
+                user,
+                created_at: now,
+                expires_at: now + ttl_secs,
+            })
+            .await?;
+        Ok(token)
+    }
+
+    /// The first-admin setup link, if no active admin exists yet.
+    pub async fn setup_link_if_needed(&self) -> Result<Option<String>, ServiceError> {
+        let now = self.now();
+        let admins = GroupName::parse(GroupName::ADMINS)
+            .map_err(|e| ServiceError::Internal(e.to_string()))?;
+        if self.store.count_active_in_group(&admins).await? > 0 {
+            return Ok(None);
+        }
+        let token = self
+            .issue_link(
+                TokenPurpose::Setup,
+                None,
+                now,
+                self.config.links.setup_minutes * 60,
+            )
+            .await?;
+        Ok(Some(self.url(&format!("/setup/{}", token.expose()))))
+    }
+
+    /// Checks a link without using it up.
+    pub async fn inspect_link(
+        &self,
+        purpose: TokenPurpose,
+        token: &str,
+    ) -> Result<LinkInfo, ServiceError> {
+        if !token::looks_like_token(token) {
+            return Err(ServiceError::InvalidLink);
+        }
+        let now = self.now();
+        let record = self
+            .store
+            .find_one_time_token(purpose, &TokenHash::of(token), now)
+            .await?
+            .ok_or(ServiceError::InvalidLink)?;
+        let user = match record.user {
+            Some(id) => match self.store.get_user(id).await {
+                Ok(u) if u.active => Some(u),
+                Ok(_) | Err(bulwark_store::StoreError::NotFound) => {
+                    return Err(ServiceError::InvalidLink)
+                }
+                Err(e) => return Err(e.into()),
+            },
+            None => None,
+        };
+        if purpose != TokenPurpose::Setup && user.is_none() {
+            return Err(ServiceError::InvalidLink);
+        }
+        Ok(LinkInfo { purpose, user })
+    }
+
+    /// Completes a link: sets the password (reset, invitation) or creates the first admin
+    /// (setup). The token is used up only when everything else succeeded.
+    pub async fn complete_link(
+        &self,
+        purpose: TokenPurpose,
+        token: &str,
+        input: SetPasswordInput,
+        client: &ClientInfo,
+    ) -> Result<UserRecord, ServiceError> {
+        let info = self.inspect_link(purpose, token).await?;
+        let now = self.now();
+        let hash = TokenHash::of(token);
+        let password = parse_new_password(input.password, &input.confirm)?;
+        match info.user {
+            Some(user) => {
+                self.check_new_password(&user, &password, false, now)
+                    .await?;
+                self.store
+                    .consume_one_time_token(purpose, &hash, now)
+                    .await?
+                    .ok_or(ServiceError::InvalidLink)?;
+                self.apply_new_password(&user, password, false, now).await?;
+                self.store.revoke_user_tokens(user.id, purpose, now).await?;
+                let event = if purpose == TokenPurpose::Invitation {
+                    "invitation_accepted"
+                } else {
+                    "password_reset"
+                };
+                self.audit(
+                    Audit::event(event, "success")
+                        .actor(&user.login)
+                        .subject(&user.login)
+                        .client(client),
+                    now,
+                )
+                .await;
+                if purpose == TokenPurpose::PasswordReset {
+                    self.notify_password_changed(&user, client, now).await;
+                }
+                Ok(self.store.get_user(user.id).await?)
+            }
+            None => {
+                let login = Login::parse(&input.login)
+                    .map_err(|e| ServiceError::InvalidInput(capitalize(&e.to_string())))?;
+                let email = Email::parse(&input.email)
+                    .map_err(|e| ServiceError::InvalidInput(capitalize(&e.to_string())))?;
+                let name = DisplayName::parse(&input.display_name)
+                    .map_err(|e| ServiceError::InvalidInput(capitalize(&e.to_string())))?;
+                let groups = vec![
+                    GroupName::parse(GroupName::ADMINS),
+                    GroupName::parse(GroupName::INTERNAL),
+                ]
+                .into_iter()
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| ServiceError::Internal(e.to_string()))?;
+                let group_names: Vec<String> = groups.iter().map(|g| g.to_string()).collect();
+                let policy = self.policy_for(&group_names);
+                let context = context_words(login.as_str(), Some(email.as_str()), name.as_str());
+                let context: Vec<&str> = context.iter().map(String::as_str).collect();
+                let violations = policy.check(&password, &context);
+                if !violations.is_empty() {
+                    return Err(ServiceError::PolicyRejected(violations));
+                }
+                let password_hash = self.hashes.hash(password).await?;
+                self.store
+                    .consume_one_time_token(purpose, &hash, now)
+                    .await?
+                    .ok_or(ServiceError::InvalidLink)?;
+                let user = self
+                    .store
+                    .insert_user(&NewUser {
+                        login,
+                        email: Some(email),
+                        display_name: name,
+                        groups,
+                        password_hash: Some(password_hash),
+                        must_change_password: false,
+                        created_at: now,
+                    })
+                    .await
+                    .map_err(|e| match e {
+                        bulwark_store::StoreError::Conflict(_) => {
+                            ServiceError::Conflict("That login is taken.".into())
+                        }
+                        e => e.into(),
+                    })?;
+                self.audit(
+                    Audit::event("first_admin_created", "success")
+                        .actor(&user.login)
+                        .subject(&user.login)
+                        .client(client),
+                    now,
+                )
+                .await;
+                Ok(user)
+            }
+        }
+    }
+}
+
+/// Parses a new password and its confirmation.
+fn parse_new_password(new: String, confirm: &str) -> Result<Password, ServiceError> {
+    if new != confirm {
+        return Err(ServiceError::InvalidInput(
+            "The two new passwords do not match.".into(),
+        ));
+    }
+    Password::parse(new).map_err(|e| ServiceError::InvalidInput(capitalize(&e.to_string()) + "."))
+}
+
+/// Words the strength estimator should treat as guessable for this user.
+pub(crate) fn context_words(login: &str, email: Option<&str>, name: &str) -> Vec<String> {
+    let mut words = vec![login.to_string()];
+    if let Some(email) = email {
+        words.push(email.to_string());
+        if let Some((local, domain)) = email.split_once('@') {
+            words.push(local.to_string());
+            words.extend(
+                domain
+                    .split('.')
+                    .filter(|p| p.len() > 2)
+                    .map(str::to_string),
+            );
+        }
+    }
+    words.extend(
+        name.split_whitespace()
+            .filter(|w| w.len() > 1)
+            .map(str::to_string),
+    );
+    if !name.trim().is_empty() {
+        words.push(name.to_string());
+    }
+    words
+}
+
+fn capitalize(s: &str) -> String {
+    let mut c = s.chars();
+    match c.next() {
+        Some(first) => first.to_uppercase().collect::<String>() + c.as_str(),
+        None => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_clients_are_counted_per_64() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::2".parse().unwrap();
+        assert_eq!(ip_key(a), ip_key(b));
+        let mapped: IpAddr = "::ffff:192.0.2.1".parse().unwrap();
+        assert_eq!(ip_key(mapped), "ip:192.0.2.1");
+    }
+
+    #[test]
+    fn account_keys_ignore_case_and_are_bounded() {
+        assert_eq!(account_key(" Alice "), account_key("alice"));
+        assert!(account_key(&"x".repeat(10_000)).len() < 200);
+    }
+
+    #[test]
+    fn context_words_cover_login_email_and_name() {
+        let w = context_words("jdoe", Some("john.doe@acme.example"), "John Doe");
+        for expected in ["jdoe", "john.doe", "acme", "John", "Doe"] {
+            assert!(w.iter().any(|x| x == expected), "{expected} in {w:?}");
+        }
+    }
+}

@@ -1,0 +1,134 @@
+//! Services: where decisions are made. Each public method reads the clock once, applies the
+//! rules of `bulwark-core` and persists through the store traits.
+
+pub mod auth;
+pub mod passwords;
+pub mod users;
+
+use crate::app::App;
+use bulwark_core::password::policy::PolicyViolation;
+use bulwark_core::UnixTime;
+use bulwark_store::{NewAuditEvent, StoreError};
+use std::net::IpAddr;
+
+/// What a service call can fail with; the web layer maps each to one status.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// Wrong login or password (deliberately vague).
+    #[error("incorrect login or password")]
+    InvalidCredentials,
+    /// Too many failures: retry later.
+    #[error("too many failed attempts; try again in {retry_after} seconds")]
+    Throttled { retry_after: i64, locked: bool },
+    /// The new password breaks the policy; every failed rule is listed.
+    #[error("the password does not meet the policy")]
+    PolicyRejected(Vec<PolicyViolation>),
+    /// A field is missing or malformed; the message is safe to show.
+    #[error("{0}")]
+    InvalidInput(String),
+    /// The link is unknown, used or expired.
+    #[error("this link is invalid or has expired")]
+    InvalidLink,
+    #[error("not found")]
+    NotFound,
+    #[error("{0}")]
+    Conflict(String),
+    /// Refused for a reason safe to show (e.g. removing the last admin).
+    #[error("{0}")]
+    Refused(String),
+    /// The database cannot be reached.
+    #[error("the service is temporarily unavailable")]
+    Unavailable(String),
+    /// A bug or an unexpected backend failure; details are logged, not shown.
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl From<StoreError> for ServiceError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound => Self::NotFound,
+            StoreError::Conflict(what) => Self::Conflict(what.to_string()),
+            StoreError::Unavailable(m) => Self::Unavailable(m),
+            StoreError::Backend(m) => Self::Internal(m),
+        }
+    }
+}
+
+/// Who is making a request: the client IP (resolved through trusted proxies) and browser.
+#[derive(Debug, Clone, Default)]
+pub struct ClientInfo {
+    pub ip: Option<IpAddr>,
+    pub user_agent: Option<String>,
+}
+
+impl ClientInfo {
+    /// The client as seen by CLI actions.
+    pub fn cli() -> Self {
+        Self {
+            ip: None,
+            user_agent: Some("bulwark-cli".into()),
+        }
+    }
+
+    fn ip_string(&self) -> Option<String> {
+        self.ip.map(|ip| ip.to_string())
+    }
+
+    fn user_agent_bounded(&self) -> Option<String> {
+        self.user_agent
+            .as_ref()
+            .map(|ua| ua.chars().filter(|c| !c.is_control()).take(256).collect())
+    }
+}
+
+/// An audit event being assembled.
+#[derive(Debug)]
+pub struct Audit(NewAuditEvent);
+
+impl Audit {
+    /// Starts an event with its stable name and outcome (`success`, `failure`, `denied`).
+    pub fn event(event: &str, outcome: &str) -> Self {
+        Self(NewAuditEvent {
+            event: event.into(),
+            outcome: outcome.into(),
+            ..Default::default()
+        })
+    }
+
+    /// Who acted.
+    pub fn actor(mut self, actor: &str) -> Self {
+        self.0.actor = Some(actor.into());
+        self
+    }
+
+    /// Whom it concerned.
+    pub fn subject(mut self, subject: &str) -> Self {
+        self.0.subject = Some(subject.chars().take(128).collect());
+        self
+    }
+
+    /// Why, in a few words (never a secret).
+    pub fn detail(mut self, detail: impl Into<String>) -> Self {
+        self.0.detail = Some(detail.into());
+        self
+    }
+
+    /// Where from.
+    pub fn client(mut self, client: &ClientInfo) -> Self {
+        self.0.ip = client.ip_string();
+        self.0.user_agent = client.user_agent_bounded();
+        self
+    }
+}
+
+impl App {
+    /// Appends an audit event. A failure to write is logged: it must not turn a login into an error.
+    pub async fn audit(&self, audit: Audit, now: UnixTime) {
+        let mut event = audit.0;
+        event.at = now;
+        if let Err(e) = self.store.append_audit(&event).await {
+            tracing::error!(event = %event.event, error = %e, "cannot write audit event");
+        }
+    }
+}

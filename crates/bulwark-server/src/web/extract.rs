@@ -1,0 +1,281 @@
+//! Extractors: the client (IP through trusted proxies), the session, and the CSRF cookie.
+
+use super::error::PageError;
+use crate::app::App;
+use crate::services::auth::CurrentSession;
+use crate::services::ClientInfo;
+use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, HeaderValue};
+use axum::middleware::Next;
+use axum::response::Response;
+use bulwark_core::token;
+use ipnet::IpNet;
+use std::net::{IpAddr, SocketAddr};
+
+/// Name of a cookie: `__Host-` prefixed when cookies are Secure, so no subdomain can set it.
+pub fn cookie_name(app: &App, base: &str) -> String {
+    if app.config.server.secure_cookies {
+        format!("__Host-{base}")
+    } else {
+        base.to_string()
+    }
+}
+
+/// A `Set-Cookie` value: HttpOnly, SameSite=Lax, Path=/, Secure when configured.
+/// `max_age` of `Some(0)` deletes the cookie; `None` makes it last for the browser session.
+pub fn set_cookie(app: &App, base: &str, value: &str, max_age: Option<i64>) -> HeaderValue {
+    let mut c = format!(
+        "{}={}; Path=/; HttpOnly; SameSite=Lax",
+        cookie_name(app, base),
+        value
+    );
+    if app.config.server.secure_cookies {
+        c.push_str("; Secure");
+    }
+    if let Some(age) = max_age {
+        c.push_str(&format!("; Max-Age={age}"));
+    }
+    // Values are base64url tokens and fixed names, always valid header text.
+    HeaderValue::from_str(&c).unwrap_or_else(|_| HeaderValue::from_static("invalid=; Max-Age=0"))
+}
+
+/// The value of a cookie in the request, if present (first occurrence wins).
+pub fn get_cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.trim())
+}
+
+/// The client's IP: the TCP peer, or — only when the peer is a trusted proxy — the nearest
+/// address in `X-Forwarded-For` that is not itself a trusted proxy.
+pub fn client_ip(peer: Option<IpAddr>, headers: &HeaderMap, trusted: &[IpNet]) -> Option<IpAddr> {
+    let peer = peer?;
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    if !is_trusted(&peer) {
+        return Some(peer);
+    }
+    let forwarded: Vec<IpAddr> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|s| s.trim().parse::<IpAddr>())
+        .collect::<Result<_, _>>()
+        .unwrap_or_default();
+    forwarded
+        .into_iter()
+        .rev()
+        .find(|ip| !is_trusted(ip))
+        .or(Some(peer))
+}
+
+/// The requesting client.
+#[derive(Debug, Clone)]
+pub struct Client(pub ClientInfo);
+
+impl FromRequestParts<App> for Client {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self, Self::Rejection> {
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip());
+        let ip = client_ip(peer, &parts.headers, &app.config.server.trusted_proxies);
+        let user_agent = parts
+            .headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        Ok(Self(ClientInfo { ip, user_agent }))
+    }
+}
+
+/// The browser's CSRF cookie, set by [`csrf_cookie_layer`] on first contact.
+#[derive(Debug, Clone)]
+pub struct CsrfCookie {
+    value: String,
+    /// True when the request carried no cookie: any form it posts is refused.
+    fresh: bool,
+}
+
+impl CsrfCookie {
+    /// The token to embed in forms.
+    pub fn form_token(&self, app: &App) -> String {
+        token::csrf_token(app.key.as_slice(), &self.value)
+    }
+
+    /// Checks a submitted form token.
+    pub fn verify(&self, app: &App, submitted: &str) -> Result<(), PageError> {
+        if !self.fresh && token::csrf_matches(app.key.as_slice(), &self.value, submitted) {
+            Ok(())
+        } else {
+            Err(PageError::Csrf)
+        }
+    }
+}
+
+impl FromRequestParts<App> for CsrfCookie {
+    type Rejection = PageError;
+
+    async fn from_request_parts(parts: &mut Parts, _app: &App) -> Result<Self, Self::Rejection> {
+        parts
+            .extensions
+            .get::<CsrfCookie>()
+            .cloned()
+            .ok_or(PageError::Internal)
+    }
+}
+
+/// Gives every browser a random CSRF cookie (reusing the one it has).
+pub async fn csrf_cookie_layer(State(app): State<App>, mut req: Request, next: Next) -> Response {
+    let name = cookie_name(&app, "bulwark_csrf");
+    let existing = get_cookie(req.headers(), &name)
+        .filter(|v| token::looks_like_token(v))
+        .map(str::to_string);
+    let cookie = match existing {
+        Some(value) => CsrfCookie {
+            value,
+            fresh: false,
+        },
+        None => CsrfCookie {
+            value: token::generate().0.expose().to_string(),
+            fresh: true,
+        },
+    };
+    let set = cookie
+        .fresh
+        .then(|| set_cookie(&app, "bulwark_csrf", &cookie.value, None));
+    req.extensions_mut().insert(cookie);
+    let mut res = next.run(req).await;
+    if let Some(v) = set {
+        res.headers_mut().append(header::SET_COOKIE, v);
+    }
+    res
+}
+
+/// The signed-in session, if any.
+#[derive(Debug, Clone)]
+pub struct MaybeSession(pub Option<CurrentSession>);
+
+impl FromRequestParts<App> for MaybeSession {
+    type Rejection = PageError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self, Self::Rejection> {
+        let name = cookie_name(app, "bulwark_session");
+        match get_cookie(&parts.headers, &name) {
+            Some(value) => Ok(Self(app.authenticate(value).await?)),
+            None => Ok(Self(None)),
+        }
+    }
+}
+
+/// A signed-in session that may use the whole site: anonymous visitors are sent to the login
+/// page, users who must change their password to the change page.
+#[derive(Debug, Clone)]
+pub struct SignedIn(pub CurrentSession);
+
+/// A signed-in session, even one that must change its password first.
+#[derive(Debug, Clone)]
+pub struct SignedInAnyState(pub CurrentSession);
+
+async fn signed_in(parts: &mut Parts, app: &App) -> Result<CurrentSession, PageError> {
+    match MaybeSession::from_request_parts(parts, app).await?.0 {
+        Some(s) => Ok(s),
+        None => {
+            let next = parts
+                .uri
+                .path_and_query()
+                .map(|p| p.as_str())
+                .unwrap_or("/account");
+            let next = if parts.method == axum::http::Method::GET {
+                super::pages::safe_next(next)
+            } else {
+                None
+            };
+            Err(PageError::Redirect(match next {
+                Some(n) => format!("/login?next={}", super::pages::url_encode(&n)),
+                None => "/login".into(),
+            }))
+        }
+    }
+}
+
+impl FromRequestParts<App> for SignedIn {
+    type Rejection = PageError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self, Self::Rejection> {
+        let s = signed_in(parts, app).await?;
+        if s.change_required.is_some() {
+            return Err(PageError::Redirect("/password/change".into()));
+        }
+        Ok(Self(s))
+    }
+}
+
+impl FromRequestParts<App> for SignedInAnyState {
+    type Rejection = PageError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self, Self::Rejection> {
+        Ok(Self(signed_in(parts, app).await?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(xff: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_str(xff).unwrap());
+        h
+    }
+
+    #[test]
+    fn forwarded_for_is_ignored_from_untrusted_peers() {
+        let peer: IpAddr = "203.0.113.9".parse().unwrap();
+        let trusted = vec!["10.0.0.0/8".parse().unwrap()];
+        assert_eq!(
+            client_ip(Some(peer), &headers("198.51.100.1"), &trusted),
+            Some(peer)
+        );
+    }
+
+    #[test]
+    fn forwarded_for_is_read_right_to_left_from_trusted_proxies() {
+        let peer: IpAddr = "10.0.0.2".parse().unwrap();
+        let trusted = vec!["10.0.0.0/8".parse().unwrap()];
+        // The client may forge the leftmost entries; the proxy appends the real one.
+        let ip = client_ip(
+            Some(peer),
+            &headers("1.1.1.1, 198.51.100.7, 10.0.0.5"),
+            &trusted,
+        );
+        assert_eq!(ip, Some("198.51.100.7".parse().unwrap()));
+        assert_eq!(
+            client_ip(Some(peer), &headers("garbage"), &trusted),
+            Some(peer)
+        );
+        assert_eq!(
+            client_ip(Some(peer), &HeaderMap::new(), &trusted),
+            Some(peer)
+        );
+    }
+
+    #[test]
+    fn cookie_lookup_finds_exact_name() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("xbulwark_session=a; bulwark_session=b"),
+        );
+        assert_eq!(get_cookie(&h, "bulwark_session"), Some("b"));
+        assert_eq!(get_cookie(&h, "other"), None);
+    }
+}

@@ -1,0 +1,159 @@
+//! The HTTP layer: routes, extractors (client, session, CSRF), security headers.
+//! Handlers translate; services decide.
+
+mod error;
+mod extract;
+mod pages;
+
+pub use error::PageError;
+pub use extract::{client_ip, Client, CsrfCookie};
+
+use crate::app::App;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use std::time::Instant;
+use tracing::Instrument;
+
+/// The full router with every middleware, ready to serve.
+pub fn router(app: App) -> Router {
+    let limit = app.config.server.max_body_bytes;
+    Router::new()
+        .route("/", get(pages::root_get))
+        .route("/healthz", get(healthz))
+        .route("/static/bulwark.css", get(stylesheet))
+        .route("/login", get(pages::login_get).post(pages::login_post))
+        .route("/logout", post(pages::logout_post))
+        .route("/account", get(pages::account_get))
+        .route("/account/sessions/revoke", post(pages::session_revoke_post))
+        .route(
+            "/account/sessions/revoke-all",
+            post(pages::sessions_revoke_all_post),
+        )
+        .route(
+            "/password/change",
+            get(pages::password_change_get).post(pages::password_change_post),
+        )
+        .route(
+            "/password/forgot",
+            get(pages::password_forgot_get).post(pages::password_forgot_post),
+        )
+        .route("/password/reset/{token}", get(pages::reset_link_get))
+        .route("/invite/{token}", get(pages::invitation_link_get))
+        .route("/setup/{token}", get(pages::setup_link_get))
+        .route(
+            "/password/set",
+            get(pages::password_set_get).post(pages::password_set_post),
+        )
+        .fallback(pages::not_found)
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(middleware::from_fn_with_state(
+            app.clone(),
+            extract::csrf_cookie_layer,
+        ))
+        .layer(middleware::from_fn_with_state(
+            app.clone(),
+            security_headers,
+        ))
+        .layer(middleware::from_fn(request_log))
+        .with_state(app)
+}
+
+async fn healthz(State(app): State<App>) -> Response {
+    match app.store.ping().await {
+        Ok(()) => (StatusCode::OK, "ok\n").into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "health check: database unavailable");
+            (StatusCode::SERVICE_UNAVAILABLE, "database unavailable\n").into_response()
+        }
+    }
+}
+
+async fn stylesheet() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
+            (header::CACHE_CONTROL, "public, max-age=3600"),
+        ],
+        include_str!("../../static/bulwark.css"),
+    )
+        .into_response()
+}
+
+/// Headers every response carries: no framing, no sniffing, no referrer (links can carry
+/// tokens), a CSP without inline script, HSTS when served over HTTPS.
+async fn security_headers(State(app): State<App>, req: Request, next: Next) -> Response {
+    let mut res = next.run(req).await;
+    let h = res.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.insert(
+        "cross-origin-opener-policy",
+        HeaderValue::from_static("same-origin"),
+    );
+    if !h.contains_key(header::CACHE_CONTROL) {
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    if app.config.server.https {
+        h.insert(
+            header::STRICT_TRANSPORT_SECURITY,
+            HeaderValue::from_static("max-age=31536000; includeSubDomains"),
+        );
+    }
+    res
+}
+
+/// One log line per request, inside a span carrying a request id. The query string is never
+/// logged (it could hold a token); neither are bodies or cookies.
+async fn request_log(req: Request, next: Next) -> Response {
+    let id = request_id();
+    let span = tracing::info_span!("request", id = %id, method = %req.method(), path = %log_path(req.uri().path()));
+    let started = Instant::now();
+    async move {
+        let mut res = next.run(req).await;
+        let status = res.status();
+        let ms = started.elapsed().as_millis();
+        if status.is_server_error() {
+            tracing::error!(status = status.as_u16(), ms, "request failed");
+        } else {
+            tracing::info!(status = status.as_u16(), ms, "request");
+        }
+        if let Ok(v) = HeaderValue::from_str(&id) {
+            res.headers_mut().insert("x-request-id", v);
+        }
+        res
+    }
+    .instrument(span)
+    .await
+}
+
+/// Paths that embed a token are logged with the token replaced.
+fn log_path(path: &str) -> String {
+    for prefix in ["/password/reset/", "/invite/", "/setup/"] {
+        if path.starts_with(prefix) {
+            return format!("{prefix}<token>");
+        }
+    }
+    path.chars().take(200).collect()
+}
+
+fn request_id() -> String {
+    use rand::RngCore;
+    let mut b = [0u8; 8];
+    rand::rngs::OsRng.fill_bytes(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}

@@ -1,0 +1,785 @@
+//! SQLite backend: one file in the data directory, WAL mode, zero setup.
+
+use async_trait::async_trait;
+use bulwark_core::account::{Email, GroupName, Login};
+use bulwark_core::password::hash::PasswordHash;
+use bulwark_core::token::TokenHash;
+use bulwark_core::UnixTime;
+use bulwark_store::*;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
+use sqlx::{Row, SqlitePool};
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// A Bulwark store on one SQLite database file.
+#[derive(Clone, Debug)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `url` (`sqlite://path` or `sqlite::memory:`).
+    pub async fn connect(url: &str, max_connections: u32) -> StoreResult<Self> {
+        let options = SqliteConnectOptions::from_str(url)
+            .map_err(|e| StoreError::Backend(format!("invalid SQLite URL: {e}")))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(max_connections.max(1))
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options)
+            .await
+            .map_err(map_err)?;
+        Ok(Self { pool })
+    }
+
+    /// Opens the database file at `path`.
+    pub async fn open(path: &Path, max_connections: u32) -> StoreResult<Self> {
+        Self::connect(&format!("sqlite://{}", path.display()), max_connections).await
+    }
+
+    /// The migration versions this build knows, oldest first.
+    pub fn migration_versions() -> Vec<i64> {
+        MIGRATOR.iter().map(|m| m.version).collect()
+    }
+}
+
+fn map_err(e: sqlx::Error) -> StoreError {
+    match &e {
+        sqlx::Error::RowNotFound => StoreError::NotFound,
+        sqlx::Error::Database(db) if db.is_unique_violation() => {
+            StoreError::Conflict("already exists")
+        }
+        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
+            StoreError::Unavailable(e.to_string())
+        }
+        _ => StoreError::Backend(e.to_string()),
+    }
+}
+
+fn found(rows_affected: u64) -> StoreResult<()> {
+    if rows_affected == 0 {
+        Err(StoreError::NotFound)
+    } else {
+        Ok(())
+    }
+}
+
+fn stored_hash(s: String) -> StoreResult<PasswordHash> {
+    PasswordHash::parse(&s)
+        .map_err(|e| StoreError::Backend(format!("unreadable stored password hash: {e}")))
+}
+
+const USER_COLUMNS: &str = "id, login, email, display_name, active, created_at, last_login_at, \
+    password_changed_at, must_change_password, password_hash IS NOT NULL AS has_password, \
+    (SELECT group_concat(group_name, ',') FROM user_groups g WHERE g.user_id = users.id) AS groups";
+
+fn user_from_row(row: &SqliteRow) -> Result<UserRecord, sqlx::Error> {
+    let groups: Option<String> = row.try_get("groups")?;
+    let mut groups: Vec<String> = groups
+        .unwrap_or_default()
+        .split(',')
+        .filter(|g| !g.is_empty())
+        .map(str::to_string)
+        .collect();
+    groups.sort();
+    Ok(UserRecord {
+        id: row.try_get("id")?,
+        login: row.try_get("login")?,
+        email: row.try_get("email")?,
+        display_name: row.try_get("display_name")?,
+        active: row.try_get("active")?,
+        groups,
+        created_at: row.try_get("created_at")?,
+        last_login_at: row.try_get("last_login_at")?,
+        password_changed_at: row.try_get("password_changed_at")?,
+        must_change_password: row.try_get("must_change_password")?,
+        has_password: row.try_get("has_password")?,
+    })
+}
+
+fn session_from_row(row: &SqliteRow) -> Result<SessionRecord, sqlx::Error> {
+    Ok(SessionRecord {
+        id: row.try_get("id")?,
+        user: row.try_get("user_id")?,
+        created_at: row.try_get("created_at")?,
+        last_seen_at: row.try_get("last_seen_at")?,
+        ip: row.try_get("ip")?,
+        user_agent: row.try_get("user_agent")?,
+    })
+}
+
+fn token_from_row(row: &SqliteRow) -> Result<OneTimeTokenRecord, sqlx::Error> {
+    Ok(OneTimeTokenRecord {
+        id: row.try_get("id")?,
+        user: row.try_get("user_id")?,
+        created_at: row.try_get("created_at")?,
+        expires_at: row.try_get("expires_at")?,
+    })
+}
+
+/// Escapes LIKE wildcards so a search for `%` finds a literal percent sign.
+fn like_pattern(search: &str) -> String {
+    let mut out = String::from("%");
+    for c in search.to_lowercase().chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('%');
+    out
+}
+
+#[async_trait]
+impl UserStore for SqliteStore {
+    async fn insert_user(&self, user: &NewUser) -> StoreResult<UserRecord> {
+        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        let email = user.email.as_ref().map(|e| e.as_str().to_string());
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO users (login, email, email_lower, display_name, password_hash, password_changed_at, \
+             must_change_password, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+        )
+        .bind(user.login.as_str())
+        .bind(&email)
+        .bind(email.as_ref().map(|e| e.to_lowercase()))
+        .bind(user.display_name.as_str())
+        .bind(user.password_hash.as_ref().map(|h| h.as_str()))
+        .bind(user.password_hash.as_ref().map(|_| user.created_at))
+        .bind(user.must_change_password)
+        .bind(user.created_at)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        for group in &user.groups {
+            sqlx::query("INSERT OR IGNORE INTO user_groups (user_id, group_name) VALUES (?, ?)")
+                .bind(id)
+                .bind(group.as_str())
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err)?;
+        }
+        if let Some(hash) = &user.password_hash {
+            sqlx::query(
+                "INSERT INTO password_history (user_id, hash, created_at) VALUES (?, ?, ?)",
+            )
+            .bind(id)
+            .bind(hash.as_str())
+            .bind(user.created_at)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        }
+        tx.commit().await.map_err(map_err)?;
+        self.get_user(id).await
+    }
+
+    async fn get_user(&self, id: UserId) -> StoreResult<UserRecord> {
+        let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE id = ?");
+        let row = sqlx::query(&sql)
+            .bind(id)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(map_err)?;
+        user_from_row(&row).map_err(map_err)
+    }
+
+    async fn find_user_by_login(&self, login: &Login) -> StoreResult<Option<UserRecord>> {
+        let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE login = ?");
+        let row = sqlx::query(&sql)
+            .bind(login.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(map_err)?;
+        row.as_ref().map(user_from_row).transpose().map_err(map_err)
+    }
+
+    async fn find_users_by_email(&self, email: &Email) -> StoreResult<Vec<UserRecord>> {
+        let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE email_lower = ? ORDER BY login");
+        let rows = sqlx::query(&sql)
+            .bind(email.as_str().to_lowercase())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(map_err)?;
+        rows.iter()
+            .map(user_from_row)
+            .collect::<Result<_, _>>()
+            .map_err(map_err)
+    }
+
+    async fn list_users(&self, filter: &UserFilter) -> StoreResult<Vec<UserRecord>> {
+        let sql = format!(
+            "SELECT {USER_COLUMNS} FROM users WHERE \
+             (?1 IS NULL OR login LIKE ?1 ESCAPE '\\' OR email_lower LIKE ?1 ESCAPE '\\' \
+              OR lower(display_name) LIKE ?1 ESCAPE '\\') \
+             AND (?2 IS NULL OR EXISTS (SELECT 1 FROM user_groups g WHERE g.user_id = users.id AND g.group_name = ?2)) \
+             ORDER BY login LIMIT ?3 OFFSET ?4"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(filter.search.as_deref().map(like_pattern))
+            .bind(filter.group.as_deref())
+            .bind(i64::from(filter.limit))
+            .bind(i64::from(filter.offset))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(map_err)?;
+        rows.iter()
+            .map(user_from_row)
+            .collect::<Result<_, _>>()
+            .map_err(map_err)
+    }
+
+    async fn count_active_in_group(&self, group: &GroupName) -> StoreResult<u64> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM users u JOIN user_groups g ON g.user_id = u.id WHERE g.group_name = ? AND u.active",
+        )
+        .bind(group.as_str())
+        .fetch_one(&self.pool)
+        .await
+        .map_err(map_err)?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    async fn update_profile(
+        &self,
+        id: UserId,
+        email: Option<&Email>,
+        display_name: &str,
+    ) -> StoreResult<()> {
+        let r = sqlx::query(
+            "UPDATE users SET email = ?, email_lower = ?, display_name = ? WHERE id = ?",
+        )
+        .bind(email.map(|e| e.as_str()))
+        .bind(email.map(|e| e.as_str().to_lowercase()))
+        .bind(display_name)
+        .bind(id)
+        .execute(&self.pool)
+        .await
+        .map_err(map_err)?;
+        found(r.rows_affected())
+    }
+
+    async fn update_active(&self, id: UserId, active: bool) -> StoreResult<()> {
+        let r = sqlx::query("UPDATE users SET active = ? WHERE id = ?")
+            .bind(active)
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(map_err)?;
+        found(r.rows_affected())
+    }
+
+    async fn update_groups(&self, id: UserId, groups: &[GroupName]) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        // The first statement writes, so the transaction takes the write lock at once.
+        sqlx::query("DELETE FROM user_groups WHERE user_id = ?")
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        let exists: Option<i64> = sqlx::query_scalar("SELECT id FROM users WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        if exists.is_none() {
+            return Err(StoreError::NotFound);
+        }
+        for group in groups {
+            sqlx::query("INSERT OR IGNORE INTO user_groups (user_id, group_name) VALUES (?, ?)")
+                .bind(id)
+                .bind(group.as_str())
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err)?;
+        }
+        tx.commit().await.map_err(map_err)
+    }
+
+    async fn delete_user(&self, id: UserId) -> StoreResult<()> {
+        let r = sqlx::query("DELETE FROM users WHERE id = ?")
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(map_err)?;
+        found(r.rows_affected())
+    }
+
+    async fn find_password_hash(&self, id: UserId) -> StoreResult<Option<PasswordHash>> {
+        let hash: Option<Option<String>> =
+            sqlx::query_scalar("SELECT password_hash FROM users WHERE id = ?")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(map_err)?;
+        hash.flatten().map(stored_hash).transpose()
+    }
+
+    async fn update_password(&self, change: &PasswordChange) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        let r = sqlx::query("UPDATE users SET password_hash = ?, password_changed_at = ?, must_change_password = ? WHERE id = ?")
+            .bind(change.hash.as_str())
+            .bind(change.changed_at)
+            .bind(change.must_change)
+            .bind(change.user)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        found(r.rows_affected())?;
+        sqlx::query("INSERT INTO password_history (user_id, hash, created_at) VALUES (?, ?, ?)")
+            .bind(change.user)
+            .bind(change.hash.as_str())
+            .bind(change.changed_at)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        let keep = i64::try_from(change.keep_history.max(1)).unwrap_or(i64::MAX);
+        sqlx::query(
+            "DELETE FROM password_history WHERE user_id = ?1 AND id NOT IN \
+             (SELECT id FROM password_history WHERE user_id = ?1 ORDER BY id DESC LIMIT ?2)",
+        )
+        .bind(change.user)
+        .bind(keep)
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        tx.commit().await.map_err(map_err)
+    }
+
+    async fn rehash_password(&self, id: UserId, hash: &PasswordHash) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        let r = sqlx::query("UPDATE users SET password_hash = ? WHERE id = ?")
+            .bind(hash.as_str())
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        found(r.rows_affected())?;
+        sqlx::query(
+            "UPDATE password_history SET hash = ?1 WHERE id = (SELECT max(id) FROM password_history WHERE user_id = ?2)",
+        )
+        .bind(hash.as_str())
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        tx.commit().await.map_err(map_err)
+    }
+
+    async fn list_password_history(
+        &self,
+        id: UserId,
+        limit: usize,
+    ) -> StoreResult<Vec<PasswordHash>> {
+        let hashes: Vec<String> = sqlx::query_scalar(
+            "SELECT hash FROM password_history WHERE user_id = ? ORDER BY id DESC LIMIT ?",
+        )
+        .bind(id)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err)?;
+        hashes.into_iter().map(stored_hash).collect()
+    }
+
+    async fn update_must_change_password(&self, id: UserId, must_change: bool) -> StoreResult<()> {
+        let r = sqlx::query("UPDATE users SET must_change_password = ? WHERE id = ?")
+            .bind(must_change)
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(map_err)?;
+        found(r.rows_affected())
+    }
+
+    async fn update_last_login(&self, id: UserId, at: UnixTime) -> StoreResult<()> {
+        let r = sqlx::query("UPDATE users SET last_login_at = ? WHERE id = ?")
+            .bind(at)
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(map_err)?;
+        found(r.rows_affected())
+    }
+}
+
+#[async_trait]
+impl SessionStore for SqliteStore {
+    async fn insert_session(&self, s: &NewSession) -> StoreResult<SessionRecord> {
+        let row = sqlx::query(
+            "INSERT INTO sessions (token_hash, user_id, created_at, last_seen_at, ip, user_agent) \
+             VALUES (?, ?, ?, ?, ?, ?) RETURNING id, user_id, created_at, last_seen_at, ip, user_agent",
+        )
+        .bind(s.token_hash.as_str())
+        .bind(s.user)
+        .bind(s.created_at)
+        .bind(s.created_at)
+        .bind(&s.ip)
+        .bind(&s.user_agent)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(map_err)?;
+        session_from_row(&row).map_err(map_err)
+    }
+
+    async fn find_session(&self, hash: &TokenHash) -> StoreResult<Option<SessionRecord>> {
+        let row = sqlx::query("SELECT id, user_id, created_at, last_seen_at, ip, user_agent FROM sessions WHERE token_hash = ?")
+            .bind(hash.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(map_err)?;
+        row.as_ref()
+            .map(session_from_row)
+            .transpose()
+            .map_err(map_err)
+    }
+
+    async fn touch_session(&self, id: SessionId, at: UnixTime) -> StoreResult<()> {
+        sqlx::query("UPDATE sessions SET last_seen_at = max(last_seen_at, ?) WHERE id = ?")
+            .bind(at)
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn delete_session(&self, id: SessionId) -> StoreResult<()> {
+        sqlx::query("DELETE FROM sessions WHERE id = ?")
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn delete_user_sessions(
+        &self,
+        user: UserId,
+        keep: Option<SessionId>,
+    ) -> StoreResult<u64> {
+        let r = sqlx::query("DELETE FROM sessions WHERE user_id = ? AND (? IS NULL OR id <> ?)")
+            .bind(user)
+            .bind(keep)
+            .bind(keep)
+            .execute(&self.pool)
+            .await
+            .map_err(map_err)?;
+        Ok(r.rows_affected())
+    }
+
+    async fn list_user_sessions(&self, user: UserId) -> StoreResult<Vec<SessionRecord>> {
+        let rows = sqlx::query(
+            "SELECT id, user_id, created_at, last_seen_at, ip, user_agent FROM sessions WHERE user_id = ? \
+             ORDER BY created_at DESC, id DESC",
+        )
+        .bind(user)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err)?;
+        rows.iter()
+            .map(session_from_row)
+            .collect::<Result<_, _>>()
+            .map_err(map_err)
+    }
+
+    async fn delete_expired_sessions(
+        &self,
+        idle_before: UnixTime,
+        created_before: UnixTime,
+    ) -> StoreResult<u64> {
+        let r = sqlx::query("DELETE FROM sessions WHERE last_seen_at < ? OR created_at < ?")
+            .bind(idle_before)
+            .bind(created_before)
+            .execute(&self.pool)
+            .await
+            .map_err(map_err)?;
+        Ok(r.rows_affected())
+    }
+}
+
+#[async_trait]
+impl OneTimeTokenStore for SqliteStore {
+    async fn insert_one_time_token(&self, t: &NewOneTimeToken) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO one_time_tokens (token_hash, purpose, user_id, created_at, expires_at) VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(t.hash.as_str())
+        .bind(t.purpose.as_str())
+        .bind(t.user)
+        .bind(t.created_at)
+        .bind(t.expires_at)
+        .execute(&self.pool)
+        .await
+        .map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn find_one_time_token(
+        &self,
+        purpose: TokenPurpose,
+        hash: &TokenHash,
+        now: UnixTime,
+    ) -> StoreResult<Option<OneTimeTokenRecord>> {
+        let row = sqlx::query(
+            "SELECT id, user_id, created_at, expires_at FROM one_time_tokens \
+             WHERE purpose = ? AND token_hash = ? AND used_at IS NULL AND expires_at > ?",
+        )
+        .bind(purpose.as_str())
+        .bind(hash.as_str())
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(map_err)?;
+        row.as_ref()
+            .map(token_from_row)
+            .transpose()
+            .map_err(map_err)
+    }
+
+    async fn consume_one_time_token(
+        &self,
+        purpose: TokenPurpose,
+        hash: &TokenHash,
+        now: UnixTime,
+    ) -> StoreResult<Option<OneTimeTokenRecord>> {
+        let row = sqlx::query(
+            "UPDATE one_time_tokens SET used_at = ?3 \
+             WHERE purpose = ?1 AND token_hash = ?2 AND used_at IS NULL AND expires_at > ?3 \
+             RETURNING id, user_id, created_at, expires_at",
+        )
+        .bind(purpose.as_str())
+        .bind(hash.as_str())
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(map_err)?;
+        row.as_ref()
+            .map(token_from_row)
+            .transpose()
+            .map_err(map_err)
+    }
+
+    async fn revoke_user_tokens(
+        &self,
+        user: UserId,
+        purpose: TokenPurpose,
+        now: UnixTime,
+    ) -> StoreResult<u64> {
+        let r = sqlx::query("UPDATE one_time_tokens SET used_at = ? WHERE user_id = ? AND purpose = ? AND used_at IS NULL")
+            .bind(now)
+            .bind(user)
+            .bind(purpose.as_str())
+            .execute(&self.pool)
+            .await
+            .map_err(map_err)?;
+        Ok(r.rows_affected())
+    }
+}
+
+#[async_trait]
+impl ThrottleStore for SqliteStore {
+    async fn record_failure(&self, key: &str, now: UnixTime, window_secs: i64) -> StoreResult<u32> {
+        let failures: i64 = sqlx::query_scalar(
+            "INSERT INTO throttles (key, failures, last_failure_at, blocked_until) VALUES (?1, 1, ?2, 0) \
+             ON CONFLICT (key) DO UPDATE SET \
+               failures = CASE WHEN ?2 - throttles.last_failure_at > ?3 THEN 1 ELSE throttles.failures + 1 END, \
+               last_failure_at = ?2 \
+             RETURNING failures",
+        )
+        .bind(key)
+        .bind(now)
+        .bind(window_secs)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(map_err)?;
+        Ok(u32::try_from(failures).unwrap_or(u32::MAX))
+    }
+
+    async fn update_blocked_until(&self, key: &str, until: UnixTime) -> StoreResult<()> {
+        sqlx::query("UPDATE throttles SET blocked_until = max(blocked_until, ?) WHERE key = ?")
+            .bind(until)
+            .bind(key)
+            .execute(&self.pool)
+            .await
+            .map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn find_throttle(&self, key: &str) -> StoreResult<Option<ThrottleRecord>> {
+        let row = sqlx::query(
+            "SELECT failures, last_failure_at, blocked_until FROM throttles WHERE key = ?",
+        )
+        .bind(key)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(map_err)?;
+        row.map(|r| -> Result<ThrottleRecord, sqlx::Error> {
+            let failures: i64 = r.try_get("failures")?;
+            Ok(ThrottleRecord {
+                failures: u32::try_from(failures).unwrap_or(u32::MAX),
+                last_failure_at: r.try_get("last_failure_at")?,
+                blocked_until: r.try_get("blocked_until")?,
+            })
+        })
+        .transpose()
+        .map_err(map_err)
+    }
+
+    async fn delete_throttle(&self, key: &str) -> StoreResult<()> {
+        sqlx::query("DELETE FROM throttles WHERE key = ?")
+            .bind(key)
+            .execute(&self.pool)
+            .await
+            .map_err(map_err)?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl AuditStore for SqliteStore {
+    async fn append_audit(&self, e: &NewAuditEvent) -> StoreResult<i64> {
+        sqlx::query_scalar(
+            "INSERT INTO audit_log (at, actor, subject, event, outcome, detail, ip, user_agent) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+        )
+        .bind(e.at)
+        .bind(&e.actor)
+        .bind(&e.subject)
+        .bind(&e.event)
+        .bind(&e.outcome)
+        .bind(&e.detail)
+        .bind(&e.ip)
+        .bind(&e.user_agent)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(map_err)
+    }
+
+    async fn list_audit(&self, f: &AuditFilter) -> StoreResult<Vec<AuditRecord>> {
+        let rows = sqlx::query(
+            "SELECT id, at, actor, subject, event, outcome, detail, ip, user_agent FROM audit_log \
+             WHERE (?1 IS NULL OR subject = ?1) AND (?2 IS NULL OR event = ?2) ORDER BY id DESC LIMIT ?3",
+        )
+        .bind(&f.subject)
+        .bind(&f.event)
+        .bind(i64::from(f.limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err)?;
+        rows.iter()
+            .map(|r| -> Result<AuditRecord, sqlx::Error> {
+                Ok(AuditRecord {
+                    id: r.try_get("id")?,
+                    at: r.try_get("at")?,
+                    actor: r.try_get("actor")?,
+                    subject: r.try_get("subject")?,
+                    event: r.try_get("event")?,
+                    outcome: r.try_get("outcome")?,
+                    detail: r.try_get("detail")?,
+                    ip: r.try_get("ip")?,
+                    user_agent: r.try_get("user_agent")?,
+                })
+            })
+            .collect::<Result<_, _>>()
+            .map_err(map_err)
+    }
+}
+
+#[async_trait]
+impl MailStore for SqliteStore {
+    async fn enqueue_mail(&self, m: &NewMail) -> StoreResult<i64> {
+        sqlx::query_scalar(
+            "INSERT INTO mail_queue (recipient, subject, body_text, body_html, created_at, next_attempt_at) \
+             VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
+        )
+        .bind(&m.to)
+        .bind(&m.subject)
+        .bind(&m.body_text)
+        .bind(&m.body_html)
+        .bind(m.created_at)
+        .bind(m.created_at)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(map_err)
+    }
+
+    async fn list_due_mail(&self, now: UnixTime, limit: u32) -> StoreResult<Vec<MailRecord>> {
+        let rows = sqlx::query(
+            "SELECT id, recipient, subject, body_text, body_html, created_at, attempts, next_attempt_at \
+             FROM mail_queue WHERE next_attempt_at <= ? ORDER BY next_attempt_at, id LIMIT ?",
+        )
+        .bind(now)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err)?;
+        rows.iter()
+            .map(|r| -> Result<MailRecord, sqlx::Error> {
+                let attempts: i64 = r.try_get("attempts")?;
+                Ok(MailRecord {
+                    id: r.try_get("id")?,
+                    to: r.try_get("recipient")?,
+                    subject: r.try_get("subject")?,
+                    body_text: r.try_get("body_text")?,
+                    body_html: r.try_get("body_html")?,
+                    created_at: r.try_get("created_at")?,
+                    attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
+                    next_attempt_at: r.try_get("next_attempt_at")?,
+                })
+            })
+            .collect::<Result<_, _>>()
+            .map_err(map_err)
+    }
+
+    async fn delete_mail(&self, id: i64) -> StoreResult<()> {
+        sqlx::query("DELETE FROM mail_queue WHERE id = ?")
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn update_mail_failed(
+        &self,
+        id: i64,
+        next_attempt_at: UnixTime,
+        error: &str,
+    ) -> StoreResult<()> {
+        sqlx::query("UPDATE mail_queue SET attempts = attempts + 1, next_attempt_at = ?, last_error = ? WHERE id = ?")
+            .bind(next_attempt_at)
+            .bind(error)
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(map_err)?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn migrate(&self) -> StoreResult<()> {
+        MIGRATOR
+            .run(&self.pool)
+            .await
+            .map_err(|e| StoreError::Backend(format!("migration failed: {e}")))
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(map_err)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,727 @@
+//! The contract every backend must pass. Backends run it with [`crate::store_contract_tests!`],
+//! which turns each function below into a named `#[tokio::test]` against a fresh store.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test suite"
+)]
+
+use crate::*;
+use bulwark_core::account::{DisplayName, Email, GroupName, Login};
+use bulwark_core::password::hash::PasswordHash;
+use bulwark_core::token::TokenHash;
+
+/// Generates one test per contract function. `$make` is an expression that evaluates to a
+/// future yielding a fresh, migrated store.
+#[macro_export]
+macro_rules! store_contract_tests {
+    ($make:expr) => {
+        $crate::store_contract_tests!(@each $make;
+            insert_and_get_user, login_is_unique_case_insensitively, missing_user_is_not_found,
+            find_users_by_email_ignores_case, list_users_filters_and_pages, count_active_in_group_counts_active_members,
+            update_profile_active_and_groups, delete_user_removes_sessions_and_tokens,
+            password_update_keeps_bounded_history, rehash_replaces_current_hash_only,
+            must_change_and_last_login_are_recorded,
+            sessions_insert_find_touch_delete, delete_user_sessions_keeps_one, expired_sessions_are_pruned,
+            one_time_token_is_consumed_once, one_time_token_expires_and_purpose_matters, revoking_user_tokens_voids_them,
+            concurrent_consumption_succeeds_once,
+            throttle_counts_failures_and_restarts_after_window, throttle_block_never_shortens, concurrent_failures_are_all_counted,
+            audit_is_appended_and_filtered, mail_queue_retries_and_deletes, ping_and_migrate_are_idempotent);
+    };
+    (@each $make:expr; $($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let store = $make.await;
+                $crate::contract::$name(&store).await;
+            }
+        )*
+    };
+}
+
+const T0: i64 = 1_700_000_000;
+
+fn hash(n: u32) -> PasswordHash {
+    // A syntactically valid PHC string; the store never interprets it.
+    PasswordHash::parse(&format!(
+        "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHRzYWx0{n:04}$aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaGhhc2g"
+    ))
+    .expect("test hash parses")
+}
+
+fn new_user(login: &str) -> NewUser {
+    NewUser {
+        login: Login::parse(login).unwrap(),
+        email: Some(Email::parse(&format!("{}@example.com", login.to_lowercase())).unwrap()),
+        display_name: DisplayName::parse("Test User").unwrap(),
+        groups: vec![GroupName::parse("internal").unwrap()],
+        password_hash: Some(hash(1)),
+        must_change_password: false,
+        created_at: T0,
+    }
+}
+
+fn group(name: &str) -> GroupName {
+    GroupName::parse(name).unwrap()
+}
+
+async fn session(s: &dyn Store, user: UserId, token: &str, at: i64) -> SessionRecord {
+    s.insert_session(&NewSession {
+        token_hash: TokenHash::of(token),
+        user,
+        created_at: at,
+        ip: Some("192.0.2.1".into()),
+        user_agent: Some("test-agent".into()),
+    })
+    .await
+    .unwrap()
+}
+
+pub async fn insert_and_get_user(s: &dyn Store) {
+    let u = s.insert_user(&new_user("alice")).await.unwrap();
+    assert_eq!(u.login, "alice");
+    assert_eq!(u.email.as_deref(), Some("alice@example.com"));
+    assert_eq!(u.display_name, "Test User");
+    assert!(u.active);
+    assert_eq!(u.groups, vec!["internal".to_string()]);
+    assert_eq!(u.created_at, T0);
+    assert_eq!(u.password_changed_at, Some(T0));
+    assert!(u.has_password);
+    assert_eq!(s.get_user(u.id).await.unwrap(), u);
+    let found = s
+        .find_user_by_login(&Login::parse("ALICE").unwrap())
+        .await
+        .unwrap();
+    assert_eq!(found, Some(u.clone()));
+    assert_eq!(
+        s.find_password_hash(u.id).await.unwrap().unwrap().as_str(),
+        hash(1).as_str()
+    );
+
+    let mut invited = new_user("bob");
+    invited.password_hash = None;
+    let b = s.insert_user(&invited).await.unwrap();
+    assert!(!b.has_password);
+    assert_eq!(b.password_changed_at, None);
+    assert!(s.find_password_hash(b.id).await.unwrap().is_none());
+}
+
+pub async fn login_is_unique_case_insensitively(s: &dyn Store) {
+    s.insert_user(&new_user("carol")).await.unwrap();
+    let err = s.insert_user(&new_user("Carol")).await.unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+}
+
+pub async fn missing_user_is_not_found(s: &dyn Store) {
+    assert!(matches!(s.get_user(4242).await, Err(StoreError::NotFound)));
+    assert!(matches!(
+        s.delete_user(4242).await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        s.update_active(4242, false).await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        s.update_groups(4242, &[]).await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        s.update_profile(4242, None, "x").await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        s.update_must_change_password(4242, true).await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        s.rehash_password(4242, &hash(2)).await,
+        Err(StoreError::NotFound)
+    ));
+    let change = PasswordChange {
+        user: 4242,
+        hash: hash(2),
+        changed_at: T0,
+        must_change: false,
+        keep_history: 3,
+    };
+    assert!(matches!(
+        s.update_password(&change).await,
+        Err(StoreError::NotFound)
+    ));
+    assert_eq!(
+        s.find_user_by_login(&Login::parse("nobody").unwrap())
+            .await
+            .unwrap(),
+        None
+    );
+}
+
+pub async fn find_users_by_email_ignores_case(s: &dyn Store) {
+    let u = s.insert_user(&new_user("dave")).await.unwrap();
+    let found = s
+        .find_users_by_email(&Email::parse("DAVE@Example.com").unwrap())
+        .await
+        .unwrap();
+    assert_eq!(found.iter().map(|u| u.id).collect::<Vec<_>>(), vec![u.id]);
+    assert!(s
+        .find_users_by_email(&Email::parse("x@example.com").unwrap())
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+pub async fn list_users_filters_and_pages(s: &dyn Store) {
+    for login in ["u3", "u1", "u2", "admin1"] {
+        let mut nu = new_user(login);
+        if login == "admin1" {
+            nu.groups = vec![group("admins")];
+        }
+        s.insert_user(&nu).await.unwrap();
+    }
+    let all = s
+        .list_users(&UserFilter {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let logins: Vec<_> = all.iter().map(|u| u.login.as_str()).collect();
+    assert_eq!(logins, ["admin1", "u1", "u2", "u3"]);
+    let page = s
+        .list_users(&UserFilter {
+            limit: 2,
+            offset: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        page.iter().map(|u| u.login.as_str()).collect::<Vec<_>>(),
+        ["u1", "u2"]
+    );
+    let search = s
+        .list_users(&UserFilter {
+            search: Some("U2".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(search.len(), 1);
+    // LIKE wildcards in the search are literal.
+    let wild = s
+        .list_users(&UserFilter {
+            search: Some("%".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(wild.is_empty());
+    let admins = s
+        .list_users(&UserFilter {
+            group: Some("admins".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(admins.len(), 1);
+    assert_eq!(admins[0].login, "admin1");
+}
+
+pub async fn count_active_in_group_counts_active_members(s: &dyn Store) {
+    let admins = group("admins");
+    assert_eq!(s.count_active_in_group(&admins).await.unwrap(), 0);
+    let mut a = new_user("root");
+    a.groups = vec![admins.clone(), group("internal")];
+    let a = s.insert_user(&a).await.unwrap();
+    assert_eq!(s.count_active_in_group(&admins).await.unwrap(), 1);
+    s.update_active(a.id, false).await.unwrap();
+    assert_eq!(s.count_active_in_group(&admins).await.unwrap(), 0);
+}
+
+pub async fn update_profile_active_and_groups(s: &dyn Store) {
+    let u = s.insert_user(&new_user("erin")).await.unwrap();
+    s.update_profile(
+        u.id,
+        Some(&Email::parse("erin@corp.example").unwrap()),
+        "Erin E.",
+    )
+    .await
+    .unwrap();
+    s.update_active(u.id, false).await.unwrap();
+    s.update_groups(u.id, &[group("portal"), group("admins")])
+        .await
+        .unwrap();
+    let got = s.get_user(u.id).await.unwrap();
+    assert_eq!(got.email.as_deref(), Some("erin@corp.example"));
+    assert_eq!(got.display_name, "Erin E.");
+    assert!(!got.active);
+    assert_eq!(got.groups, vec!["admins".to_string(), "portal".to_string()]);
+    s.update_profile(u.id, None, "").await.unwrap();
+    assert_eq!(s.get_user(u.id).await.unwrap().email, None);
+}
+
+pub async fn delete_user_removes_sessions_and_tokens(s: &dyn Store) {
+    let u = s.insert_user(&new_user("frank")).await.unwrap();
+    session(s, u.id, "tok-frank", T0).await;
+    let th = TokenHash::of("reset-frank");
+    s.insert_one_time_token(&NewOneTimeToken {
+        hash: th.clone(),
+        purpose: TokenPurpose::PasswordReset,
+        user: Some(u.id),
+        created_at: T0,
+        expires_at: T0 + 60,
+    })
+    .await
+    .unwrap();
+    s.delete_user(u.id).await.unwrap();
+    assert!(matches!(s.get_user(u.id).await, Err(StoreError::NotFound)));
+    assert_eq!(
+        s.find_session(&TokenHash::of("tok-frank")).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        s.find_one_time_token(TokenPurpose::PasswordReset, &th, T0)
+            .await
+            .unwrap(),
+        None
+    );
+    // The login is free again.
+    s.insert_user(&new_user("frank")).await.unwrap();
+}
+
+pub async fn password_update_keeps_bounded_history(s: &dyn Store) {
+    let u = s.insert_user(&new_user("gina")).await.unwrap();
+    for n in 2..=5 {
+        let change = PasswordChange {
+            user: u.id,
+            hash: hash(n),
+            changed_at: T0 + i64::from(n),
+            must_change: n == 5,
+            keep_history: 3,
+        };
+        s.update_password(&change).await.unwrap();
+    }
+    let got = s.get_user(u.id).await.unwrap();
+    assert_eq!(got.password_changed_at, Some(T0 + 5));
+    assert!(got.must_change_password);
+    assert_eq!(
+        s.find_password_hash(u.id).await.unwrap().unwrap().as_str(),
+        hash(5).as_str()
+    );
+    let history: Vec<String> = s
+        .list_password_history(u.id, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|h| h.as_str().to_string())
+        .collect();
+    assert_eq!(
+        history,
+        [hash(5), hash(4), hash(3)]
+            .iter()
+            .map(|h| h.as_str().to_string())
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(s.list_password_history(u.id, 1).await.unwrap().len(), 1);
+    // keep_history 0 still keeps the current password.
+    let change = PasswordChange {
+        user: u.id,
+        hash: hash(6),
+        changed_at: T0 + 6,
+        must_change: false,
+        keep_history: 0,
+    };
+    s.update_password(&change).await.unwrap();
+    assert_eq!(s.list_password_history(u.id, 10).await.unwrap().len(), 1);
+}
+
+pub async fn rehash_replaces_current_hash_only(s: &dyn Store) {
+    let u = s.insert_user(&new_user("hank")).await.unwrap();
+    s.rehash_password(u.id, &hash(9)).await.unwrap();
+    assert_eq!(
+        s.find_password_hash(u.id).await.unwrap().unwrap().as_str(),
+        hash(9).as_str()
+    );
+    assert_eq!(
+        s.get_user(u.id).await.unwrap().password_changed_at,
+        Some(T0)
+    );
+    let history = s.list_password_history(u.id, 10).await.unwrap();
+    assert_eq!(history.len(), 1);
+    assert_eq!(
+        history[0].as_str(),
+        hash(9).as_str(),
+        "history follows the re-hash so reuse is still detected"
+    );
+}
+
+pub async fn must_change_and_last_login_are_recorded(s: &dyn Store) {
+    let u = s.insert_user(&new_user("ivan")).await.unwrap();
+    assert_eq!(u.last_login_at, None);
+    s.update_must_change_password(u.id, true).await.unwrap();
+    s.update_last_login(u.id, T0 + 99).await.unwrap();
+    let got = s.get_user(u.id).await.unwrap();
+    assert!(got.must_change_password);
+    assert_eq!(got.last_login_at, Some(T0 + 99));
+}
+
+pub async fn sessions_insert_find_touch_delete(s: &dyn Store) {
+    let u = s.insert_user(&new_user("judy")).await.unwrap();
+    let rec = session(s, u.id, "tok-1", T0).await;
+    assert_eq!(rec.user, u.id);
+    assert_eq!(rec.last_seen_at, T0);
+    let found = s
+        .find_session(&TokenHash::of("tok-1"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(found, rec);
+    assert_eq!(s.find_session(&TokenHash::of("tok-2")).await.unwrap(), None);
+    s.touch_session(rec.id, T0 + 100).await.unwrap();
+    assert_eq!(
+        s.find_session(&TokenHash::of("tok-1"))
+            .await
+            .unwrap()
+            .unwrap()
+            .last_seen_at,
+        T0 + 100
+    );
+    session(s, u.id, "tok-2", T0 + 5).await;
+    let list = s.list_user_sessions(u.id).await.unwrap();
+    assert_eq!(list.len(), 2);
+    assert!(list[0].created_at >= list[1].created_at, "newest first");
+    s.delete_session(rec.id).await.unwrap();
+    s.delete_session(rec.id).await.unwrap();
+    assert_eq!(s.find_session(&TokenHash::of("tok-1")).await.unwrap(), None);
+}
+
+pub async fn delete_user_sessions_keeps_one(s: &dyn Store) {
+    let u = s.insert_user(&new_user("kim")).await.unwrap();
+    let other = s.insert_user(&new_user("lee")).await.unwrap();
+    let keep = session(s, u.id, "k1", T0).await;
+    session(s, u.id, "k2", T0).await;
+    session(s, u.id, "k3", T0).await;
+    session(s, other.id, "l1", T0).await;
+    assert_eq!(
+        s.delete_user_sessions(u.id, Some(keep.id)).await.unwrap(),
+        2
+    );
+    assert_eq!(s.list_user_sessions(u.id).await.unwrap(), vec![keep]);
+    assert_eq!(s.delete_user_sessions(u.id, None).await.unwrap(), 1);
+    assert_eq!(s.list_user_sessions(other.id).await.unwrap().len(), 1);
+}
+
+pub async fn expired_sessions_are_pruned(s: &dyn Store) {
+    let u = s.insert_user(&new_user("mia")).await.unwrap();
+    session(s, u.id, "old", T0).await;
+    let fresh = session(s, u.id, "fresh", T0 + 1000).await;
+    assert_eq!(
+        s.delete_expired_sessions(T0 + 500, T0 - 1).await.unwrap(),
+        1
+    );
+    assert_eq!(s.list_user_sessions(u.id).await.unwrap(), vec![fresh]);
+    assert_eq!(s.delete_expired_sessions(T0, T0 + 1001).await.unwrap(), 1);
+}
+
+pub async fn one_time_token_is_consumed_once(s: &dyn Store) {
+    let u = s.insert_user(&new_user("nina")).await.unwrap();
+    let th = TokenHash::of("reset-1");
+    s.insert_one_time_token(&NewOneTimeToken {
+        hash: th.clone(),
+        purpose: TokenPurpose::PasswordReset,
+        user: Some(u.id),
+        created_at: T0,
+        expires_at: T0 + 3600,
+    })
+    .await
+    .unwrap();
+    let peek = s
+        .find_one_time_token(TokenPurpose::PasswordReset, &th, T0 + 1)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(peek.user, Some(u.id));
+    let used = s
+        .consume_one_time_token(TokenPurpose::PasswordReset, &th, T0 + 2)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(used.id, peek.id);
+    assert_eq!(
+        s.consume_one_time_token(TokenPurpose::PasswordReset, &th, T0 + 3)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        s.find_one_time_token(TokenPurpose::PasswordReset, &th, T0 + 3)
+            .await
+            .unwrap(),
+        None
+    );
+}
+
+pub async fn one_time_token_expires_and_purpose_matters(s: &dyn Store) {
+    let th = TokenHash::of("setup-1");
+    s.insert_one_time_token(&NewOneTimeToken {
+        hash: th.clone(),
+        purpose: TokenPurpose::Setup,
+        user: None,
+        created_at: T0,
+        expires_at: T0 + 3600,
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        s.consume_one_time_token(TokenPurpose::PasswordReset, &th, T0)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        s.find_one_time_token(TokenPurpose::Setup, &th, T0 + 3600)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        s.consume_one_time_token(TokenPurpose::Setup, &th, T0 + 3600)
+            .await
+            .unwrap(),
+        None
+    );
+    assert!(s
+        .consume_one_time_token(TokenPurpose::Setup, &th, T0 + 3599)
+        .await
+        .unwrap()
+        .is_some());
+}
+
+pub async fn revoking_user_tokens_voids_them(s: &dyn Store) {
+    let u = s.insert_user(&new_user("olga")).await.unwrap();
+    for t in ["r1", "r2"] {
+        s.insert_one_time_token(&NewOneTimeToken {
+            hash: TokenHash::of(t),
+            purpose: TokenPurpose::PasswordReset,
+            user: Some(u.id),
+            created_at: T0,
+            expires_at: T0 + 3600,
+        })
+        .await
+        .unwrap();
+    }
+    s.insert_one_time_token(&NewOneTimeToken {
+        hash: TokenHash::of("i1"),
+        purpose: TokenPurpose::Invitation,
+        user: Some(u.id),
+        created_at: T0,
+        expires_at: T0 + 3600,
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        s.revoke_user_tokens(u.id, TokenPurpose::PasswordReset, T0 + 1)
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(
+        s.consume_one_time_token(TokenPurpose::PasswordReset, &TokenHash::of("r1"), T0 + 2)
+            .await
+            .unwrap(),
+        None
+    );
+    assert!(s
+        .consume_one_time_token(TokenPurpose::Invitation, &TokenHash::of("i1"), T0 + 2)
+        .await
+        .unwrap()
+        .is_some());
+}
+
+pub async fn concurrent_consumption_succeeds_once(s: &dyn Store) {
+    let th = TokenHash::of("race");
+    s.insert_one_time_token(&NewOneTimeToken {
+        hash: th.clone(),
+        purpose: TokenPurpose::Setup,
+        user: None,
+        created_at: T0,
+        expires_at: T0 + 3600,
+    })
+    .await
+    .unwrap();
+    let attempts = (0..8).map(|_| s.consume_one_time_token(TokenPurpose::Setup, &th, T0 + 1));
+    let results = join_all(attempts).await;
+    let wins = results
+        .into_iter()
+        .filter(|r| matches!(r, Ok(Some(_))))
+        .count();
+    assert_eq!(wins, 1);
+}
+
+pub async fn throttle_counts_failures_and_restarts_after_window(s: &dyn Store) {
+    assert_eq!(s.find_throttle("acct:pat").await.unwrap(), None);
+    assert_eq!(s.record_failure("acct:pat", T0, 60).await.unwrap(), 1);
+    assert_eq!(s.record_failure("acct:pat", T0 + 10, 60).await.unwrap(), 2);
+    assert_eq!(
+        s.record_failure("ip:192.0.2.1", T0 + 10, 60).await.unwrap(),
+        1
+    );
+    let rec = s.find_throttle("acct:pat").await.unwrap().unwrap();
+    assert_eq!(
+        (rec.failures, rec.last_failure_at, rec.blocked_until),
+        (2, T0 + 10, 0)
+    );
+    assert_eq!(
+        s.record_failure("acct:pat", T0 + 71, 60).await.unwrap(),
+        1,
+        "window passed"
+    );
+    s.delete_throttle("acct:pat").await.unwrap();
+    assert_eq!(s.find_throttle("acct:pat").await.unwrap(), None);
+}
+
+pub async fn throttle_block_never_shortens(s: &dyn Store) {
+    s.record_failure("k", T0, 60).await.unwrap();
+    s.update_blocked_until("k", T0 + 900).await.unwrap();
+    s.update_blocked_until("k", T0 + 5).await.unwrap();
+    assert_eq!(
+        s.find_throttle("k").await.unwrap().unwrap().blocked_until,
+        T0 + 900
+    );
+}
+
+pub async fn concurrent_failures_are_all_counted(s: &dyn Store) {
+    let results = join_all((0..10).map(|_| s.record_failure("acct:race", T0, 60))).await;
+    let mut counts: Vec<u32> = results.into_iter().map(|r| r.unwrap()).collect();
+    counts.sort_unstable();
+    assert_eq!(counts, (1..=10).collect::<Vec<u32>>());
+}
+
+pub async fn audit_is_appended_and_filtered(s: &dyn Store) {
+    for (i, (subject, event)) in [
+        ("alice", "login"),
+        ("bob", "login"),
+        ("alice", "password_changed"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let id = s
+            .append_audit(&NewAuditEvent {
+                at: T0 + i as i64,
+                actor: Some((*subject).into()),
+                subject: Some((*subject).into()),
+                event: (*event).into(),
+                outcome: "success".into(),
+                detail: None,
+                ip: Some("192.0.2.7".into()),
+                user_agent: Some("ua".into()),
+            })
+            .await
+            .unwrap();
+        assert!(id > 0);
+    }
+    let all = s
+        .list_audit(&AuditFilter {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 3);
+    assert_eq!(all[0].event, "password_changed", "newest first");
+    assert_eq!(all[0].ip.as_deref(), Some("192.0.2.7"));
+    let alice = s
+        .list_audit(&AuditFilter {
+            subject: Some("alice".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(alice.len(), 2);
+    let logins = s
+        .list_audit(&AuditFilter {
+            event: Some("login".into()),
+            limit: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(logins.len(), 1);
+    assert_eq!(logins[0].subject.as_deref(), Some("bob"));
+}
+
+pub async fn mail_queue_retries_and_deletes(s: &dyn Store) {
+    let mail = NewMail {
+        to: "a@example.com".into(),
+        subject: "Hi".into(),
+        body_text: "text".into(),
+        body_html: "<p>html</p>".into(),
+        created_at: T0,
+    };
+    let id = s.enqueue_mail(&mail).await.unwrap();
+    let due = s.list_due_mail(T0, 10).await.unwrap();
+    assert_eq!(due.len(), 1);
+    assert_eq!(
+        (due[0].id, due[0].attempts, due[0].body_html.as_str()),
+        (id, 0, "<p>html</p>")
+    );
+    s.update_mail_failed(id, T0 + 60, "connection refused")
+        .await
+        .unwrap();
+    assert!(s.list_due_mail(T0 + 59, 10).await.unwrap().is_empty());
+    let retry = s.list_due_mail(T0 + 60, 10).await.unwrap();
+    assert_eq!(retry[0].attempts, 1);
+    s.delete_mail(id).await.unwrap();
+    assert!(s.list_due_mail(T0 + 1000, 10).await.unwrap().is_empty());
+}
+
+pub async fn ping_and_migrate_are_idempotent(s: &dyn Store) {
+    s.ping().await.unwrap();
+    s.migrate().await.unwrap();
+    s.insert_user(&new_user("quinn")).await.unwrap();
+    s.migrate().await.unwrap();
+    assert!(s
+        .find_user_by_login(&Login::parse("quinn").unwrap())
+        .await
+        .unwrap()
+        .is_some());
+}
+
+/// Polls futures concurrently without pulling in an executor utility crate.
+async fn join_all<F: std::future::Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output> {
+    use std::pin::Pin;
+    use std::task::Poll;
+    let mut pending: Vec<Option<Pin<Box<F>>>> =
+        futures.into_iter().map(|f| Some(Box::pin(f))).collect();
+    let mut out: Vec<Option<F::Output>> = pending.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut all_done = true;
+        for (slot, result) in pending.iter_mut().zip(out.iter_mut()) {
+            if let Some(fut) = slot {
+                match fut.as_mut().poll(cx) {
+                    Poll::Ready(v) => {
+                        *result = Some(v);
+                        *slot = None;
+                    }
+                    Poll::Pending => all_done = false,
+                }
+            }
+        }
+        if all_done {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    })
+    .await;
+    out.into_iter()
+        .map(|o| o.expect("every future completed"))
+        .collect()
+}

@@ -1,0 +1,188 @@
+//! Bulwark's storage contract.
+//!
+//! Storage is reached only through these capability traits; each backend crate implements
+//! all of them and runs the same [`contract`] suite (via [`store_contract_tests!`]). Nothing
+//! outside a backend crate knows which database is in use.
+
+pub mod contract;
+mod records;
+
+pub use records::*;
+
+use async_trait::async_trait;
+use bulwark_core::account::{Email, GroupName, Login};
+use bulwark_core::password::hash::PasswordHash;
+use bulwark_core::token::TokenHash;
+use bulwark_core::UnixTime;
+
+/// Errors every backend maps its failures onto.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The record asked for does not exist.
+    #[error("not found")]
+    NotFound,
+    /// A uniqueness rule was violated (e.g. the login is taken).
+    #[error("conflict: {0}")]
+    Conflict(&'static str),
+    /// The database is unreachable (connection refused, pool timeout): callers answer 503.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// Anything else from the backend; logged, never shown to users.
+    #[error("database error: {0}")]
+    Backend(String),
+}
+
+/// Result alias for store calls.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Accounts, groups and password hashes.
+#[async_trait]
+pub trait UserStore: Send + Sync {
+    /// Creates a user; `Conflict` if the login is taken.
+    async fn insert_user(&self, user: &NewUser) -> StoreResult<UserRecord>;
+    /// The user with this id, or `NotFound`.
+    async fn get_user(&self, id: UserId) -> StoreResult<UserRecord>;
+    /// The user with this (normalised) login.
+    async fn find_user_by_login(&self, login: &Login) -> StoreResult<Option<UserRecord>>;
+    /// Users with this e-mail address (compared case-insensitively).
+    async fn find_users_by_email(&self, email: &Email) -> StoreResult<Vec<UserRecord>>;
+    /// Users ordered by login, filtered and paged.
+    async fn list_users(&self, filter: &UserFilter) -> StoreResult<Vec<UserRecord>>;
+    /// Number of active users in a group.
+    async fn count_active_in_group(&self, group: &GroupName) -> StoreResult<u64>;
+    /// Changes e-mail and display name.
+    async fn update_profile(
+        &self,
+        id: UserId,
+        email: Option<&Email>,
+        display_name: &str,
+    ) -> StoreResult<()>;
+    /// Enables or disables an account.
+    async fn update_active(&self, id: UserId, active: bool) -> StoreResult<()>;
+    /// Replaces the user's groups.
+    async fn update_groups(&self, id: UserId, groups: &[GroupName]) -> StoreResult<()>;
+    /// Deletes the user and everything that belongs to them.
+    async fn delete_user(&self, id: UserId) -> StoreResult<()>;
+    /// The stored password hash, if the user has a password.
+    async fn find_password_hash(&self, id: UserId) -> StoreResult<Option<PasswordHash>>;
+    /// Sets a new password: stores the hash, its time and the must-change flag, and records it
+    /// in the history, keeping the newest `keep_history` entries (at least the current one).
+    async fn update_password(&self, change: &PasswordChange) -> StoreResult<()>;
+    /// Replaces the hash of the current password (re-hash on login); nothing else changes.
+    async fn rehash_password(&self, id: UserId, hash: &PasswordHash) -> StoreResult<()>;
+    /// The newest `limit` password hashes, current first.
+    async fn list_password_history(
+        &self,
+        id: UserId,
+        limit: usize,
+    ) -> StoreResult<Vec<PasswordHash>>;
+    /// Forces (or clears) a password change at next login.
+    async fn update_must_change_password(&self, id: UserId, must_change: bool) -> StoreResult<()>;
+    /// Records a successful login.
+    async fn update_last_login(&self, id: UserId, at: UnixTime) -> StoreResult<()>;
+}
+
+/// Server-side sessions, keyed by the hash of the cookie token.
+#[async_trait]
+pub trait SessionStore: Send + Sync {
+    /// Stores a new session.
+    async fn insert_session(&self, session: &NewSession) -> StoreResult<SessionRecord>;
+    /// The session whose token hashes to `hash`.
+    async fn find_session(&self, hash: &TokenHash) -> StoreResult<Option<SessionRecord>>;
+    /// Records use of a session.
+    async fn touch_session(&self, id: SessionId, at: UnixTime) -> StoreResult<()>;
+    /// Ends one session (no error if already gone).
+    async fn delete_session(&self, id: SessionId) -> StoreResult<()>;
+    /// Ends every session of a user except `keep`; returns how many ended.
+    async fn delete_user_sessions(&self, user: UserId, keep: Option<SessionId>)
+        -> StoreResult<u64>;
+    /// A user's sessions, newest first.
+    async fn list_user_sessions(&self, user: UserId) -> StoreResult<Vec<SessionRecord>>;
+    /// Deletes sessions idle since before `idle_before` or created before `created_before`.
+    async fn delete_expired_sessions(
+        &self,
+        idle_before: UnixTime,
+        created_before: UnixTime,
+    ) -> StoreResult<u64>;
+}
+
+/// Single-use tokens: first-admin setup, password reset, invitation.
+#[async_trait]
+pub trait OneTimeTokenStore: Send + Sync {
+    /// Stores a token.
+    async fn insert_one_time_token(&self, token: &NewOneTimeToken) -> StoreResult<()>;
+    /// The token if it is unused and unexpired at `now`, without using it.
+    async fn find_one_time_token(
+        &self,
+        purpose: TokenPurpose,
+        hash: &TokenHash,
+        now: UnixTime,
+    ) -> StoreResult<Option<OneTimeTokenRecord>>;
+    /// Marks the token used and returns it, only if it was unused and unexpired: atomic, so
+    /// two concurrent requests can never both consume it.
+    async fn consume_one_time_token(
+        &self,
+        purpose: TokenPurpose,
+        hash: &TokenHash,
+        now: UnixTime,
+    ) -> StoreResult<Option<OneTimeTokenRecord>>;
+    /// Invalidates a user's unused tokens of one purpose (a new reset link voids older ones).
+    async fn revoke_user_tokens(
+        &self,
+        user: UserId,
+        purpose: TokenPurpose,
+        now: UnixTime,
+    ) -> StoreResult<u64>;
+}
+
+/// Failure counters for login throttling, shared by every node.
+#[async_trait]
+pub trait ThrottleStore: Send + Sync {
+    /// Atomically counts one failure for `key` and returns the new count; a counter whose
+    /// last failure is older than `window_secs` restarts at 1.
+    async fn record_failure(&self, key: &str, now: UnixTime, window_secs: i64) -> StoreResult<u32>;
+    /// Blocks the key until `until` (never shortens an existing block).
+    async fn update_blocked_until(&self, key: &str, until: UnixTime) -> StoreResult<()>;
+    /// The counter for a key.
+    async fn find_throttle(&self, key: &str) -> StoreResult<Option<ThrottleRecord>>;
+    /// Removes a counter (successful login, admin unlock).
+    async fn delete_throttle(&self, key: &str) -> StoreResult<()>;
+}
+
+/// The append-only audit trail.
+#[async_trait]
+pub trait AuditStore: Send + Sync {
+    /// Appends an event and returns its id.
+    async fn append_audit(&self, event: &NewAuditEvent) -> StoreResult<i64>;
+    /// Events newest first, filtered.
+    async fn list_audit(&self, filter: &AuditFilter) -> StoreResult<Vec<AuditRecord>>;
+}
+
+/// The durable outgoing mail queue.
+#[async_trait]
+pub trait MailStore: Send + Sync {
+    /// Queues a message; returns its id.
+    async fn enqueue_mail(&self, mail: &NewMail) -> StoreResult<i64>;
+    /// Messages due for a (re)try at `now`, oldest first.
+    async fn list_due_mail(&self, now: UnixTime, limit: u32) -> StoreResult<Vec<MailRecord>>;
+    /// Removes a delivered message (its body may hold a link token).
+    async fn delete_mail(&self, id: i64) -> StoreResult<()>;
+    /// Records a failed attempt and when to retry.
+    async fn update_mail_failed(
+        &self,
+        id: i64,
+        next_attempt_at: UnixTime,
+        error: &str,
+    ) -> StoreResult<()>;
+}
+
+/// Everything a Bulwark node needs from its database.
+#[async_trait]
+pub trait Store:
+    UserStore + SessionStore + OneTimeTokenStore + ThrottleStore + AuditStore + MailStore
+{
+    /// Brings the schema to the newest version this build knows.
+    async fn migrate(&self) -> StoreResult<()>;
+    /// Cheap liveness check for `/healthz`.
+    async fn ping(&self) -> StoreResult<()>;
+}

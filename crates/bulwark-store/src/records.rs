@@ -1,0 +1,223 @@
+//! Records read from and written to the store.
+
+use bulwark_core::account::{DisplayName, Email, GroupName, Login};
+use bulwark_core::password::hash::PasswordHash;
+use bulwark_core::token::TokenHash;
+use bulwark_core::UnixTime;
+
+/// Primary key of a user.
+pub type UserId = i64;
+/// Primary key of a session.
+pub type SessionId = i64;
+
+/// A user to create.
+#[derive(Debug, Clone)]
+pub struct NewUser {
+    pub login: Login,
+    pub email: Option<Email>,
+    pub display_name: DisplayName,
+    pub groups: Vec<GroupName>,
+    /// Initial password, if any (invited users have none until they set one).
+    pub password_hash: Option<PasswordHash>,
+    pub must_change_password: bool,
+    pub created_at: UnixTime,
+}
+
+/// A stored user; never carries the password hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserRecord {
+    pub id: UserId,
+    pub login: String,
+    pub email: Option<String>,
+    pub display_name: String,
+    pub active: bool,
+    /// Sorted group names.
+    pub groups: Vec<String>,
+    pub created_at: UnixTime,
+    pub last_login_at: Option<UnixTime>,
+    pub password_changed_at: Option<UnixTime>,
+    pub must_change_password: bool,
+    pub has_password: bool,
+}
+
+impl UserRecord {
+    /// Whether the user is in `group`.
+    pub fn in_group(&self, group: &str) -> bool {
+        self.groups.iter().any(|g| g == group)
+    }
+}
+
+/// Filter and page for listing users.
+#[derive(Debug, Clone, Default)]
+pub struct UserFilter {
+    /// Substring of login, e-mail or display name (case-insensitive).
+    pub search: Option<String>,
+    /// Only members of this group.
+    pub group: Option<String>,
+    pub limit: u32,
+    pub offset: u32,
+}
+
+/// A new password for a user.
+#[derive(Debug, Clone)]
+pub struct PasswordChange {
+    pub user: UserId,
+    pub hash: PasswordHash,
+    pub changed_at: UnixTime,
+    pub must_change: bool,
+    pub keep_history: usize,
+}
+
+/// A session to store.
+#[derive(Debug, Clone)]
+pub struct NewSession {
+    pub token_hash: TokenHash,
+    pub user: UserId,
+    pub created_at: UnixTime,
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+}
+
+/// A stored session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRecord {
+    pub id: SessionId,
+    pub user: UserId,
+    pub created_at: UnixTime,
+    pub last_seen_at: UnixTime,
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+}
+
+/// What a one-time token is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenPurpose {
+    /// First-admin setup link printed by `serve`.
+    Setup,
+    /// "Forgot password" link.
+    PasswordReset,
+    /// Invitation to set a first password.
+    Invitation,
+}
+
+impl TokenPurpose {
+    /// Stable name used in storage.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Setup => "setup",
+            Self::PasswordReset => "password_reset",
+            Self::Invitation => "invitation",
+        }
+    }
+}
+
+/// A one-time token to store.
+#[derive(Debug, Clone)]
+pub struct NewOneTimeToken {
+    pub hash: TokenHash,
+    pub purpose: TokenPurpose,
+    pub user: Option<UserId>,
+    pub created_at: UnixTime,
+    pub expires_at: UnixTime,
+}
+
+/// A stored one-time token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OneTimeTokenRecord {
+    pub id: i64,
+    pub user: Option<UserId>,
+    pub created_at: UnixTime,
+    pub expires_at: UnixTime,
+}
+
+/// A throttle counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ThrottleRecord {
+    pub failures: u32,
+    pub last_failure_at: UnixTime,
+    pub blocked_until: UnixTime,
+}
+
+/// An audit event to append.
+#[derive(Debug, Clone, Default)]
+pub struct NewAuditEvent {
+    pub at: UnixTime,
+    /// Who acted: a login, `cli`, or `system`.
+    pub actor: Option<String>,
+    /// Whom it concerned: a login (possibly one that does not exist).
+    pub subject: Option<String>,
+    /// Stable event name, e.g. `login`, `password_changed`.
+    pub event: String,
+    /// `success`, `failure` or `denied`.
+    pub outcome: String,
+    /// Why, in a few words (never a secret).
+    pub detail: Option<String>,
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+}
+
+/// A stored audit event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditRecord {
+    pub id: i64,
+    pub at: UnixTime,
+    pub actor: Option<String>,
+    pub subject: Option<String>,
+    pub event: String,
+    pub outcome: String,
+    pub detail: Option<String>,
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+}
+
+/// Filter for listing audit events.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    pub subject: Option<String>,
+    pub event: Option<String>,
+    pub limit: u32,
+}
+
+/// A message to queue.
+#[derive(Clone)]
+pub struct NewMail {
+    pub to: String,
+    pub subject: String,
+    pub body_text: String,
+    pub body_html: String,
+    pub created_at: UnixTime,
+}
+
+/// A queued message.
+#[derive(Clone, PartialEq, Eq)]
+pub struct MailRecord {
+    pub id: i64,
+    pub to: String,
+    pub subject: String,
+    pub body_text: String,
+    pub body_html: String,
+    pub created_at: UnixTime,
+    pub attempts: u32,
+    pub next_attempt_at: UnixTime,
+}
+
+impl std::fmt::Debug for MailRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Bodies can hold reset links: keep them out of Debug output.
+        f.debug_struct("MailRecord")
+            .field("id", &self.id)
+            .field("to", &self.to)
+            .field("subject", &self.subject)
+            .field("attempts", &self.attempts)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for NewMail {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewMail")
+            .field("to", &self.to)
+            .field("subject", &self.subject)
+            .finish_non_exhaustive()
+    }
+}
