@@ -1,0 +1,11 @@
+//! Integration tests of the `bulwark` server: one binary, one module per area.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "tests"
+)]
+
+mod cli;
+mod pages;
+mod support;

@@ -1,0 +1,349 @@
+//! An in-process Bulwark with a manual clock, a temp SQLite file and a cookie-keeping browser.
+
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::http::{header, HeaderMap, Method, Request, StatusCode};
+use axum::Router;
+use bulwark_server::app::App;
+use bulwark_server::clock::{Clock, ManualClock};
+use bulwark_server::config::{CliOverrides, Config};
+use bulwark_server::mail::Transport;
+use bulwark_server::services::users::NewUserInput;
+use bulwark_server::services::ClientInfo;
+use bulwark_store::{Store, UserRecord};
+use bulwark_store_sqlite::SqliteStore;
+use http_body_util::BodyExt;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use tower::ServiceExt;
+
+/// The fixed start time of every test (2027-01-15).
+pub const T0: i64 = 1_800_000_000;
+
+pub struct TestApp {
+    pub app: App,
+    pub clock: Arc<ManualClock>,
+    pub store: Arc<dyn Store>,
+    router: Router,
+    outbox: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl TestApp {
+    pub async fn new() -> Self {
+        Self::with_config("").await
+    }
+
+    /// An app configured with extra TOML (on top of the defaults).
+    pub async fn with_config(toml_text: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("bulwark.toml");
+        std::fs::write(&file, toml_text).unwrap();
+        let overrides = CliOverrides {
+            data_dir: Some(dir.path().to_path_buf()),
+            ..Default::default()
+        };
+        let config = Config::load(Some(&file), &[], &overrides).unwrap();
+        let store = SqliteStore::open(&dir.path().join("bulwark.db"), 4)
+            .await
+            .unwrap();
+        store.migrate().await.unwrap();
+        let store: Arc<dyn Store> = Arc::new(store);
+        let clock = Arc::new(ManualClock::new(T0));
+        let outbox = dir.path().join("outbox");
+        let app = App::new(config, store.clone(), clock.clone(), [7u8; 32]).unwrap();
+        let router = bulwark_server::web::router(app.clone());
+        Self {
+            app,
+            clock,
+            store,
+            router,
+            outbox,
+            _dir: dir,
+        }
+    }
+
+    /// A browser with an empty cookie jar, connecting from `ip`.
+    pub fn browser_from(&self, ip: &str) -> Browser {
+        Browser {
+            router: self.router.clone(),
+            jar: Mutex::new(BTreeMap::new()),
+            peer: format!("{ip}:40000").parse().unwrap(),
+            headers: Vec::new(),
+        }
+    }
+
+    pub fn browser(&self) -> Browser {
+        self.browser_from("192.0.2.10")
+    }
+
+    /// Creates a user through the service, as the CLI does.
+    pub async fn add_user(&self, login: &str, password: &str, groups: &[&str]) -> UserRecord {
+        self.app
+            .add_user(
+                NewUserInput {
+                    login: login.into(),
+                    email: Some(format!("{login}@example.com")),
+                    display_name: format!("{login} tester"),
+                    groups: groups.iter().map(|g| g.to_string()).collect(),
+                    password: Some(password.into()),
+                    must_change_password: false,
+                },
+                "test",
+                &ClientInfo::cli(),
+            )
+            .await
+            .unwrap()
+    }
+
+    /// Delivers queued mail to the outbox directory and returns every message there.
+    pub async fn mails(&self) -> Vec<Mail> {
+        self.app
+            .mailer
+            .deliver_due(&Transport::Outbox(self.outbox.clone()), self.clock.now())
+            .await;
+        let mut mails = Vec::new();
+        if let Ok(entries) = std::fs::read_dir(&self.outbox) {
+            let mut paths: Vec<_> = entries
+                .filter_map(|e| e.ok())
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "eml"))
+                .collect();
+            paths.sort();
+            for p in paths {
+                mails.push(Mail::parse(&std::fs::read_to_string(p).unwrap()));
+            }
+        }
+        mails
+    }
+
+    /// Waits (bounded) until `n` mails are queued: some are sent from a background task.
+    pub async fn wait_for_queued_mail(&self, n: usize) {
+        for _ in 0..200 {
+            if self.store.list_due_mail(i64::MAX, 100).await.unwrap().len() >= n {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+        panic!("expected {n} queued mails");
+    }
+}
+
+/// A delivered message, decoded enough for assertions.
+#[derive(Debug)]
+pub struct Mail {
+    pub to: String,
+    pub subject: String,
+    /// Raw text with quoted-printable soft breaks undone.
+    pub text: String,
+}
+
+impl Mail {
+    fn parse(raw: &str) -> Self {
+        let header = |name: &str| {
+            raw.lines()
+                .find(|l| {
+                    l.to_ascii_lowercase()
+                        .starts_with(&format!("{}:", name.to_ascii_lowercase()))
+                })
+                .map(|l| l[name.len() + 1..].trim().to_string())
+                .unwrap_or_default()
+        };
+        let text = raw
+            .replace("=\r\n", "")
+            .replace("=\n", "")
+            .replace("=3D", "=");
+        Self {
+            to: header("To"),
+            subject: header("Subject"),
+            text,
+        }
+    }
+
+    /// The first link in the message starting with `prefix` (e.g. the public URL + path).
+    pub fn link(&self, path_prefix: &str) -> Option<String> {
+        let start = self.text.find(path_prefix)?;
+        let rest = &self.text[start..];
+        let end = rest
+            .find(|c: char| c.is_whitespace() || c == '"' || c == '<')
+            .unwrap_or(rest.len());
+        Some(rest[..end].to_string())
+    }
+}
+
+pub struct Response {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: String,
+}
+
+impl Response {
+    pub fn location(&self) -> &str {
+        self.headers
+            .get(header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+
+    pub fn set_cookies(&self) -> Vec<String> {
+        self.headers
+            .get_all(header::SET_COOKIE)
+            .iter()
+            .map(|v| v.to_str().unwrap().to_string())
+            .collect()
+    }
+
+    /// The `Set-Cookie` line for a cookie name, if any.
+    pub fn set_cookie(&self, name: &str) -> Option<String> {
+        self.set_cookies()
+            .into_iter()
+            .find(|c| c.starts_with(&format!("{name}=")))
+    }
+
+    /// The CSRF token embedded in the page.
+    pub fn csrf_token(&self) -> Option<String> {
+        let marker = "name=\"csrf_token\" value=\"";
+        let start = self.body.find(marker)? + marker.len();
+        let end = self.body[start..].find('"')?;
+        Some(self.body[start..start + end].to_string())
+    }
+}
+
+/// A client that keeps cookies like a browser.
+pub struct Browser {
+    router: Router,
+    jar: Mutex<BTreeMap<String, String>>,
+    peer: SocketAddr,
+    headers: Vec<(String, String)>,
+}
+
+impl Browser {
+    /// Sends every later request with this extra header.
+    pub fn with_header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    pub fn cookie(&self, name: &str) -> Option<String> {
+        self.jar.lock().unwrap().get(name).cloned()
+    }
+
+    pub fn set_cookie(&self, name: &str, value: &str) {
+        self.jar.lock().unwrap().insert(name.into(), value.into());
+    }
+
+    pub fn clear_cookies(&self) {
+        self.jar.lock().unwrap().clear();
+    }
+
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        content_type: Option<&str>,
+        body: Vec<u8>,
+    ) -> Response {
+        let mut req = Request::builder().method(method).uri(path).header(
+            header::USER_AGENT,
+            "Mozilla/5.0 (X11; Linux x86_64) Chrome/120.0 Safari/537.36",
+        );
+        let cookies: Vec<String> = self
+            .jar
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        if !cookies.is_empty() {
+            req = req.header(header::COOKIE, cookies.join("; "));
+        }
+        if let Some(ct) = content_type {
+            req = req.header(header::CONTENT_TYPE, ct);
+        }
+        for (k, v) in &self.headers {
+            req = req.header(k.as_str(), v.as_str());
+        }
+        let mut req = req.body(Body::from(body)).unwrap();
+        req.extensions_mut().insert(ConnectInfo(self.peer));
+        let res = self.router.clone().oneshot(req).await.unwrap();
+        let status = res.status();
+        let headers = res.headers().clone();
+        let body = String::from_utf8_lossy(&res.into_body().collect().await.unwrap().to_bytes())
+            .to_string();
+        let response = Response {
+            status,
+            headers,
+            body,
+        };
+        let mut jar = self.jar.lock().unwrap();
+        for c in response.set_cookies() {
+            let pair = c.split(';').next().unwrap();
+            let (k, v) = pair.split_once('=').unwrap();
+            if v.is_empty() || c.contains("Max-Age=0") {
+                jar.remove(k);
+            } else {
+                jar.insert(k.into(), v.into());
+            }
+        }
+        response
+    }
+
+    pub async fn get(&self, path: &str) -> Response {
+        self.request(Method::GET, path, None, Vec::new()).await
+    }
+
+    /// Posts exactly these fields (no CSRF token added).
+    pub async fn post_raw(&self, path: &str, fields: &[(&str, &str)]) -> Response {
+        let body = encode_form(fields);
+        self.request(
+            Method::POST,
+            path,
+            Some("application/x-www-form-urlencoded"),
+            body.into_bytes(),
+        )
+        .await
+    }
+
+    /// A valid CSRF token for this browser (fetching the login page sets the cookie).
+    pub async fn csrf(&self) -> String {
+        self.get("/password/forgot")
+            .await
+            .csrf_token()
+            .expect("page has a csrf token")
+    }
+
+    /// Posts the fields plus a valid CSRF token.
+    pub async fn post(&self, path: &str, fields: &[(&str, &str)]) -> Response {
+        let token = self.csrf().await;
+        let mut all = vec![("csrf_token", token.as_str())];
+        all.extend_from_slice(fields);
+        self.post_raw(path, &all).await
+    }
+
+    pub async fn login(&self, login: &str, password: &str) -> Response {
+        self.post("/login", &[("login", login), ("password", password)])
+            .await
+    }
+}
+
+pub fn encode_form(fields: &[(&str, &str)]) -> String {
+    fields
+        .iter()
+        .map(|(k, v)| format!("{}={}", pct(k), pct(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+fn pct(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
