@@ -7,5 +7,6 @@
 )]
 
 mod cli;
+mod mail;
 mod pages;
 mod support;
