@@ -80,6 +80,7 @@ fn stored_hash(s: String) -> StoreResult<PasswordHash> {
 
 const USER_COLUMNS: &str = "id, login, email, display_name, active, created_at, last_login_at, \
     password_changed_at, must_change_password, password_hash IS NOT NULL AS has_password, \
+    device_account, allowed_networks, grace_started_at, \
     (SELECT group_concat(group_name, ',') FROM user_groups g WHERE g.user_id = users.id) AS groups";
 
 fn user_from_row(row: &SqliteRow) -> Result<UserRecord, sqlx::Error> {
@@ -103,13 +104,26 @@ fn user_from_row(row: &SqliteRow) -> Result<UserRecord, sqlx::Error> {
         password_changed_at: row.try_get("password_changed_at")?,
         must_change_password: row.try_get("must_change_password")?,
         has_password: row.try_get("has_password")?,
+        device_account: row.try_get("device_account")?,
+        allowed_networks: split_list(row.try_get("allowed_networks")?),
+        grace_started_at: row.try_get("grace_started_at")?,
     })
 }
 
+fn split_list(s: String) -> Vec<String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|x| !x.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
 fn session_from_row(row: &SqliteRow) -> Result<SessionRecord, sqlx::Error> {
+    let stage: String = row.try_get("stage")?;
     Ok(SessionRecord {
         id: row.try_get("id")?,
         user: row.try_get("user_id")?,
+        stage: SessionStage::from_stored(&stage),
         created_at: row.try_get("created_at")?,
         last_seen_at: row.try_get("last_seen_at")?,
         ip: row.try_get("ip")?,
@@ -409,17 +423,47 @@ impl UserStore for SqliteStore {
             .map_err(map_err)?;
         found(r.rows_affected())
     }
+
+    async fn update_device_account(
+        &self,
+        id: UserId,
+        device: bool,
+        networks: &[String],
+    ) -> StoreResult<()> {
+        let r =
+            sqlx::query("UPDATE users SET device_account = ?, allowed_networks = ? WHERE id = ?")
+                .bind(device)
+                .bind(networks.join(","))
+                .bind(id)
+                .execute(&self.pool)
+                .await
+                .map_err(map_err)?;
+        found(r.rows_affected())
+    }
+
+    async fn start_grace(&self, id: UserId, at: UnixTime) -> StoreResult<UnixTime> {
+        let started: Option<Option<i64>> = sqlx::query_scalar(
+            "UPDATE users SET grace_started_at = coalesce(grace_started_at, ?) WHERE id = ? RETURNING grace_started_at",
+        )
+        .bind(at)
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(map_err)?;
+        started.flatten().ok_or(StoreError::NotFound)
+    }
 }
 
 #[async_trait]
 impl SessionStore for SqliteStore {
     async fn insert_session(&self, s: &NewSession) -> StoreResult<SessionRecord> {
         let row = sqlx::query(
-            "INSERT INTO sessions (token_hash, user_id, created_at, last_seen_at, ip, user_agent) \
-             VALUES (?, ?, ?, ?, ?, ?) RETURNING id, user_id, created_at, last_seen_at, ip, user_agent",
+            "INSERT INTO sessions (token_hash, user_id, stage, created_at, last_seen_at, ip, user_agent) \
+             VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id, user_id, stage, created_at, last_seen_at, ip, user_agent",
         )
         .bind(s.token_hash.as_str())
         .bind(s.user)
+        .bind(s.stage.as_str())
         .bind(s.created_at)
         .bind(s.created_at)
         .bind(&s.ip)
@@ -431,7 +475,7 @@ impl SessionStore for SqliteStore {
     }
 
     async fn find_session(&self, hash: &TokenHash) -> StoreResult<Option<SessionRecord>> {
-        let row = sqlx::query("SELECT id, user_id, created_at, last_seen_at, ip, user_agent FROM sessions WHERE token_hash = ?")
+        let row = sqlx::query("SELECT id, user_id, stage, created_at, last_seen_at, ip, user_agent FROM sessions WHERE token_hash = ?")
             .bind(hash.as_str())
             .fetch_optional(&self.pool)
             .await
@@ -478,7 +522,7 @@ impl SessionStore for SqliteStore {
 
     async fn list_user_sessions(&self, user: UserId) -> StoreResult<Vec<SessionRecord>> {
         let rows = sqlx::query(
-            "SELECT id, user_id, created_at, last_seen_at, ip, user_agent FROM sessions WHERE user_id = ? \
+            "SELECT id, user_id, stage, created_at, last_seen_at, ip, user_agent FROM sessions WHERE user_id = ? \
              ORDER BY created_at DESC, id DESC",
         )
         .bind(user)
@@ -763,6 +807,338 @@ impl MailStore for SqliteStore {
             .await
             .map_err(map_err)?;
         Ok(())
+    }
+}
+
+fn totp_from_row(r: &SqliteRow) -> Result<TotpFactorRecord, sqlx::Error> {
+    let digits: i64 = r.try_get("digits")?;
+    let period: i64 = r.try_get("period")?;
+    Ok(TotpFactorRecord {
+        user: r.try_get("user_id")?,
+        secret_sealed: r.try_get("secret_sealed")?,
+        key_id: r.try_get("key_id")?,
+        algorithm: r.try_get("algorithm")?,
+        digits: u32::try_from(digits).unwrap_or(0),
+        period: u32::try_from(period).unwrap_or(0),
+        created_at: r.try_get("created_at")?,
+        confirmed_at: r.try_get("confirmed_at")?,
+        last_used_step: r.try_get("last_used_step")?,
+    })
+}
+
+const TOTP_COLUMNS: &str = "user_id, secret_sealed, key_id, algorithm, digits, period, created_at, confirmed_at, last_used_step";
+
+#[async_trait]
+impl TwoFactorStore for SqliteStore {
+    async fn upsert_pending_totp(&self, f: &NewTotpFactor) -> StoreResult<()> {
+        // Replaces only an unconfirmed factor: the WHERE on the upsert leaves a confirmed one alone.
+        let r = sqlx::query(
+            "INSERT INTO totp_factors (user_id, secret_sealed, key_id, algorithm, digits, period, created_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
+             ON CONFLICT (user_id) DO UPDATE SET secret_sealed = ?2, key_id = ?3, algorithm = ?4, digits = ?5, \
+               period = ?6, created_at = ?7, last_used_step = NULL \
+             WHERE totp_factors.confirmed_at IS NULL",
+        )
+        .bind(f.user)
+        .bind(&f.secret_sealed)
+        .bind(&f.key_id)
+        .bind(&f.algorithm)
+        .bind(i64::from(f.digits))
+        .bind(i64::from(f.period))
+        .bind(f.created_at)
+        .execute(&self.pool)
+        .await
+        .map_err(map_err)?;
+        if r.rows_affected() == 0 {
+            return Err(StoreError::Conflict("a confirmed factor exists"));
+        }
+        Ok(())
+    }
+
+    async fn find_totp(&self, user: UserId) -> StoreResult<Option<TotpFactorRecord>> {
+        let sql = format!("SELECT {TOTP_COLUMNS} FROM totp_factors WHERE user_id = ?");
+        let row = sqlx::query(&sql)
+            .bind(user)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(map_err)?;
+        row.as_ref().map(totp_from_row).transpose().map_err(map_err)
+    }
+
+    async fn confirm_totp(&self, user: UserId, at: UnixTime, step: i64) -> StoreResult<bool> {
+        let r = sqlx::query("UPDATE totp_factors SET confirmed_at = ?, last_used_step = ? WHERE user_id = ? AND confirmed_at IS NULL")
+            .bind(at)
+            .bind(step)
+            .bind(user)
+            .execute(&self.pool)
+            .await
+            .map_err(map_err)?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn update_totp_step(&self, user: UserId, step: i64) -> StoreResult<bool> {
+        let r = sqlx::query(
+            "UPDATE totp_factors SET last_used_step = ?1 WHERE user_id = ?2 AND confirmed_at IS NOT NULL \
+             AND (last_used_step IS NULL OR last_used_step < ?1)",
+        )
+        .bind(step)
+        .bind(user)
+        .execute(&self.pool)
+        .await
+        .map_err(map_err)?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn delete_totp(&self, user: UserId) -> StoreResult<bool> {
+        let r = sqlx::query("DELETE FROM totp_factors WHERE user_id = ?")
+            .bind(user)
+            .execute(&self.pool)
+            .await
+            .map_err(map_err)?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn list_totp_factors(&self) -> StoreResult<Vec<TotpFactorRecord>> {
+        let sql = format!("SELECT {TOTP_COLUMNS} FROM totp_factors ORDER BY user_id");
+        let rows = sqlx::query(&sql)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(map_err)?;
+        rows.iter()
+            .map(totp_from_row)
+            .collect::<Result<_, _>>()
+            .map_err(map_err)
+    }
+
+    async fn update_totp_secret(
+        &self,
+        user: UserId,
+        sealed: &str,
+        key_id: &str,
+        old_key_id: &str,
+    ) -> StoreResult<bool> {
+        let r = sqlx::query("UPDATE totp_factors SET secret_sealed = ?, key_id = ? WHERE user_id = ? AND key_id = ?")
+            .bind(sealed)
+            .bind(key_id)
+            .bind(user)
+            .bind(old_key_id)
+            .execute(&self.pool)
+            .await
+            .map_err(map_err)?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn replace_recovery_codes(
+        &self,
+        user: UserId,
+        hashes: &[String],
+        at: UnixTime,
+    ) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        sqlx::query("DELETE FROM recovery_codes WHERE user_id = ?")
+            .bind(user)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        for hash in hashes {
+            sqlx::query(
+                "INSERT INTO recovery_codes (user_id, code_hash, created_at) VALUES (?, ?, ?)",
+            )
+            .bind(user)
+            .bind(hash)
+            .bind(at)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        }
+        tx.commit().await.map_err(map_err)
+    }
+
+    async fn use_recovery_code(&self, user: UserId, hash: &str, at: UnixTime) -> StoreResult<bool> {
+        let r = sqlx::query("UPDATE recovery_codes SET used_at = ? WHERE user_id = ? AND code_hash = ? AND used_at IS NULL")
+            .bind(at)
+            .bind(user)
+            .bind(hash)
+            .execute(&self.pool)
+            .await
+            .map_err(map_err)?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn count_recovery_codes(&self, user: UserId) -> StoreResult<u32> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM recovery_codes WHERE user_id = ? AND used_at IS NULL",
+        )
+        .bind(user)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(map_err)?;
+        Ok(u32::try_from(n).unwrap_or(0))
+    }
+
+    async fn delete_recovery_codes(&self, user: UserId) -> StoreResult<()> {
+        sqlx::query("DELETE FROM recovery_codes WHERE user_id = ?")
+            .bind(user)
+            .execute(&self.pool)
+            .await
+            .map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn insert_email_code(
+        &self,
+        user: UserId,
+        hash: &str,
+        created_at: UnixTime,
+        expires_at: UnixTime,
+    ) -> StoreResult<()> {
+        sqlx::query("INSERT INTO email_codes (user_id, code_hash, created_at, expires_at) VALUES (?, ?, ?, ?)")
+            .bind(user)
+            .bind(hash)
+            .bind(created_at)
+            .bind(expires_at)
+            .execute(&self.pool)
+            .await
+            .map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn consume_email_code(
+        &self,
+        user: UserId,
+        hash: &str,
+        now: UnixTime,
+    ) -> StoreResult<bool> {
+        let r = sqlx::query(
+            "UPDATE email_codes SET used_at = ?3 WHERE id = \
+             (SELECT id FROM email_codes WHERE user_id = ?1 AND code_hash = ?2 AND used_at IS NULL AND expires_at > ?3 LIMIT 1) \
+             AND used_at IS NULL",
+        )
+        .bind(user)
+        .bind(hash)
+        .bind(now)
+        .execute(&self.pool)
+        .await
+        .map_err(map_err)?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn count_email_codes_since(&self, user: UserId, since: UnixTime) -> StoreResult<u32> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM email_codes WHERE user_id = ? AND created_at >= ?",
+        )
+        .bind(user)
+        .bind(since)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(map_err)?;
+        Ok(u32::try_from(n).unwrap_or(0))
+    }
+}
+
+fn device_from_row(r: &SqliteRow) -> Result<TrustedDeviceRecord, sqlx::Error> {
+    Ok(TrustedDeviceRecord {
+        id: r.try_get("id")?,
+        user: r.try_get("user_id")?,
+        name: r.try_get("name")?,
+        created_at: r.try_get("created_at")?,
+        last_used_at: r.try_get("last_used_at")?,
+        last_ip: r.try_get("last_ip")?,
+        expires_at: r.try_get("expires_at")?,
+    })
+}
+
+#[async_trait]
+impl TrustedDeviceStore for SqliteStore {
+    async fn insert_trusted_device(
+        &self,
+        d: &NewTrustedDevice,
+    ) -> StoreResult<TrustedDeviceRecord> {
+        let row = sqlx::query(
+            "INSERT INTO trusted_devices (token_hash, user_id, name, created_at, last_used_at, last_ip, expires_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id, user_id, name, created_at, last_used_at, last_ip, expires_at",
+        )
+        .bind(d.token_hash.as_str())
+        .bind(d.user)
+        .bind(&d.name)
+        .bind(d.created_at)
+        .bind(d.created_at)
+        .bind(&d.ip)
+        .bind(d.expires_at)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(map_err)?;
+        device_from_row(&row).map_err(map_err)
+    }
+
+    async fn find_trusted_device(
+        &self,
+        hash: &TokenHash,
+    ) -> StoreResult<Option<TrustedDeviceRecord>> {
+        let row = sqlx::query(
+            "SELECT id, user_id, name, created_at, last_used_at, last_ip, expires_at FROM trusted_devices WHERE token_hash = ?",
+        )
+        .bind(hash.as_str())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(map_err)?;
+        row.as_ref()
+            .map(device_from_row)
+            .transpose()
+            .map_err(map_err)
+    }
+
+    async fn touch_trusted_device(
+        &self,
+        id: i64,
+        at: UnixTime,
+        ip: Option<&str>,
+    ) -> StoreResult<()> {
+        sqlx::query("UPDATE trusted_devices SET last_used_at = ?, last_ip = coalesce(?, last_ip) WHERE id = ?")
+            .bind(at)
+            .bind(ip)
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn list_user_trusted_devices(
+        &self,
+        user: UserId,
+    ) -> StoreResult<Vec<TrustedDeviceRecord>> {
+        let rows = sqlx::query(
+            "SELECT id, user_id, name, created_at, last_used_at, last_ip, expires_at FROM trusted_devices \
+             WHERE user_id = ? ORDER BY created_at DESC, id DESC",
+        )
+        .bind(user)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err)?;
+        rows.iter()
+            .map(device_from_row)
+            .collect::<Result<_, _>>()
+            .map_err(map_err)
+    }
+
+    async fn delete_trusted_device(&self, user: UserId, id: i64) -> StoreResult<bool> {
+        let r = sqlx::query("DELETE FROM trusted_devices WHERE id = ? AND user_id = ?")
+            .bind(id)
+            .bind(user)
+            .execute(&self.pool)
+            .await
+            .map_err(map_err)?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn delete_user_trusted_devices(&self, user: UserId) -> StoreResult<u64> {
+        let r = sqlx::query("DELETE FROM trusted_devices WHERE user_id = ?")
+            .bind(user)
+            .execute(&self.pool)
+            .await
+            .map_err(map_err)?;
+        Ok(r.rows_affected())
     }
 }
 

@@ -27,7 +27,12 @@ macro_rules! store_contract_tests {
             one_time_token_is_consumed_once, one_time_token_expires_and_purpose_matters, revoking_user_tokens_voids_them,
             concurrent_consumption_succeeds_once,
             throttle_counts_failures_and_restarts_after_window, throttle_block_never_shortens, concurrent_failures_are_all_counted,
-            audit_is_appended_and_filtered, mail_queue_retries_and_deletes, ping_and_migrate_are_idempotent);
+            audit_is_appended_and_filtered, mail_queue_retries_and_deletes, ping_and_migrate_are_idempotent,
+            session_stage_is_stored, device_account_and_grace_are_recorded,
+            pending_totp_is_replaced_until_confirmed, totp_step_only_moves_forward, concurrent_totp_use_succeeds_once,
+            totp_secret_rotation_checks_the_old_key, recovery_codes_work_once_and_are_replaced,
+            concurrent_recovery_code_use_succeeds_once, email_codes_are_single_use_and_expire,
+            trusted_devices_are_listed_touched_and_revoked, second_factors_go_with_the_user);
     };
     (@each $make:expr; $($name:ident),* $(,)?) => {
         $(
@@ -70,6 +75,7 @@ async fn session(s: &dyn Store, user: UserId, token: &str, at: i64) -> SessionRe
     s.insert_session(&NewSession {
         token_hash: TokenHash::of(token),
         user,
+        stage: SessionStage::Full,
         created_at: at,
         ip: Some("192.0.2.1".into()),
         user_agent: Some("test-agent".into()),
@@ -692,6 +698,337 @@ pub async fn ping_and_migrate_are_idempotent(s: &dyn Store) {
         .await
         .unwrap()
         .is_some());
+}
+
+pub async fn session_stage_is_stored(s: &dyn Store) {
+    let u = s.insert_user(&new_user("stan")).await.unwrap();
+    let half = s
+        .insert_session(&NewSession {
+            token_hash: TokenHash::of("half"),
+            user: u.id,
+            stage: SessionStage::SecondFactor,
+            created_at: T0,
+            ip: None,
+            user_agent: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(half.stage, SessionStage::SecondFactor);
+    assert_eq!(
+        s.find_session(&TokenHash::of("half"))
+            .await
+            .unwrap()
+            .unwrap()
+            .stage,
+        SessionStage::SecondFactor
+    );
+    let full = session(s, u.id, "full", T0).await;
+    assert_eq!(full.stage, SessionStage::Full);
+    assert_eq!(s.list_user_sessions(u.id).await.unwrap().len(), 2);
+}
+
+pub async fn device_account_and_grace_are_recorded(s: &dyn Store) {
+    let u = s.insert_user(&new_user("kiosk1")).await.unwrap();
+    assert!(!u.device_account);
+    assert!(u.allowed_networks.is_empty());
+    assert_eq!(u.grace_started_at, None);
+    s.update_device_account(u.id, true, &["10.1.0.0/16".into(), "192.0.2.5/32".into()])
+        .await
+        .unwrap();
+    assert_eq!(s.start_grace(u.id, T0 + 10).await.unwrap(), T0 + 10);
+    assert_eq!(
+        s.start_grace(u.id, T0 + 99).await.unwrap(),
+        T0 + 10,
+        "grace starts once"
+    );
+    let got = s.get_user(u.id).await.unwrap();
+    assert!(got.device_account);
+    assert_eq!(
+        got.allowed_networks,
+        vec!["10.1.0.0/16".to_string(), "192.0.2.5/32".to_string()]
+    );
+    assert_eq!(got.grace_started_at, Some(T0 + 10));
+    assert!(matches!(
+        s.update_device_account(4242, true, &[]).await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        s.start_grace(4242, T0).await,
+        Err(StoreError::NotFound)
+    ));
+}
+
+fn factor(user: UserId, sealed: &str) -> NewTotpFactor {
+    NewTotpFactor {
+        user,
+        secret_sealed: sealed.into(),
+        key_id: "k1".into(),
+        algorithm: "sha1".into(),
+        digits: 6,
+        period: 30,
+        created_at: T0,
+    }
+}
+
+pub async fn pending_totp_is_replaced_until_confirmed(s: &dyn Store) {
+    let u = s.insert_user(&new_user("tina")).await.unwrap();
+    assert_eq!(s.find_totp(u.id).await.unwrap(), None);
+    s.upsert_pending_totp(&factor(u.id, "sealed-1"))
+        .await
+        .unwrap();
+    s.upsert_pending_totp(&factor(u.id, "sealed-2"))
+        .await
+        .unwrap();
+    let f = s.find_totp(u.id).await.unwrap().unwrap();
+    assert_eq!(
+        (f.secret_sealed.as_str(), f.confirmed_at, f.last_used_step),
+        ("sealed-2", None, None)
+    );
+    assert_eq!(
+        (f.digits, f.period, f.algorithm.as_str(), f.key_id.as_str()),
+        (6, 30, "sha1", "k1")
+    );
+    assert!(
+        !s.update_totp_step(u.id, 5).await.unwrap(),
+        "a pending factor cannot be used"
+    );
+    assert!(s.confirm_totp(u.id, T0 + 5, 100).await.unwrap());
+    assert!(
+        !s.confirm_totp(u.id, T0 + 6, 101).await.unwrap(),
+        "confirmed once"
+    );
+    let f = s.find_totp(u.id).await.unwrap().unwrap();
+    assert_eq!(
+        (f.confirmed_at, f.last_used_step),
+        (Some(T0 + 5), Some(100))
+    );
+    let err = s
+        .upsert_pending_totp(&factor(u.id, "sealed-3"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+    assert_eq!(
+        s.find_totp(u.id).await.unwrap().unwrap().secret_sealed,
+        "sealed-2"
+    );
+    assert!(s.delete_totp(u.id).await.unwrap());
+    assert!(!s.delete_totp(u.id).await.unwrap());
+    s.upsert_pending_totp(&factor(u.id, "sealed-4"))
+        .await
+        .unwrap();
+}
+
+pub async fn totp_step_only_moves_forward(s: &dyn Store) {
+    let u = s.insert_user(&new_user("ulla")).await.unwrap();
+    s.upsert_pending_totp(&factor(u.id, "x")).await.unwrap();
+    s.confirm_totp(u.id, T0, 100).await.unwrap();
+    assert!(
+        !s.update_totp_step(u.id, 100).await.unwrap(),
+        "same step refused"
+    );
+    assert!(
+        !s.update_totp_step(u.id, 99).await.unwrap(),
+        "older step refused"
+    );
+    assert!(s.update_totp_step(u.id, 101).await.unwrap());
+    assert_eq!(
+        s.find_totp(u.id).await.unwrap().unwrap().last_used_step,
+        Some(101)
+    );
+    assert!(!s.update_totp_step(4242, 500).await.unwrap());
+}
+
+pub async fn concurrent_totp_use_succeeds_once(s: &dyn Store) {
+    let u = s.insert_user(&new_user("vera")).await.unwrap();
+    s.upsert_pending_totp(&factor(u.id, "x")).await.unwrap();
+    s.confirm_totp(u.id, T0, 10).await.unwrap();
+    let results = join_all((0..8).map(|_| s.update_totp_step(u.id, 11))).await;
+    assert_eq!(
+        results
+            .into_iter()
+            .filter(|r| matches!(r, Ok(true)))
+            .count(),
+        1
+    );
+}
+
+pub async fn totp_secret_rotation_checks_the_old_key(s: &dyn Store) {
+    let a = s.insert_user(&new_user("walt")).await.unwrap();
+    let b = s.insert_user(&new_user("xena")).await.unwrap();
+    s.upsert_pending_totp(&factor(a.id, "a-k1")).await.unwrap();
+    s.upsert_pending_totp(&factor(b.id, "b-k1")).await.unwrap();
+    assert_eq!(s.list_totp_factors().await.unwrap().len(), 2);
+    assert!(s
+        .update_totp_secret(a.id, "a-k2", "k2", "k1")
+        .await
+        .unwrap());
+    assert!(
+        !s.update_totp_secret(a.id, "a-k3", "k3", "k1")
+            .await
+            .unwrap(),
+        "already rotated"
+    );
+    let f = s.find_totp(a.id).await.unwrap().unwrap();
+    assert_eq!(
+        (f.secret_sealed.as_str(), f.key_id.as_str()),
+        ("a-k2", "k2")
+    );
+}
+
+pub async fn recovery_codes_work_once_and_are_replaced(s: &dyn Store) {
+    let u = s.insert_user(&new_user("yuri")).await.unwrap();
+    let hashes: Vec<String> = (0..10).map(|i| format!("h{i}")).collect();
+    s.replace_recovery_codes(u.id, &hashes, T0).await.unwrap();
+    assert_eq!(s.count_recovery_codes(u.id).await.unwrap(), 10);
+    assert!(s.use_recovery_code(u.id, "h3", T0 + 1).await.unwrap());
+    assert!(
+        !s.use_recovery_code(u.id, "h3", T0 + 2).await.unwrap(),
+        "once"
+    );
+    assert!(!s.use_recovery_code(u.id, "nope", T0 + 2).await.unwrap());
+    assert_eq!(s.count_recovery_codes(u.id).await.unwrap(), 9);
+    let other = s.insert_user(&new_user("zack")).await.unwrap();
+    assert!(
+        !s.use_recovery_code(other.id, "h4", T0).await.unwrap(),
+        "codes belong to one user"
+    );
+    s.replace_recovery_codes(u.id, &["n1".to_string(), "n2".to_string()], T0 + 3)
+        .await
+        .unwrap();
+    assert!(
+        !s.use_recovery_code(u.id, "h4", T0 + 4).await.unwrap(),
+        "old set gone"
+    );
+    assert_eq!(s.count_recovery_codes(u.id).await.unwrap(), 2);
+    s.delete_recovery_codes(u.id).await.unwrap();
+    assert_eq!(s.count_recovery_codes(u.id).await.unwrap(), 0);
+}
+
+pub async fn concurrent_recovery_code_use_succeeds_once(s: &dyn Store) {
+    let u = s.insert_user(&new_user("abby")).await.unwrap();
+    s.replace_recovery_codes(u.id, &["only".to_string()], T0)
+        .await
+        .unwrap();
+    let results = join_all((0..8).map(|_| s.use_recovery_code(u.id, "only", T0 + 1))).await;
+    assert_eq!(
+        results
+            .into_iter()
+            .filter(|r| matches!(r, Ok(true)))
+            .count(),
+        1
+    );
+}
+
+pub async fn email_codes_are_single_use_and_expire(s: &dyn Store) {
+    let u = s.insert_user(&new_user("bert")).await.unwrap();
+    s.insert_email_code(u.id, "c1", T0, T0 + 600).await.unwrap();
+    s.insert_email_code(u.id, "c2", T0 + 10, T0 + 610)
+        .await
+        .unwrap();
+    assert_eq!(s.count_email_codes_since(u.id, T0).await.unwrap(), 2);
+    assert_eq!(s.count_email_codes_since(u.id, T0 + 5).await.unwrap(), 1);
+    assert!(s.consume_email_code(u.id, "c1", T0 + 100).await.unwrap());
+    assert!(
+        !s.consume_email_code(u.id, "c1", T0 + 101).await.unwrap(),
+        "once"
+    );
+    assert!(
+        !s.consume_email_code(u.id, "c2", T0 + 610).await.unwrap(),
+        "expired"
+    );
+    let results = join_all((0..6).map(|_| s.consume_email_code(u.id, "c2", T0 + 200))).await;
+    assert_eq!(
+        results
+            .into_iter()
+            .filter(|r| matches!(r, Ok(true)))
+            .count(),
+        1
+    );
+}
+
+pub async fn trusted_devices_are_listed_touched_and_revoked(s: &dyn Store) {
+    let u = s.insert_user(&new_user("cleo")).await.unwrap();
+    let d = NewTrustedDevice {
+        token_hash: TokenHash::of("dev1"),
+        user: u.id,
+        name: "Firefox on Linux".into(),
+        created_at: T0,
+        ip: Some("192.0.2.1".into()),
+        expires_at: T0 + 86_400,
+    };
+    let rec = s.insert_trusted_device(&d).await.unwrap();
+    assert_eq!(
+        (
+            rec.user,
+            rec.name.as_str(),
+            rec.last_used_at,
+            rec.expires_at
+        ),
+        (u.id, "Firefox on Linux", T0, T0 + 86_400)
+    );
+    assert_eq!(
+        s.find_trusted_device(&TokenHash::of("dev1")).await.unwrap(),
+        Some(rec.clone())
+    );
+    assert_eq!(
+        s.find_trusted_device(&TokenHash::of("dev2")).await.unwrap(),
+        None
+    );
+    s.touch_trusted_device(rec.id, T0 + 50, Some("192.0.2.9"))
+        .await
+        .unwrap();
+    let got = s
+        .find_trusted_device(&TokenHash::of("dev1"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (got.last_used_at, got.last_ip.as_deref()),
+        (T0 + 50, Some("192.0.2.9"))
+    );
+    let d2 = NewTrustedDevice {
+        token_hash: TokenHash::of("dev2"),
+        created_at: T0 + 5,
+        ..d.clone()
+    };
+    s.insert_trusted_device(&d2).await.unwrap();
+    assert_eq!(s.list_user_trusted_devices(u.id).await.unwrap().len(), 2);
+    let other = s.insert_user(&new_user("dora")).await.unwrap();
+    assert!(
+        !s.delete_trusted_device(other.id, rec.id).await.unwrap(),
+        "not theirs"
+    );
+    assert!(s.delete_trusted_device(u.id, rec.id).await.unwrap());
+    assert_eq!(s.delete_user_trusted_devices(u.id).await.unwrap(), 1);
+    assert!(s.list_user_trusted_devices(u.id).await.unwrap().is_empty());
+}
+
+pub async fn second_factors_go_with_the_user(s: &dyn Store) {
+    let u = s.insert_user(&new_user("ella")).await.unwrap();
+    s.upsert_pending_totp(&factor(u.id, "x")).await.unwrap();
+    s.replace_recovery_codes(u.id, &["r".to_string()], T0)
+        .await
+        .unwrap();
+    s.insert_email_code(u.id, "e", T0, T0 + 600).await.unwrap();
+    let d = NewTrustedDevice {
+        token_hash: TokenHash::of("ella-dev"),
+        user: u.id,
+        name: "x".into(),
+        created_at: T0,
+        ip: None,
+        expires_at: T0 + 60,
+    };
+    s.insert_trusted_device(&d).await.unwrap();
+    s.delete_user(u.id).await.unwrap();
+    assert_eq!(s.find_totp(u.id).await.unwrap(), None);
+    assert_eq!(s.count_recovery_codes(u.id).await.unwrap(), 0);
+    assert_eq!(s.count_email_codes_since(u.id, 0).await.unwrap(), 0);
+    assert_eq!(
+        s.find_trusted_device(&TokenHash::of("ella-dev"))
+            .await
+            .unwrap(),
+        None
+    );
 }
 
 /// Polls futures concurrently without pulling in an executor utility crate.

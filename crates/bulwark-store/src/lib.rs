@@ -80,6 +80,103 @@ pub trait UserStore: Send + Sync {
     async fn update_must_change_password(&self, id: UserId, must_change: bool) -> StoreResult<()>;
     /// Records a successful login.
     async fn update_last_login(&self, id: UserId, at: UnixTime) -> StoreResult<()>;
+    /// Marks (or unmarks) a device account and the networks it may log in from.
+    async fn update_device_account(
+        &self,
+        id: UserId,
+        device: bool,
+        networks: &[String],
+    ) -> StoreResult<()>;
+    /// Starts the user's 2FA grace period at `at` unless it already started; returns the start.
+    async fn start_grace(&self, id: UserId, at: UnixTime) -> StoreResult<UnixTime>;
+}
+
+/// Second factors: TOTP, recovery codes, e-mailed codes.
+#[async_trait]
+pub trait TwoFactorStore: Send + Sync {
+    /// Stores a factor awaiting confirmation, replacing an unconfirmed one; `Conflict` if the
+    /// user already has a confirmed factor.
+    async fn upsert_pending_totp(&self, factor: &NewTotpFactor) -> StoreResult<()>;
+    /// The user's factor, confirmed or pending.
+    async fn find_totp(&self, user: UserId) -> StoreResult<Option<TotpFactorRecord>>;
+    /// Activates a pending factor with its first accepted step; false if none was pending.
+    async fn confirm_totp(&self, user: UserId, at: UnixTime, step: i64) -> StoreResult<bool>;
+    /// Records an accepted step only if it is later than the last one, atomically: of two
+    /// concurrent uses of one code, exactly one gets `true`.
+    async fn update_totp_step(&self, user: UserId, step: i64) -> StoreResult<bool>;
+    /// Removes the user's factor; false if there was none.
+    async fn delete_totp(&self, user: UserId) -> StoreResult<bool>;
+    /// Every factor, for re-encryption under a new key.
+    async fn list_totp_factors(&self) -> StoreResult<Vec<TotpFactorRecord>>;
+    /// Replaces a sealed secret if it is still sealed under `old_key_id`.
+    async fn update_totp_secret(
+        &self,
+        user: UserId,
+        sealed: &str,
+        key_id: &str,
+        old_key_id: &str,
+    ) -> StoreResult<bool>;
+    /// Replaces every recovery code of the user with these hashes.
+    async fn replace_recovery_codes(
+        &self,
+        user: UserId,
+        hashes: &[String],
+        at: UnixTime,
+    ) -> StoreResult<()>;
+    /// Uses a recovery code atomically: true exactly once per code.
+    async fn use_recovery_code(&self, user: UserId, hash: &str, at: UnixTime) -> StoreResult<bool>;
+    /// How many unused recovery codes the user has.
+    async fn count_recovery_codes(&self, user: UserId) -> StoreResult<u32>;
+    /// Deletes the user's recovery codes.
+    async fn delete_recovery_codes(&self, user: UserId) -> StoreResult<()>;
+    /// Stores an e-mailed code's hash.
+    async fn insert_email_code(
+        &self,
+        user: UserId,
+        hash: &str,
+        created_at: UnixTime,
+        expires_at: UnixTime,
+    ) -> StoreResult<()>;
+    /// Uses an unexpired e-mailed code atomically: true exactly once.
+    async fn consume_email_code(
+        &self,
+        user: UserId,
+        hash: &str,
+        now: UnixTime,
+    ) -> StoreResult<bool>;
+    /// How many codes were mailed to the user since `since`.
+    async fn count_email_codes_since(&self, user: UserId, since: UnixTime) -> StoreResult<u32>;
+}
+
+/// Browsers a user chose to trust for the second factor.
+#[async_trait]
+pub trait TrustedDeviceStore: Send + Sync {
+    /// Stores a trusted device.
+    async fn insert_trusted_device(
+        &self,
+        device: &NewTrustedDevice,
+    ) -> StoreResult<TrustedDeviceRecord>;
+    /// The device whose cookie token hashes to `hash`.
+    async fn find_trusted_device(
+        &self,
+        hash: &TokenHash,
+    ) -> StoreResult<Option<TrustedDeviceRecord>>;
+    /// Records a use.
+    async fn touch_trusted_device(
+        &self,
+        id: i64,
+        at: UnixTime,
+        ip: Option<&str>,
+    ) -> StoreResult<()>;
+    /// A user's devices, newest first.
+    async fn list_user_trusted_devices(
+        &self,
+        user: UserId,
+    ) -> StoreResult<Vec<TrustedDeviceRecord>>;
+    /// Revokes one of the user's devices; false if it was not theirs or is gone.
+    async fn delete_trusted_device(&self, user: UserId, id: i64) -> StoreResult<bool>;
+    /// Revokes every device of the user; returns how many.
+    async fn delete_user_trusted_devices(&self, user: UserId) -> StoreResult<u64>;
 }
 
 /// Server-side sessions, keyed by the hash of the cookie token.
@@ -179,7 +276,14 @@ pub trait MailStore: Send + Sync {
 /// Everything a Bulwark node needs from its database.
 #[async_trait]
 pub trait Store:
-    UserStore + SessionStore + OneTimeTokenStore + ThrottleStore + AuditStore + MailStore
+    UserStore
+    + SessionStore
+    + OneTimeTokenStore
+    + ThrottleStore
+    + AuditStore
+    + MailStore
+    + TwoFactorStore
+    + TrustedDeviceStore
 {
     /// Brings the schema to the newest version this build knows.
     async fn migrate(&self) -> StoreResult<()>;

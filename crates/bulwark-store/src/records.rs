@@ -38,6 +38,12 @@ pub struct UserRecord {
     pub password_changed_at: Option<UnixTime>,
     pub must_change_password: bool,
     pub has_password: bool,
+    /// Kiosk, POS or scanner account: exempt from 2FA, bound to `allowed_networks`.
+    pub device_account: bool,
+    /// CIDRs a device account may log in from.
+    pub allowed_networks: Vec<String>,
+    /// When the 2FA enforcement grace period started for this user, if it has.
+    pub grace_started_at: Option<UnixTime>,
 }
 
 impl UserRecord {
@@ -68,11 +74,40 @@ pub struct PasswordChange {
     pub keep_history: usize,
 }
 
+/// How far a session has come through the login flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionStage {
+    /// Password checked; the second factor is still due. Reaches nothing but the next step.
+    SecondFactor,
+    /// Fully logged in.
+    Full,
+}
+
+impl SessionStage {
+    /// Stable name used in storage.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::SecondFactor => "second_factor",
+            Self::Full => "full",
+        }
+    }
+
+    /// Reads a stored name; unknown values are treated as the least privileged stage.
+    pub fn from_stored(s: &str) -> Self {
+        if s == "full" {
+            Self::Full
+        } else {
+            Self::SecondFactor
+        }
+    }
+}
+
 /// A session to store.
 #[derive(Debug, Clone)]
 pub struct NewSession {
     pub token_hash: TokenHash,
     pub user: UserId,
+    pub stage: SessionStage,
     pub created_at: UnixTime,
     pub ip: Option<String>,
     pub user_agent: Option<String>,
@@ -83,6 +118,7 @@ pub struct NewSession {
 pub struct SessionRecord {
     pub id: SessionId,
     pub user: UserId,
+    pub stage: SessionStage,
     pub created_at: UnixTime,
     pub last_seen_at: UnixTime,
     pub ip: Option<String>,
@@ -220,4 +256,57 @@ impl std::fmt::Debug for NewMail {
             .field("subject", &self.subject)
             .finish_non_exhaustive()
     }
+}
+
+/// A TOTP factor to store; the secret is sealed (encrypted) by the caller.
+#[derive(Debug, Clone)]
+pub struct NewTotpFactor {
+    pub user: UserId,
+    /// AEAD ciphertext of the secret, as produced by the server's key ring.
+    pub secret_sealed: String,
+    /// Which key sealed it.
+    pub key_id: String,
+    pub algorithm: String,
+    pub digits: u32,
+    pub period: u32,
+    pub created_at: UnixTime,
+}
+
+/// A stored TOTP factor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TotpFactorRecord {
+    pub user: UserId,
+    pub secret_sealed: String,
+    pub key_id: String,
+    pub algorithm: String,
+    pub digits: u32,
+    pub period: u32,
+    pub created_at: UnixTime,
+    /// None while enrolment awaits its first correct code.
+    pub confirmed_at: Option<UnixTime>,
+    /// The newest time step accepted: only a later one may be accepted next.
+    pub last_used_step: Option<i64>,
+}
+
+/// A trusted ("remember this device") browser to store.
+#[derive(Debug, Clone)]
+pub struct NewTrustedDevice {
+    pub token_hash: TokenHash,
+    pub user: UserId,
+    pub name: String,
+    pub created_at: UnixTime,
+    pub ip: Option<String>,
+    pub expires_at: UnixTime,
+}
+
+/// A stored trusted device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrustedDeviceRecord {
+    pub id: i64,
+    pub user: UserId,
+    pub name: String,
+    pub created_at: UnixTime,
+    pub last_used_at: UnixTime,
+    pub last_ip: Option<String>,
+    pub expires_at: UnixTime,
 }

@@ -25,7 +25,8 @@ use bulwark_core::password::Password;
 use bulwark_core::token::{self, TokenHash};
 use bulwark_core::{SecretString, UnixTime};
 use bulwark_store::{
-    NewOneTimeToken, NewSession, NewUser, PasswordChange, SessionRecord, TokenPurpose, UserRecord,
+    NewOneTimeToken, NewSession, NewUser, PasswordChange, SessionRecord, SessionStage,
+    TokenPurpose, UserRecord,
 };
 use std::net::IpAddr;
 
@@ -332,6 +333,7 @@ impl App {
             .insert_session(&NewSession {
                 token_hash: hash,
                 user: user.id,
+                stage: SessionStage::Full,
                 created_at: now,
                 ip: client.ip.map(|ip| ip.to_string()),
                 user_agent: client
