@@ -78,6 +78,21 @@ struct RawConfig {
     lockout: RawLockout,
     #[serde(default)]
     links: RawLinks,
+    #[serde(default)]
+    two_factor: RawTwoFactor,
+    #[serde(default, deserialize_with = "string_or_number")]
+    secret_key: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTwoFactor {
+    enforcement: Option<String>,
+    required_groups: Option<Vec<String>>,
+    grace_days: Option<u32>,
+    issuer: Option<String>,
+    trusted_device_days: Option<u32>,
+    email_codes: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -250,6 +265,36 @@ pub struct Config {
     pub sessions: SessionsConfig,
     pub lockout: LockoutConfig,
     pub links: LinksConfig,
+    pub two_factor: TwoFactorConfig,
+    /// Key ring given inline (`BULWARK_SECRET_KEY`) instead of `secret_key_file`.
+    #[serde(serialize_with = "redacted")]
+    pub secret_key: Option<SecretString>,
+}
+
+/// Two-factor enforcement and options.
+#[derive(Debug, Clone, Serialize)]
+pub struct TwoFactorConfig {
+    /// The preset named in the file: `admins`, `employees` or `all`.
+    pub enforcement: String,
+    /// Groups whose members must use 2FA (always includes `admins`).
+    pub required_groups: Vec<String>,
+    /// Days a user under enforcement may postpone enrolment.
+    pub grace_days: u32,
+    /// Shown in authenticator apps.
+    pub issuer: String,
+    /// Lifetime of "remember this device"; 0 switches the feature off.
+    pub trusted_device_days: u32,
+    /// Whether users without an authenticator may get a code by e-mail.
+    pub email_codes: bool,
+}
+
+impl TwoFactorConfig {
+    /// Whether a member of `groups` must use a second factor.
+    pub fn required_for<S: AsRef<str>>(&self, groups: &[S]) -> bool {
+        groups
+            .iter()
+            .any(|g| self.required_groups.iter().any(|r| r == g.as_ref()))
+    }
 }
 
 /// HTTP listener and public address.
@@ -569,7 +614,16 @@ impl Config {
             }
         }
 
+        let two_factor = validate_two_factor(raw.two_factor)?;
+        let secret_key = raw.secret_key.map(SecretString::new);
+        if let Some(k) = &secret_key {
+            crate::keys::KeyRing::parse(k.expose())
+                .map_err(|e| ConfigError::new("secret_key", e.to_string()))?;
+        }
+
         Ok(Self {
+            two_factor,
+            secret_key,
             data_dir,
             secret_key_file,
             server: ServerConfig {
@@ -738,6 +792,62 @@ fn validate_mail(raw: RawMail, data_dir: &Path) -> Result<MailConfig, ConfigErro
         }
     };
     Ok(MailConfig { from, transport })
+}
+
+fn validate_two_factor(raw: RawTwoFactor) -> Result<TwoFactorConfig, ConfigError> {
+    let enforcement = raw.enforcement.unwrap_or_else(|| "employees".into());
+    let mut required: Vec<String> = match enforcement.as_str() {
+        "admins" => vec!["admins".into()],
+        "employees" => vec!["admins".into(), "internal".into()],
+        "all" => vec!["admins".into(), "internal".into(), "portal".into()],
+        other => {
+            return Err(ConfigError::new(
+                "two_factor.enforcement",
+                format!("`{other}` is not one of admins, employees, all"),
+            ))
+        }
+    };
+    for (i, g) in raw.required_groups.unwrap_or_default().iter().enumerate() {
+        let g = bulwark_core::account::GroupName::parse(g).map_err(|e| {
+            ConfigError::new(format!("two_factor.required_groups[{i}]"), e.to_string())
+        })?;
+        required.push(g.to_string());
+    }
+    required.sort();
+    required.dedup();
+    let grace_days = raw.grace_days.unwrap_or(7);
+    if grace_days > 365 {
+        return Err(ConfigError::new(
+            "two_factor.grace_days",
+            "must be between 0 and 365",
+        ));
+    }
+    let issuer = raw.issuer.unwrap_or_else(|| "Bulwark".into());
+    if issuer.trim().is_empty()
+        || issuer.len() > 64
+        || issuer.contains(':')
+        || issuer.chars().any(char::is_control)
+    {
+        return Err(ConfigError::new(
+            "two_factor.issuer",
+            "must be 1 to 64 characters without `:` or control characters",
+        ));
+    }
+    let trusted_device_days = raw.trusted_device_days.unwrap_or(30);
+    if trusted_device_days > 365 {
+        return Err(ConfigError::new(
+            "two_factor.trusted_device_days",
+            "must be between 0 (off) and 365",
+        ));
+    }
+    Ok(TwoFactorConfig {
+        enforcement,
+        required_groups: required,
+        grace_days,
+        issuer,
+        trusted_device_days,
+        email_codes: raw.email_codes.unwrap_or(true),
+    })
 }
 
 fn validate_passwords(raw: RawPasswords) -> Result<PasswordsConfig, ConfigError> {
@@ -1059,6 +1169,54 @@ mod tests {
             "a looser group rule never wins over the base"
         );
         assert_eq!(c.policy.for_groups::<&str>(&[]).min_length, 12);
+    }
+
+    #[test]
+    fn two_factor_presets_always_include_admins() {
+        let c = Config::load(None, &[], &CliOverrides::default()).unwrap();
+        assert_eq!(
+            c.two_factor.required_groups,
+            vec!["admins".to_string(), "internal".to_string()]
+        );
+        assert!(
+            c.two_factor.required_for(&["internal"]) && !c.two_factor.required_for(&["portal"])
+        );
+        let c = load(
+            "[two_factor]\nenforcement = \"all\"\nrequired_groups = [\"kiosk-ops\"]\n",
+            &[],
+        )
+        .unwrap();
+        assert!(
+            c.two_factor.required_for(&["portal"]) && c.two_factor.required_for(&["kiosk-ops"])
+        );
+        let c = load("[two_factor]\nenforcement = \"admins\"\n", &[]).unwrap();
+        assert!(
+            c.two_factor.required_for(&["admins"]) && !c.two_factor.required_for(&["internal"])
+        );
+        assert_eq!(
+            load("[two_factor]\nenforcement = \"nobody\"\n", &[])
+                .unwrap_err()
+                .key,
+            "two_factor.enforcement"
+        );
+        assert_eq!(
+            load("[two_factor]\nissuer = \"a:b\"\n", &[])
+                .unwrap_err()
+                .key,
+            "two_factor.issuer"
+        );
+    }
+
+    #[test]
+    fn inline_secret_key_is_checked_and_redacted() {
+        let err = load("", &[("BULWARK_SECRET_KEY", "nonsense")]).unwrap_err();
+        assert_eq!(err.key, "secret_key");
+        let ring = crate::keys::KeyRing::generate().to_text();
+        let c = load("", &[("BULWARK_SECRET_KEY", ring.trim())]).unwrap();
+        assert!(c.secret_key.is_some());
+        assert!(!c
+            .to_redacted_toml()
+            .contains(ring.trim().split(':').nth(1).unwrap()));
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod app;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod keys;
 pub mod mail;
 pub mod services;
 pub mod web;
