@@ -4,11 +4,14 @@
 //! (`now`, seconds since the Unix epoch), so every rule can be tested with a fixed clock.
 
 pub mod account;
+pub mod enforcement;
 pub mod lockout;
 pub mod password;
+pub mod recovery;
 pub mod secret;
 pub mod session;
 pub mod token;
+pub mod totp;
 
 pub use secret::SecretString;
 

@@ -74,7 +74,7 @@ pub struct LinkInfo {
     pub user: Option<UserRecord>,
 }
 
-fn account_key(login: &str) -> String {
+pub(crate) fn account_key(login: &str) -> String {
     let normalized: String = login.trim().to_lowercase().chars().take(128).collect();
     format!("login:{normalized}")
 }
@@ -824,6 +824,10 @@ impl App {
                 let violations = policy.check(&password, &context);
                 if !violations.is_empty() {
                     return Err(ServiceError::PolicyRejected(violations));
+                }
+                // Checked before the token is used up, so a taken login does not waste the link.
+                if self.store.find_user_by_login(&login).await?.is_some() {
+                    return Err(ServiceError::Conflict("That login is taken.".into()));
                 }
                 let password_hash = self.hashes.hash(password).await?;
                 self.store

@@ -317,7 +317,7 @@ impl App {
         let now = self.now();
         let user = self.user_by_login(login).await?;
         self.store
-            .delete_throttle(&format!("login:{}", user.login))
+            .delete_throttle(&super::auth::account_key(&user.login))
             .await?;
         self.audit(
             Audit::event("user_unlocked", "success")
@@ -335,7 +335,7 @@ impl App {
         let now = self.now();
         Ok(self
             .store
-            .find_throttle(&format!("login:{}", user.login))
+            .find_throttle(&super::auth::account_key(&user.login))
             .await?
             .map(|t| t.blocked_until)
             .filter(|&until| until > now))

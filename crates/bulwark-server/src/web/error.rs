@@ -71,6 +71,8 @@ impl From<ServiceError> for PageError {
 pub fn throttle_message(retry_after: i64, locked: bool) -> String {
     let wait = if retry_after >= 120 {
         format!("{} minutes", (retry_after + 59) / 60)
+    } else if retry_after == 1 {
+        "1 second".to_string()
     } else {
         format!("{retry_after} seconds")
     };

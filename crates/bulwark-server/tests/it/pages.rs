@@ -826,6 +826,36 @@ async fn first_admin_setup_link_works_once() {
 }
 
 #[tokio::test]
+async fn a_taken_login_does_not_use_up_the_setup_link() {
+    let t = TestApp::new().await;
+    t.add_user("root", PW2, &["internal"]).await;
+    let link = t.app.setup_link_if_needed().await.unwrap().unwrap();
+    let b = t.browser();
+    b.get(link.trim_start_matches("http://127.0.0.1:9091"))
+        .await;
+    let form = [
+        ("email", "root@example.com"),
+        ("display_name", "Root"),
+        ("new_password", PW),
+        ("confirm_password", PW),
+    ];
+    let mut taken = vec![("login", "root")];
+    taken.extend_from_slice(&form);
+    let res = b.post("/password/set", &taken).await;
+    assert_eq!(res.status, StatusCode::BAD_REQUEST);
+    assert!(res.body.contains("That login is taken"), "{}", res.body);
+    let mut free = vec![("login", "boss")];
+    free.extend_from_slice(&form);
+    let res = b.post("/password/set", &free).await;
+    assert_eq!(
+        res.status,
+        StatusCode::SEE_OTHER,
+        "the link still works: {}",
+        res.body
+    );
+}
+
+#[tokio::test]
 async fn odoo_pbkdf2_hash_is_upgraded_to_argon2id_at_login() {
     let t = TestApp::new().await;
     let user = t.add_user("odoo", PW, &["internal"]).await;

@@ -1,0 +1,1124 @@
+//! The `bulwark` binary end to end, as an admin and a browser use it: real processes on free
+//! loopback ports, a fresh data directory per test, a tiny HTTP/1.1 client and cookie jar.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// Upper bound of every wait in these tests.
+const DEADLINE: Duration = Duration::from_secs(20);
+/// A password every policy preset accepts.
+const STRONG: &str = "Correct-Horse-Battery-Staple-42";
+
+// ---------------------------------------------------------------------------------------
+// Processes
+
+/// Kills the child when dropped, so a failing test never leaves a server running.
+struct ChildGuard(Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A `bulwark` command run from `cwd`, with no `BULWARK_*` variable of the caller's
+/// environment leaking in.
+fn bulwark(cwd: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_bulwark"));
+    cmd.current_dir(cwd);
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("BULWARK_") {
+            cmd.env_remove(name);
+        }
+    }
+    cmd
+}
+
+fn data_dir(root: &Path) -> PathBuf {
+    root.join("data")
+}
+
+/// A `bulwark --data-dir ROOT/data ARGS…` command.
+fn admin(root: &Path, args: &[&str]) -> Command {
+    let mut cmd = bulwark(root);
+    cmd.arg("--data-dir").arg(data_dir(root)).args(args);
+    cmd
+}
+
+/// The outcome of a finished command.
+#[derive(Debug)]
+struct Run {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn success(&self) -> bool {
+        self.code == Some(0)
+    }
+}
+
+/// Runs a command to completion (killing it after [`DEADLINE`]), feeding it `stdin`.
+fn run(cmd: &mut Command, stdin: Option<&str>) -> Run {
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut child = ChildGuard(cmd.spawn().expect("spawn bulwark"));
+    if let Some(text) = stdin {
+        let mut pipe = child.0.stdin.take().expect("stdin pipe");
+        pipe.write_all(text.as_bytes()).expect("write stdin");
+    }
+    let drain = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = r.read_to_string(&mut s);
+            s
+        })
+    };
+    let out = drain(Box::new(child.0.stdout.take().expect("stdout pipe")));
+    let err = drain(Box::new(child.0.stderr.take().expect("stderr pipe")));
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.0.try_wait().expect("wait for bulwark") {
+            break status;
+        }
+        assert!(
+            started.elapsed() < DEADLINE,
+            "`{cmd:?}` did not finish within {DEADLINE:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Run {
+        code: status.code(),
+        stdout: out.join().expect("stdout reader"),
+        stderr: err.join().expect("stderr reader"),
+    }
+}
+
+/// Runs an admin command that must succeed; returns its standard output.
+fn admin_ok(root: &Path, args: &[&str], stdin: Option<&str>) -> String {
+    let r = run(&mut admin(root, args), stdin);
+    assert!(r.success(), "bulwark {args:?} failed: {r:?}");
+    r.stdout
+}
+
+/// Creates a user with a password through the CLI.
+fn add_user(root: &Path, login: &str, password: &str) {
+    let email = format!("{login}@example.com");
+    let out = admin_ok(
+        root,
+        &[
+            "user",
+            "add",
+            login,
+            "--email",
+            &email,
+            "--group",
+            "internal",
+            "--password-stdin",
+        ],
+        Some(&format!("{password}\n")),
+    );
+    assert_eq!(out, format!("created user {login} (groups: internal)\n"));
+}
+
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    listener.local_addr().expect("local addr").port()
+}
+
+/// A running `bulwark serve`, killed when dropped.
+struct Server {
+    child: ChildGuard,
+    port: u16,
+    /// What it printed on standard output up to the end of its banner.
+    banner: Vec<String>,
+    stderr_path: PathBuf,
+}
+
+impl Server {
+    /// Starts `serve` on a free port with `ROOT/data`; returns once `/healthz` answers 200.
+    fn start(root: &Path, envs: &[(&str, &str)]) -> Self {
+        let port = free_port();
+        let stderr_path = root.join(format!("serve-{port}.stderr"));
+        let stderr = File::create(&stderr_path).expect("create stderr file");
+        let mut cmd = admin(root, &["--listen", &format!("127.0.0.1:{port}"), "serve"]);
+        cmd.envs(envs.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr);
+        let mut child = ChildGuard(cmd.spawn().expect("spawn bulwark serve"));
+        let stdout = child.0.stdout.take().expect("stdout pipe");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            // Keep draining after the banner so the server never writes to a closed pipe.
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let _ = tx.send(line);
+            }
+        });
+        let started = Instant::now();
+        let mut banner = Vec::new();
+        loop {
+            let left = DEADLINE.saturating_sub(started.elapsed());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    let last = line.starts_with("Or from a shell") || line.starts_with("Log in at");
+                    banner.push(line);
+                    if last {
+                        break;
+                    }
+                }
+                Err(e) => panic!(
+                    "serve printed no complete banner ({e}): stdout {banner:#?}\nstderr:\n{}",
+                    std::fs::read_to_string(&stderr_path).unwrap_or_default()
+                ),
+            }
+        }
+        let server = Self {
+            child,
+            port,
+            banner,
+            stderr_path,
+        };
+        server.wait_healthy();
+        server
+    }
+
+    fn wait_healthy(&self) {
+        let started = Instant::now();
+        loop {
+            if let Ok(res) = try_http(self.port, "GET", "/healthz", "", None) {
+                if res.status == 200 {
+                    assert_eq!(res.body, "ok\n");
+                    return;
+                }
+            }
+            assert!(
+                started.elapsed() < DEADLINE,
+                "/healthz did not answer 200 within {DEADLINE:?}; stderr:\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn base(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn stdout(&self) -> String {
+        self.banner.join("\n")
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// The one-time setup link of the banner, if it printed one.
+    fn setup_link(&self) -> Option<String> {
+        let prefix = format!("{}/setup/", self.base());
+        self.banner
+            .iter()
+            .map(|l| l.trim())
+            .find(|l| l.starts_with(&prefix))
+            .map(str::to_string)
+    }
+
+    fn browser(&self) -> Browser {
+        Browser::new(self.port)
+    }
+
+    /// Stops the server and waits for it to exit.
+    fn stop(&mut self) {
+        let _ = self.child.0.kill();
+        let _ = self.child.0.wait();
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// HTTP/1.1 client
+
+#[derive(Debug)]
+struct Response {
+    status: u16,
+    /// Names lowercased, in order, repeated headers kept.
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Response {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn location(&self) -> &str {
+        self.header("location")
+            .unwrap_or_else(|| panic!("no Location header in {self:#?}"))
+    }
+
+    fn set_cookies(&self) -> impl Iterator<Item = &str> {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n == "set-cookie")
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The `Set-Cookie` header for `name`, if the response sets it.
+    fn set_cookie(&self, name: &str) -> Option<&str> {
+        self.set_cookies()
+            .find(|c| c.split_once('=').is_some_and(|(n, _)| n.trim() == name))
+    }
+
+    fn retry_after(&self) -> i64 {
+        self.header("retry-after")
+            .unwrap_or_else(|| panic!("no Retry-After header in {self:#?}"))
+            .parse()
+            .expect("Retry-After is a number of seconds")
+    }
+}
+
+fn try_http(
+    port: u16,
+    method: &str,
+    path: &str,
+    cookie: &str,
+    form: Option<&str>,
+) -> std::io::Result<Response> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(DEADLINE))?;
+    stream.set_write_timeout(Some(DEADLINE))?;
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\nUser-Agent: bulwark-cli-tests\r\n"
+    );
+    if !cookie.is_empty() {
+        req.push_str(&format!("Cookie: {cookie}\r\n"));
+    }
+    let body = form.unwrap_or("");
+    if form.is_some() {
+        req.push_str("Content-Type: application/x-www-form-urlencoded\r\n");
+    }
+    if form.is_some() || method == "POST" {
+        req.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    stream.write_all(req.as_bytes())?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw)?;
+    parse_response(&raw)
+        .ok_or_else(|| std::io::Error::other(format!("malformed response to {method} {path}")))
+}
+
+fn parse_response(raw: &[u8]) -> Option<Response> {
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = std::str::from_utf8(&raw[..split]).ok()?;
+    let mut body = raw[split + 4..].to_vec();
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next()?;
+    let mut parts = status_line.splitn(3, ' ');
+    if !parts.next()?.starts_with("HTTP/1.") {
+        return None;
+    }
+    let status = parts.next()?.parse().ok()?;
+    let headers: Vec<(String, String)> = lines
+        .map(|l| {
+            let (n, v) = l.split_once(':')?;
+            Some((n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        })
+        .collect::<Option<_>>()?;
+    let chunked = headers
+        .iter()
+        .any(|(n, v)| n == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"));
+    if chunked {
+        body = dechunk(&body)?;
+    }
+    Some(Response {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
+}
+
+fn dechunk(mut data: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let eol = data.windows(2).position(|w| w == b"\r\n")?;
+        let size_text = std::str::from_utf8(&data[..eol]).ok()?;
+        let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
+        data = &data[eol + 2..];
+        if size == 0 {
+            return Some(out);
+        }
+        out.extend_from_slice(data.get(..size)?);
+        data = data.get(size + 2..)?;
+    }
+}
+
+/// Percent-encodes a form value (everything but unreserved characters).
+fn form_encode(fields: &[(&str, &str)]) -> String {
+    let enc = |s: &str| {
+        s.bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect::<String>()
+    };
+    fields
+        .iter()
+        .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// The CSRF token a page embeds in its forms.
+fn csrf_in(page: &str) -> String {
+    let marker = r#"name="csrf_token" value=""#;
+    let start = page
+        .find(marker)
+        .unwrap_or_else(|| panic!("no csrf_token field in:\n{page}"))
+        + marker.len();
+    let len = page[start..].find('"').expect("closing quote");
+    let token = page[start..start + len].to_string();
+    assert!(!token.is_empty(), "empty csrf_token in:\n{page}");
+    token
+}
+
+/// A browser: a cookie jar in front of the client. Redirects are not followed.
+struct Browser {
+    port: u16,
+    jar: BTreeMap<String, String>,
+    /// Every cookie value the server ever set, for the log check.
+    seen: Vec<(String, String)>,
+}
+
+impl Browser {
+    fn new(port: u16) -> Self {
+        Self {
+            port,
+            jar: BTreeMap::new(),
+            seen: Vec::new(),
+        }
+    }
+
+    fn cookie(&self, name: &str) -> Option<&str> {
+        self.jar.get(name).map(String::as_str)
+    }
+
+    fn send(&mut self, method: &str, path: &str, form: Option<&str>) -> Response {
+        let cookie = self
+            .jar
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("; ");
+        let res = try_http(self.port, method, path, &cookie, form)
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        for set in res.set_cookies() {
+            let mut attrs = set.split(';');
+            let Some((name, value)) = attrs.next().and_then(|p| p.split_once('=')) else {
+                continue;
+            };
+            let (name, value) = (name.trim().to_string(), value.trim().to_string());
+            let expired = attrs.any(|a| a.trim().eq_ignore_ascii_case("max-age=0"));
+            if expired {
+                self.jar.remove(&name);
+            } else {
+                self.seen.push((name.clone(), value.clone()));
+                self.jar.insert(name, value);
+            }
+        }
+        res
+    }
+
+    fn get(&mut self, path: &str) -> Response {
+        self.send("GET", path, None)
+    }
+
+    fn post(&mut self, path: &str, fields: &[(&str, &str)]) -> Response {
+        self.send("POST", path, Some(&form_encode(fields)))
+    }
+
+    /// GETs a page that must render (200) and returns its CSRF token.
+    fn csrf(&mut self, path: &str) -> String {
+        let page = self.get(path);
+        assert_eq!(page.status, 200, "GET {path}: {page:#?}");
+        csrf_in(&page.body)
+    }
+
+    /// Opens the login page and posts the form.
+    fn login(&mut self, login: &str, password: &str) -> Response {
+        let csrf = self.csrf("/login");
+        self.post(
+            "/login",
+            &[
+                ("csrf_token", &csrf),
+                ("login", login),
+                ("password", password),
+            ],
+        )
+    }
+
+    /// Logs in and checks the session works.
+    fn login_ok(&mut self, login: &str, password: &str) {
+        let res = self.login(login, password);
+        assert_eq!(res.status, 303, "login of {login}: {res:#?}");
+        assert_eq!(res.location(), "/account");
+        let set = res
+            .set_cookie("bulwark_session")
+            .unwrap_or_else(|| panic!("no session cookie: {res:#?}"));
+        assert!(
+            set.contains("HttpOnly") && set.contains("SameSite="),
+            "{set}"
+        );
+        let account = self.get("/account");
+        assert_eq!(account.status, 200, "{account:#?}");
+        assert!(
+            account.body.contains(&format!("<dd>{login}</dd>")),
+            "{}",
+            account.body
+        );
+    }
+
+    /// Every value the server set for the cookie `name`.
+    fn seen(&self, name: &str) -> Vec<String> {
+        self.seen
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+}
+
+fn is_token(s: &str) -> bool {
+    s.len() == 43
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// The path (and token) of the setup link printed by `serve`.
+fn setup_path(server: &Server) -> (String, String) {
+    let link = server
+        .setup_link()
+        .unwrap_or_else(|| panic!("no setup link in:\n{}", server.stdout()));
+    let token = link
+        .strip_prefix(&format!("{}/setup/", server.base()))
+        .expect("link on the public URL")
+        .to_string();
+    assert!(is_token(&token), "{token:?}");
+    (format!("/setup/{token}"), token)
+}
+
+/// Creates the first administrator through the setup form (link already followed).
+fn setup_fields<'a>(csrf: &'a str, password: &'a str) -> [(&'a str, &'a str); 6] {
+    [
+        ("csrf_token", csrf),
+        ("login", "root"),
+        ("email", "root@example.com"),
+        ("display_name", "Rita Root"),
+        ("new_password", password),
+        ("confirm_password", password),
+    ]
+}
+
+// ---------------------------------------------------------------------------------------
+// Tests
+
+#[test]
+fn serve_prints_url_and_one_time_setup_link() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut server = Server::start(tmp.path(), &[]);
+    let base = server.base();
+    assert_eq!(
+        server.banner.first().map(String::as_str),
+        Some(format!("Bulwark is running: open {base}").as_str()),
+        "{}",
+        server.stdout()
+    );
+    let (setup, token) = setup_path(&server);
+
+    let mut b = server.browser();
+    let res = b.get(&setup);
+    assert_eq!(res.status, 303, "{res:#?}");
+    assert_eq!(res.location(), "/password/set");
+    assert_eq!(
+        b.cookie("bulwark_link"),
+        Some(format!("s.{token}").as_str())
+    );
+    let link_cookie = res.set_cookie("bulwark_link").unwrap();
+    assert!(
+        link_cookie.contains("HttpOnly") && link_cookie.contains("Max-Age="),
+        "{link_cookie}"
+    );
+    assert!(b.cookie("bulwark_csrf").is_some(), "{res:#?}");
+
+    let form = b.get("/password/set");
+    assert_eq!(form.status, 200, "{form:#?}");
+    assert!(form.body.contains("Create the first administrator"));
+    for field in [
+        "login",
+        "email",
+        "display_name",
+        "new_password",
+        "confirm_password",
+    ] {
+        assert!(
+            form.body.contains(&format!(r#"name="{field}""#)),
+            "{field} in {}",
+            form.body
+        );
+    }
+    let csrf = csrf_in(&form.body);
+
+    // A weak password is refused with every broken rule, and the link stays usable.
+    let res = b.post("/password/set", &setup_fields(&csrf, "password"));
+    assert_eq!(res.status, 400, "{res:#?}");
+    assert!(
+        res.body.contains("Use at least 12 characters."),
+        "{}",
+        res.body
+    );
+    assert!(
+        res.body.contains("lists of common or breached passwords"),
+        "{}",
+        res.body
+    );
+    assert!(res.body.contains(r#"value="root""#), "values are kept");
+
+    let res = b.post("/password/set", &setup_fields(&csrf, STRONG));
+    assert_eq!(res.status, 303, "{res:#?}");
+    assert_eq!(res.location(), "/login?done=password");
+    assert_eq!(b.cookie("bulwark_link"), None, "the link cookie is cleared");
+
+    let page = b.get("/login?done=password");
+    assert!(page.body.contains("Your password is set."), "{}", page.body);
+    b.login_ok("root", STRONG);
+    let account = b.get("/account");
+    assert!(
+        account.body.contains("root@example.com"),
+        "{}",
+        account.body
+    );
+    assert!(
+        account.body.contains("admins, internal"),
+        "{}",
+        account.body
+    );
+
+    // The link works once, in any browser.
+    for mut browser in [b, server.browser()] {
+        let res = browser.get(&setup);
+        assert_eq!(res.status, 400, "{res:#?}");
+        assert!(
+            res.body.contains("This link cannot be used"),
+            "{}",
+            res.body
+        );
+        assert_eq!(res.header("location"), None);
+    }
+
+    // Once an administrator exists, a restart prints no new link.
+    server.stop();
+    let server = Server::start(tmp.path(), &[]);
+    assert_eq!(server.setup_link(), None, "{}", server.stdout());
+    assert!(
+        server
+            .banner
+            .contains(&format!("Log in at {}/login", server.base())),
+        "{}",
+        server.stdout()
+    );
+}
+
+#[test]
+fn user_add_then_login_works() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    add_user(root, "alice", STRONG);
+
+    // A password against the policy: nothing is created and every broken rule is named.
+    let r = run(
+        &mut admin(
+            root,
+            &[
+                "user",
+                "add",
+                "bob",
+                "--email",
+                "bob@example.com",
+                "--password-stdin",
+            ],
+        ),
+        Some("password\n"),
+    );
+    assert!(!r.success() && r.code.is_some(), "{r:?}");
+    assert!(
+        r.stderr.contains("the password does not meet the policy"),
+        "{r:?}"
+    );
+    assert!(
+        r.stderr.contains("  - Use at least 12 characters."),
+        "{r:?}"
+    );
+    assert!(
+        r.stderr.contains("  - This password appears in lists"),
+        "{r:?}"
+    );
+    assert!(!r.stdout.contains("created"), "{r:?}");
+    let r = run(&mut admin(root, &["user", "show", "bob"]), None);
+    assert!(!r.success() && r.stderr.contains("no such user"), "{r:?}");
+
+    let list = admin_ok(root, &["user", "list"], None);
+    let row = list
+        .lines()
+        .find(|l| l.starts_with("alice "))
+        .unwrap_or_else(|| panic!("alice in:\n{list}"));
+    let cols: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(
+        cols,
+        ["alice", "alice@example.com", "internal", "yes", "never"]
+    );
+    let show = admin_ok(root, &["user", "show", "alice"], None);
+    for line in [
+        "login:            alice",
+        "email:            alice@example.com",
+        "groups:           internal",
+        "active:           yes",
+        "last login:       never",
+        "must change:      no",
+        "locked:           no",
+    ] {
+        assert!(show.lines().any(|l| l == line), "{line:?} in:\n{show}");
+    }
+
+    let server = Server::start(root, &[]);
+    let mut b = server.browser();
+    b.login_ok("alice", STRONG);
+    let show = admin_ok(root, &["user", "show", "alice"], None);
+    assert!(!show.contains("last login:       never"), "{show}");
+
+    // Disabling ends the session and refuses the password.
+    let out = admin_ok(root, &["user", "disable", "alice"], None);
+    assert_eq!(out, "disabled alice and ended their sessions\n");
+    let res = b.get("/account");
+    assert_eq!(res.status, 303, "{res:#?}");
+    assert!(res.location().starts_with("/login"), "{res:#?}");
+    let res = b.login("alice", STRONG);
+    assert_eq!(res.status, 401, "{res:#?}");
+    assert!(res.body.contains("Incorrect login or password."));
+    assert!(res.set_cookie("bulwark_session").is_none());
+    let show = admin_ok(root, &["user", "show", "alice"], None);
+    assert!(show.contains("active:           no (disabled)"), "{show}");
+
+    let out = admin_ok(root, &["user", "enable", "alice"], None);
+    assert_eq!(out, "enabled alice\n");
+    b.login_ok("alice", STRONG);
+
+    let out = admin_ok(root, &["user", "groups", "alice", "--add", "portal"], None);
+    assert_eq!(out, "alice: internal,portal\n");
+    let out = admin_ok(root, &["user", "groups", "alice"], None);
+    assert_eq!(out, "alice: internal,portal\n");
+
+    let r = run(&mut admin(root, &["user", "delete", "alice"]), None);
+    assert!(!r.success(), "{r:?}");
+    assert!(r.stderr.contains("add --yes to confirm"), "{r:?}");
+    admin_ok(root, &["user", "show", "alice"], None);
+
+    let out = admin_ok(root, &["user", "delete", "alice", "--yes"], None);
+    assert_eq!(out, "deleted alice\n");
+    let r = run(&mut admin(root, &["user", "show", "alice"]), None);
+    assert!(!r.success() && r.stderr.contains("no such user"), "{r:?}");
+    let res = b.get("/account");
+    assert_eq!(
+        res.status, 303,
+        "the deleted user's session is gone: {res:#?}"
+    );
+    let res = server.browser().login("alice", STRONG);
+    assert_eq!(res.status, 401, "{res:#?}");
+}
+
+#[test]
+fn bad_config_key_stops_startup_with_its_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let config = |name: &str, text: &str| {
+        let path = root.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let check = |file: Option<&Path>, envs: &[(&str, &str)], cmd: &[&str]| {
+        let mut c = bulwark(root);
+        if let Some(f) = file {
+            c.arg("--config").arg(f);
+        }
+        c.arg("--data-dir").arg(data_dir(root));
+        c.envs(envs.iter().copied()).args(cmd);
+        run(&mut c, None)
+    };
+
+    let typo = config("typo.toml", "[server]\nlistne = \"x\"\n");
+    for cmd in [&["config", "check"][..], &["serve"][..]] {
+        let r = check(Some(&typo), &[], cmd);
+        assert_eq!(r.code, Some(2), "{cmd:?}: {r:?}");
+        assert!(r.stderr.contains("`server.listne`"), "{cmd:?}: {r:?}");
+        assert_eq!(r.stdout, "", "{cmd:?}");
+    }
+    assert!(
+        !data_dir(root).exists(),
+        "nothing is created on a bad config"
+    );
+
+    let bad_value = config("value.toml", "[server]\nlisten = \"nope\"\n");
+    let r = check(Some(&bad_value), &[], &["config", "check"]);
+    assert_eq!(r.code, Some(2), "{r:?}");
+    assert!(
+        r.stderr.contains("`server.listen`") && r.stderr.contains("`nope`"),
+        "{r:?}"
+    );
+
+    let r = check(
+        None,
+        &[("BULWARK_SESSIONS__IDLE_MINUTES", "abc")],
+        &["config", "check"],
+    );
+    assert_eq!(r.code, Some(2), "{r:?}");
+    assert!(r.stderr.contains("`sessions.idle_minutes`"), "{r:?}");
+
+    let file_secret = "Smtp-File-Secret-8842";
+    let env_secret = "Smtp-Env-Secret-1937";
+    let smtp = config(
+        "smtp.toml",
+        &format!(
+            "[mail]\ntransport = \"smtp\"\n[mail.smtp]\nhost = \"mail.example.com\"\nusername = \"bulwark\"\npassword = \"{file_secret}\"\n"
+        ),
+    );
+    let r = check(Some(&smtp), &[], &["config", "check"]);
+    assert_eq!(r.code, Some(0), "{r:?}");
+    assert!(r.stdout.contains("host = \"mail.example.com\""), "{r:?}");
+    assert!(r.stdout.contains("password = \"<redacted>\""), "{r:?}");
+    assert!(r.stderr.contains("configuration is valid"), "{r:?}");
+    assert!(
+        !r.stdout.contains(file_secret) && !r.stderr.contains(file_secret),
+        "{r:?}"
+    );
+    let r = check(
+        Some(&smtp),
+        &[("BULWARK_MAIL__SMTP__PASSWORD", env_secret)],
+        &["config", "check"],
+    );
+    assert_eq!(r.code, Some(0), "{r:?}");
+    assert!(r.stdout.contains("password = \"<redacted>\""), "{r:?}");
+    for secret in [file_secret, env_secret] {
+        assert!(
+            !r.stdout.contains(secret) && !r.stderr.contains(secret),
+            "{r:?}"
+        );
+    }
+}
+
+#[test]
+fn lockout_via_cli_unlock() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    // Delays capped at 1 s (instead of 30) so ten failures are counted in seconds; the lock
+    // (after 10 failures, for 15 minutes) keeps its default.
+    let server = Server::start(root, &[("BULWARK_LOCKOUT__ACCOUNT__MAX_DELAY_SECS", "1")]);
+    add_user(root, "carol", STRONG);
+    add_user(root, "dave", STRONG);
+
+    let mut b = server.browser();
+    let csrf = b.csrf("/login");
+    let attempt = |b: &mut Browser, password: &str| {
+        b.post(
+            "/login",
+            &[
+                ("csrf_token", &csrf),
+                ("login", "carol"),
+                ("password", password),
+            ],
+        )
+    };
+    // Three free failures, and the fourth is checked too (it starts the delays).
+    for _ in 0..4 {
+        let res = attempt(&mut b, "Not-Carols-Password-1");
+        assert_eq!(res.status, 401, "{res:#?}");
+        assert_eq!(res.header("retry-after"), None);
+    }
+    let mut failures = 4;
+    let started = Instant::now();
+    while failures < 10 {
+        assert!(started.elapsed() < 3 * DEADLINE, "{failures} failures");
+        let res = attempt(&mut b, "Not-Carols-Password-1");
+        match res.status {
+            401 => failures += 1,
+            429 => {
+                let wait = res.retry_after();
+                assert_eq!(wait, 1, "delays are capped at 1 s: {res:#?}");
+                assert!(
+                    res.body.contains("Too many failed attempts."),
+                    "{}",
+                    res.body
+                );
+                assert!(!res.body.contains("locked"), "{}", res.body);
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            _ => panic!("unexpected answer: {res:#?}"),
+        }
+    }
+
+    // Locked: even the right password is refused before it is checked.
+    let res = attempt(&mut b, STRONG);
+    assert_eq!(res.status, 429, "{res:#?}");
+    let wait = res.retry_after();
+    assert!((60..=900).contains(&wait), "a 15-minute lock: {wait}");
+    assert!(res.body.contains("locked"), "{}", res.body);
+    assert!(res.set_cookie("bulwark_session").is_none());
+    let show = admin_ok(root, &["user", "show", "carol"], None);
+    assert!(show.contains("locked:           until "), "{show}");
+
+    // The lock is per account: another user at the same address still gets in.
+    server.browser().login_ok("dave", STRONG);
+
+    let out = admin_ok(root, &["user", "unlock", "carol"], None);
+    assert_eq!(out, "unlocked carol\n");
+    let show = admin_ok(root, &["user", "show", "carol"], None);
+    assert!(show.contains("locked:           no"), "{show}");
+    let res = attempt(&mut b, STRONG);
+    assert_eq!(res.status, 303, "{res:#?}");
+    assert_eq!(res.location(), "/account");
+    assert!(res.set_cookie("bulwark_session").is_some(), "{res:#?}");
+}
+
+/// The reset link in an `.eml` of the outbox whose subject is "Reset your password".
+fn wait_for_reset_link(outbox: &Path, base: &str) -> String {
+    let prefix = format!("{base}/password/reset/");
+    let started = Instant::now();
+    loop {
+        let mails = std::fs::read_dir(outbox)
+            .map(|dir| {
+                dir.filter_map(Result::ok)
+                    .map(|e| e.path())
+                    .filter(|p| p.extension().is_some_and(|x| x == "eml"))
+                    .filter_map(|p| std::fs::read_to_string(p).ok())
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default();
+        for mail in mails {
+            if !mail.contains("Subject: Reset your password") {
+                continue;
+            }
+            // Undo quoted-printable soft line breaks and `=` escapes.
+            let text = mail
+                .replace("=\r\n", "")
+                .replace("=\n", "")
+                .replace("=3D", "=");
+            let start = text
+                .find(&prefix)
+                .unwrap_or_else(|| panic!("no reset link in:\n{mail}"))
+                + prefix.len();
+            let token: String = text[start..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+                .collect();
+            assert!(is_token(&token), "{token:?} in:\n{mail}");
+            return token;
+        }
+        assert!(
+            started.elapsed() < DEADLINE,
+            "no reset mail in {} within {DEADLINE:?}",
+            outbox.display()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Removes ANSI colour sequences (`ESC [ … letter`).
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[test]
+fn logs_never_contain_secrets() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let first = STRONG;
+    let wrong = "Wrong-Guess-Pumpkin-Harbor-58";
+    let changed = "Violet-Tangerine-Orbit-Lantern-77";
+    let reset = "Quiet-Meadow-Copper-Falcon-19";
+    let mut server = Server::start(root, &[("BULWARK_LOG", "debug")]);
+    let base = server.base();
+    let mut form_tokens = Vec::new();
+
+    // First administrator through the setup link.
+    let (setup, setup_token) = setup_path(&server);
+    let mut b = server.browser();
+    assert_eq!(b.get(&setup).status, 303);
+    let csrf = b.csrf("/password/set");
+    form_tokens.push(csrf.clone());
+    let res = b.post("/password/set", &setup_fields(&csrf, first));
+    assert_eq!(res.status, 303, "{res:#?}");
+
+    // A failed login, then a good one.
+    let res = b.login("root", wrong);
+    assert_eq!(res.status, 401, "{res:#?}");
+    b.login_ok("root", first);
+
+    // A password change.
+    let csrf = b.csrf("/password/change");
+    form_tokens.push(csrf.clone());
+    let res = b.post(
+        "/password/change",
+        &[
+            ("csrf_token", &csrf),
+            ("current_password", first),
+            ("new_password", changed),
+            ("confirm_password", changed),
+        ],
+    );
+    assert_eq!(res.status, 303, "{res:#?}");
+    assert_eq!(res.location(), "/account?done=password");
+    let account = b.get("/account?done=password");
+    assert_eq!(account.status, 200);
+    assert!(account.body.contains("Your password was changed."));
+
+    // Forgot password, from another browser, then the link from the mail.
+    let mut anon = server.browser();
+    let csrf = anon.csrf("/password/forgot");
+    form_tokens.push(csrf.clone());
+    let res = anon.post(
+        "/password/forgot",
+        &[("csrf_token", &csrf), ("login_or_email", "root")],
+    );
+    assert_eq!(res.status, 200, "{res:#?}");
+    assert!(res.body.contains("If an account matches"), "{}", res.body);
+    let reset_token = wait_for_reset_link(&data_dir(root).join("outbox"), &base);
+    let res = anon.get(&format!("/password/reset/{reset_token}"));
+    assert_eq!(res.status, 303, "{res:#?}");
+    assert_eq!(res.location(), "/password/set");
+    let page = anon.get("/password/set");
+    assert_eq!(page.status, 200, "{page:#?}");
+    assert!(page.body.contains("Choose a new password"), "{}", page.body);
+    let csrf = csrf_in(&page.body);
+    form_tokens.push(csrf.clone());
+    let res = anon.post(
+        "/password/set",
+        &[
+            ("csrf_token", &csrf),
+            ("new_password", reset),
+            ("confirm_password", reset),
+        ],
+    );
+    assert_eq!(res.status, 303, "{res:#?}");
+    assert_eq!(res.location(), "/login?done=password");
+    assert_eq!(anon.login("root", changed).status, 401);
+    anon.login_ok("root", reset);
+    assert_eq!(
+        anon.get(&format!("/password/reset/{reset_token}")).status,
+        400,
+        "the reset link works once"
+    );
+
+    server.stop();
+    let raw = server.stderr();
+    let logs = strip_ansi(&raw);
+    assert!(!logs.trim().is_empty(), "no logs at all");
+    for expected in [
+        "path=/login",
+        "path=/password/change",
+        "path=/password/forgot",
+        "path=/setup/<token>",
+        "path=/password/reset/<token>",
+        "status=303",
+        "status=401",
+    ] {
+        assert!(logs.contains(expected), "{expected:?} in the logs:\n{logs}");
+    }
+
+    let mut secrets: Vec<(&str, String)> = vec![
+        ("first password", first.into()),
+        ("wrong password", wrong.into()),
+        ("changed password", changed.into()),
+        ("reset password", reset.into()),
+        ("setup token", setup_token),
+        ("reset token", reset_token),
+    ];
+    for browser in [&b, &anon] {
+        for name in ["bulwark_session", "bulwark_csrf", "bulwark_link"] {
+            secrets.extend(browser.seen(name).into_iter().map(|v| (name, v)));
+        }
+    }
+    assert!(b.seen("bulwark_session").len() >= 2 && !anon.seen("bulwark_csrf").is_empty());
+    secrets.extend(form_tokens.into_iter().map(|t| ("csrf form token", t)));
+    for (what, secret) in &secrets {
+        assert!(!secret.is_empty(), "{what}");
+        assert!(
+            !raw.contains(secret.as_str()) && !logs.contains(secret.as_str()),
+            "the {what} is in the logs:\n{logs}"
+        );
+    }
+    for marker in ["$argon2id$", "$argon2", "$pbkdf2-sha512$"] {
+        assert!(!logs.contains(marker), "a password hash is in the logs");
+    }
+}
+
+#[test]
+fn healthcheck_reports_server_state() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let healthcheck = |port: u16| {
+        run(
+            &mut admin(
+                root,
+                &["--listen", &format!("127.0.0.1:{port}"), "healthcheck"],
+            ),
+            None,
+        )
+    };
+
+    let idle = free_port();
+    let r = healthcheck(idle);
+    assert_eq!(r.code, Some(1), "{r:?}");
+    assert!(r.stdout.starts_with("unhealthy: cannot reach"), "{r:?}");
+
+    let mut server = Server::start(root, &[]);
+    let r = healthcheck(server.port);
+    assert_eq!(r.code, Some(0), "{r:?}");
+    assert_eq!(r.stdout, format!("healthy: 127.0.0.1:{}\n", server.port));
+
+    server.stop();
+    let r = healthcheck(server.port);
+    assert_eq!(r.code, Some(1), "{r:?}");
+    assert!(r.stdout.starts_with("unhealthy:"), "{r:?}");
+}
