@@ -42,6 +42,16 @@ impl LockoutPolicy {
         window_secs: 15 * 60,
     };
 
+    /// Default for second-factor codes: 5 wrong codes an hour lock code entry for an hour, so
+    /// guessing a 6-digit code (3 valid of 10^6 at a time) would take centuries.
+    pub const CODE: Self = Self {
+        free_attempts: 3,
+        max_delay_secs: 30,
+        lock_after: 5,
+        lock_secs: 60 * 60,
+        window_secs: 60 * 60,
+    };
+
     /// Default for client IPs: generous for offices behind one NAT, still stops spraying.
     pub const IP: Self = Self {
         free_attempts: 20,
@@ -159,5 +169,6 @@ mod tests {
         assert!(p.validate().is_err());
         assert!(P.validate().is_ok());
         assert!(LockoutPolicy::IP.validate().is_ok());
+        assert!(LockoutPolicy::CODE.validate().is_ok());
     }
 }

@@ -2,11 +2,12 @@
 
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::keys::{KeyError, KeyRing};
 use crate::mail::Mailer;
 use crate::services::passwords::HashPool;
 use bulwark_core::password::hash::PasswordHasher;
 use bulwark_store::Store;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 /// Cheap to clone; every handler and the CLI work through it.
 #[derive(Clone)]
@@ -16,8 +17,9 @@ pub struct App {
     pub hashes: HashPool,
     pub mailer: Mailer,
     pub clock: Arc<dyn Clock>,
-    /// Server secret: keys CSRF tokens. Loaded from the key file, never stored in the database.
-    pub(crate) key: Arc<[u8; 32]>,
+    /// Server keys (CSRF, TOTP secret sealing). Loaded from the key file or the environment,
+    /// never stored in the database.
+    pub(crate) keys: Arc<RwLock<KeyRing>>,
 }
 
 impl std::fmt::Debug for App {
@@ -40,12 +42,12 @@ pub enum StartError {
 }
 
 impl App {
-    /// Assembles the application. `key` is the 32-byte server secret.
+    /// Assembles the application with its key ring.
     pub fn new(
         config: Config,
         store: Arc<dyn Store>,
         clock: Arc<dyn Clock>,
-        key: [u8; 32],
+        keys: KeyRing,
     ) -> Result<Self, StartError> {
         let p = &config.passwords;
         let hasher = PasswordHasher::new(p.argon2, p.scheme, p.pbkdf2_rounds)
@@ -58,7 +60,7 @@ impl App {
             hashes,
             mailer,
             clock,
-            key: Arc::new(key),
+            keys: Arc::new(RwLock::new(keys)),
         })
     }
 
@@ -67,41 +69,54 @@ impl App {
         self.clock.now()
     }
 
+    /// A copy of the current key ring.
+    pub fn key_ring(&self) -> KeyRing {
+        match self.keys.read() {
+            Ok(k) => k.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// The key CSRF tokens are made with.
+    pub fn csrf_key(&self) -> [u8; 32] {
+        self.key_ring().csrf_key()
+    }
+
+    /// Re-reads the key file (after a rotation by another process); false if unchanged or
+    /// the keys come from the environment.
+    pub fn reload_keys(&self) -> Result<bool, KeyError> {
+        if self.config.secret_key.is_some() {
+            return Ok(false);
+        }
+        let text = std::fs::read_to_string(&self.config.secret_key_file).map_err(|e| {
+            KeyError::Io(format!(
+                "cannot read {}: {e}",
+                self.config.secret_key_file.display()
+            ))
+        })?;
+        let fresh = KeyRing::parse(&text)?;
+        let mut guard = match self.keys.write() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let changed = guard.ids() != fresh.ids();
+        *guard = fresh;
+        Ok(changed)
+    }
+
+    /// Opens a sealed secret, re-reading the key file once if its key is not known yet.
+    pub fn open_secret(&self, key_id: &str, sealed: &str, aad: &[u8]) -> Result<Vec<u8>, KeyError> {
+        match self.key_ring().open(key_id, sealed, aad) {
+            Err(KeyError::UnknownKey(_)) if self.reload_keys()? => {
+                self.key_ring().open(key_id, sealed, aad)
+            }
+            other => other,
+        }
+    }
+
     /// An absolute URL under the public base URL.
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.config.server.public_url, path)
-    }
-}
-
-/// Reads the 32-byte server key from `path`, creating it (mode 0600) if missing.
-pub fn load_or_create_key(path: &std::path::Path) -> Result<[u8; 32], StartError> {
-    use base64::engine::general_purpose::STANDARD;
-    use base64::Engine;
-    use rand::RngCore;
-    let err = |what: &str, e: std::io::Error| {
-        StartError::Io(format!("{what} secret key file {}: {e}", path.display()))
-    };
-    match std::fs::read_to_string(path) {
-        Ok(text) => {
-            let bytes = STANDARD.decode(text.trim()).map_err(|_| {
-                StartError::Config(format!("invalid configuration: `secret_key_file`: {} does not hold a base64 32-byte key", path.display()))
-            })?;
-            <[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| {
-                StartError::Config(format!("invalid configuration: `secret_key_file`: {} must hold exactly 32 bytes (base64)", path.display()))
-            })
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let mut key = [0u8; 32];
-            rand::rngs::OsRng.fill_bytes(&mut key);
-            if let Some(parent) = path.parent() {
-                std::fs::create_dir_all(parent)
-                    .map_err(|e| err("cannot create the directory of the", e))?;
-            }
-            write_private(path, format!("{}\n", STANDARD.encode(key)).as_bytes())
-                .map_err(|e| err("cannot write", e))?;
-            Ok(key)
-        }
-        Err(e) => Err(err("cannot read", e)),
     }
 }
 

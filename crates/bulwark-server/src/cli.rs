@@ -1,9 +1,10 @@
 //! The `bulwark` command line: `serve`, `migrate`, `config check`, `user …`, `password hash`,
 //! `healthcheck`. Every admin action works here without the web console.
 
-use crate::app::{load_or_create_key, App, StartError};
+use crate::app::{App, StartError};
 use crate::clock::{format_time, SystemClock};
 use crate::config::{CliOverrides, Config};
+use crate::keys::KeyRing;
 use crate::mail::Transport;
 use crate::services::users::NewUserInput;
 use crate::services::{ClientInfo, ServiceError};
@@ -54,6 +55,9 @@ enum Command {
     /// Password tools.
     #[command(subcommand)]
     Password(PasswordCommand),
+    /// Server key ring (TOTP secret encryption, CSRF).
+    #[command(subcommand)]
+    Key(KeyCommand),
     /// Ask the running server whether it is healthy (exit 0 if so).
     Healthcheck,
 }
@@ -62,6 +66,14 @@ enum Command {
 enum ConfigCommand {
     /// Validate the configuration and print it, secrets redacted.
     Check,
+}
+
+#[derive(Debug, Subcommand)]
+enum KeyCommand {
+    /// Put a new key first in the key file and re-encrypt every TOTP secret under it.
+    Rotate,
+    /// Re-encrypt every TOTP secret under the current key (after changing an inline key ring).
+    Reseal,
 }
 
 #[derive(Debug, Subcommand)]
@@ -139,8 +151,20 @@ enum UserCommand {
     ForcePasswordChange { login: String },
     /// Mail an invitation with a link to choose a password.
     Invite { login: String },
-    /// Lift a login lock.
+    /// Lift a login lock (password and code entry).
     Unlock { login: String },
+    /// Reset a user's two-factor authentication: removes the authenticator, recovery codes,
+    /// trusted devices and sessions, and mails the user.
+    #[command(name = "reset-2fa")]
+    Reset2fa { login: String },
+    /// Make a device account (kiosk, POS, scanner): no second factor, but logins only from
+    /// these networks. `--networks ''` turns it back into a normal account.
+    Device {
+        login: String,
+        /// Comma-separated CIDRs, e.g. 10.20.0.0/24,192.0.2.7
+        #[arg(long, value_delimiter = ',')]
+        networks: Vec<String>,
+    },
     /// Show or change a user's groups.
     Groups {
         login: String,
@@ -274,10 +298,18 @@ fn create_private_dir(path: &std::path::Path) -> Result<(), CliError> {
 
 async fn build_app(config: Config) -> Result<App, CliError> {
     create_private_dir(&config.data_dir)?;
-    let key = load_or_create_key(&config.secret_key_file)?;
+    let key = load_keys(&config)?;
     let store = open_store(&config).await?;
     store.migrate().await?;
     Ok(App::new(config, store, Arc::new(SystemClock), key)?)
+}
+
+fn load_keys(config: &Config) -> Result<KeyRing, CliError> {
+    let ring = match &config.secret_key {
+        Some(inline) => KeyRing::parse(inline.expose()),
+        None => crate::keys::load_or_create(&config.secret_key_file),
+    };
+    ring.map_err(|e| CliError::Message(format!("invalid configuration: `secret_key_file`: {e}")))
 }
 
 async fn dispatch(command: Command, config: Config) -> Result<ExitCode, CliError> {
@@ -319,6 +351,18 @@ async fn dispatch(command: Command, config: Config) -> Result<ExitCode, CliError
             Ok(ExitCode::SUCCESS)
         }
         Command::Healthcheck => healthcheck(&config).await,
+        Command::Key(cmd) => {
+            let app = build_app(config).await?;
+            let n = match cmd {
+                KeyCommand::Rotate => app.rotate_keys().await?,
+                KeyCommand::Reseal => app.reseal_secrets().await?,
+            };
+            println!(
+                "current key: {}; {n} secrets re-encrypted",
+                app.key_ring().current_id()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::User(cmd) => {
             let app = build_app(config).await?;
             user_command(&app, cmd).await?;
@@ -542,6 +586,24 @@ async fn user_command(app: &App, cmd: UserCommand) -> Result<(), CliError> {
         UserCommand::Unlock { login } => {
             app.unlock_user(&login, actor, &client).await?;
             println!("unlocked {login}");
+        }
+        UserCommand::Reset2fa { login } => {
+            app.admin_reset_two_factor(&login, actor, &client).await?;
+            println!("two-factor authentication of {login} was reset; they were mailed and logged out everywhere");
+        }
+        UserCommand::Device { login, networks } => {
+            let u = app
+                .set_device_account(&login, &networks, actor, &client)
+                .await?;
+            if u.device_account {
+                println!(
+                    "{} is a device account; it may log in only from {}",
+                    u.login,
+                    u.allowed_networks.join(", ")
+                );
+            } else {
+                println!("{} is a normal account", u.login);
+            }
         }
         UserCommand::Groups {
             login,

@@ -214,6 +214,8 @@ struct RawLockout {
     account: RawLockoutRules,
     #[serde(default)]
     ip: RawLockoutRules,
+    #[serde(default)]
+    code: RawLockoutRules,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -409,6 +411,8 @@ impl SessionsConfig {
 pub struct LockoutConfig {
     pub account: LockoutPolicy,
     pub ip: LockoutPolicy,
+    /// Second-factor code entry (TOTP, recovery, e-mailed code), per account.
+    pub code: LockoutPolicy,
 }
 
 /// Lifetimes of links sent by mail or printed at first start.
@@ -594,6 +598,7 @@ impl Config {
                 "lockout.account",
             )?,
             ip: lockout_rules(raw.lockout.ip, LockoutPolicy::IP, "lockout.ip")?,
+            code: lockout_rules(raw.lockout.code, LockoutPolicy::CODE, "lockout.code")?,
         };
 
         let links = LinksConfig {

@@ -18,6 +18,7 @@
 use super::{Audit, ClientInfo, ServiceError};
 use crate::app::App;
 use bulwark_core::account::{DisplayName, Email, GroupName, Login};
+use bulwark_core::enforcement::Standing;
 use bulwark_core::lockout::{Gate, LockoutPolicy};
 use bulwark_core::password::hash::Verification;
 use bulwark_core::password::policy::{PasswordPolicy, PolicyViolation};
@@ -37,6 +38,8 @@ pub struct CurrentSession {
     pub session: SessionRecord,
     /// Why the user must change their password before anything else, if they must.
     pub change_required: Option<ChangeReason>,
+    /// Where the user stands with respect to 2FA enforcement.
+    pub standing: Standing,
 }
 
 /// Why a password change is forced.
@@ -54,6 +57,9 @@ pub struct LoginSuccess {
     pub token: SecretString,
     pub user: UserRecord,
     pub change_required: Option<ChangeReason>,
+    /// `SecondFactor` when a code is still due.
+    pub stage: SessionStage,
+    pub standing: Standing,
 }
 
 /// The fields of a set-password form (reset, invitation, first setup).
@@ -79,7 +85,7 @@ pub(crate) fn account_key(login: &str) -> String {
     format!("login:{normalized}")
 }
 
-fn ip_key(ip: IpAddr) -> String {
+pub(crate) fn ip_key(ip: IpAddr) -> String {
     match ip {
         // One IPv6 host usually owns a whole /64: count it as one client.
         IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
@@ -112,7 +118,7 @@ impl App {
             .then_some(ChangeReason::Expired)
     }
 
-    async fn gate(
+    pub(crate) async fn gate_key(
         &self,
         key: &str,
         policy: &LockoutPolicy,
@@ -139,7 +145,7 @@ impl App {
     }
 
     /// Counts a failure; returns true when this failure locked the key.
-    async fn count_failure(
+    pub(crate) async fn count_key_failure(
         &self,
         key: &str,
         policy: &LockoutPolicy,
@@ -167,10 +173,11 @@ impl App {
         client: &ClientInfo,
         now: UnixTime,
     ) -> Result<(), ServiceError> {
-        self.gate(&account_key(login), &self.config.lockout.account, now)
+        self.gate_key(&account_key(login), &self.config.lockout.account, now)
             .await?;
         if let Some(ip) = client.ip {
-            self.gate(&ip_key(ip), &self.config.lockout.ip, now).await?;
+            self.gate_key(&ip_key(ip), &self.config.lockout.ip, now)
+                .await?;
         }
         Ok(())
     }
@@ -182,7 +189,7 @@ impl App {
         now: UnixTime,
     ) -> Result<(), ServiceError> {
         let locked = self
-            .count_failure(&account_key(login), &self.config.lockout.account, now)
+            .count_key_failure(&account_key(login), &self.config.lockout.account, now)
             .await?;
         if locked {
             self.audit(
@@ -196,7 +203,7 @@ impl App {
         }
         if let Some(ip) = client.ip {
             if self
-                .count_failure(&ip_key(ip), &self.config.lockout.ip, now)
+                .count_key_failure(&ip_key(ip), &self.config.lockout.ip, now)
                 .await?
             {
                 self.audit(
@@ -213,11 +220,13 @@ impl App {
     }
 
     /// Checks a login and password; on success starts a new session.
+    /// `trusted_cookie` is the browser's trusted-device cookie, if it sent one.
     pub async fn login(
         &self,
         login: &str,
         password: String,
         client: &ClientInfo,
+        trusted_cookie: Option<&str>,
     ) -> Result<LoginSuccess, ServiceError> {
         let now = self.now();
         let audit_subject: String = login.trim().to_lowercase().chars().take(128).collect();
@@ -302,30 +311,26 @@ impl App {
                     )
                     .await;
                 }
-                self.store.update_last_login(user.id, now).await?;
-                let token = self.start_session(&user, client, now).await?;
-                self.audit(
-                    Audit::event("login", "success")
-                        .actor(&user.login)
-                        .subject(&user.login)
-                        .client(client),
-                    now,
-                )
-                .await;
+                let (token, stage, standing) = self
+                    .after_password(&user, client, trusted_cookie, now)
+                    .await?;
                 let change_required = self.change_reason(&user, now);
                 Ok(LoginSuccess {
                     token,
                     user,
                     change_required,
+                    stage,
+                    standing,
                 })
             }
         }
     }
 
-    async fn start_session(
+    pub(crate) async fn start_session_at(
         &self,
         user: &UserRecord,
         client: &ClientInfo,
+        stage: SessionStage,
         now: UnixTime,
     ) -> Result<SecretString, ServiceError> {
         let (token, hash) = token::generate();
@@ -333,7 +338,7 @@ impl App {
             .insert_session(&NewSession {
                 token_hash: hash,
                 user: user.id,
-                stage: SessionStage::Full,
+                stage,
                 created_at: now,
                 ip: client.ip.map(|ip| ip.to_string()),
                 user_agent: client
@@ -355,7 +360,9 @@ impl App {
             return Ok(None);
         };
         let policy = self.config.sessions.policy();
-        if !policy.is_live(session.created_at, session.last_seen_at, now) {
+        let half_expired = session.stage == SessionStage::SecondFactor
+            && now - session.created_at >= super::two_factor::SECOND_FACTOR_WINDOW_SECS;
+        if half_expired || !policy.is_live(session.created_at, session.last_seen_at, now) {
             self.store.delete_session(session.id).await?;
             return Ok(None);
         }
@@ -371,10 +378,12 @@ impl App {
             self.store.touch_session(session.id, now).await?;
         }
         let change_required = self.change_reason(&user, now);
+        let standing = self.standing_of(&user, now).await?;
         Ok(Some(CurrentSession {
             user,
             session,
             change_required,
+            standing,
         }))
     }
 
@@ -520,7 +529,7 @@ impl App {
     ) -> Result<SecretString, ServiceError> {
         let now = self.now();
         let user = &current.user;
-        self.gate(&account_key(&user.login), &self.config.lockout.account, now)
+        self.gate_key(&account_key(&user.login), &self.config.lockout.account, now)
             .await?;
         let old = Password::parse(old)
             .map_err(|_| ServiceError::InvalidInput("Enter your current password.".into()))?;
@@ -530,7 +539,7 @@ impl App {
             .await?
             .ok_or(ServiceError::InvalidCredentials)?;
         if !self.hashes.verify(old, stored).await?.is_valid() {
-            self.count_failure(&account_key(&user.login), &self.config.lockout.account, now)
+            self.count_key_failure(&account_key(&user.login), &self.config.lockout.account, now)
                 .await?;
             self.audit(
                 Audit::event("password_change", "failure")
@@ -562,7 +571,9 @@ impl App {
             return Err(e);
         }
         self.apply_new_password(user, new, false, now).await?;
-        let token = self.start_session(user, client, now).await?;
+        let token = self
+            .start_session_at(user, client, SessionStage::Full, now)
+            .await?;
         self.audit(
             Audit::event("password_change", "success")
                 .actor(&user.login)

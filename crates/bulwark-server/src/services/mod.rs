@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod passwords;
+pub mod two_factor;
 pub mod users;
 
 use crate::app::App;
@@ -130,5 +131,40 @@ impl App {
         if let Err(e) = self.store.append_audit(&event).await {
             tracing::error!(event = %event.event, error = %e, "cannot write audit event");
         }
+    }
+}
+
+/// A short, stable browser name from a user agent ("Firefox on Linux"): shown in lists and
+/// used to bind trusted devices to the browser they were issued to.
+pub fn browser_name(ua: Option<&str>) -> String {
+    let Some(ua) = ua else {
+        return "Unknown browser".into();
+    };
+    let browser = [
+        ("Edg/", "Edge"),
+        ("OPR/", "Opera"),
+        ("Firefox/", "Firefox"),
+        ("Chrome/", "Chrome"),
+        ("Safari/", "Safari"),
+        ("curl/", "curl"),
+    ]
+    .iter()
+    .find(|(needle, _)| ua.contains(needle))
+    .map(|(_, name)| *name)
+    .unwrap_or("Browser");
+    let os = [
+        ("Android", "Android"),
+        ("iPhone", "iPhone"),
+        ("iPad", "iPad"),
+        ("Windows", "Windows"),
+        ("Mac OS X", "macOS"),
+        ("Linux", "Linux"),
+    ]
+    .iter()
+    .find(|(needle, _)| ua.contains(needle))
+    .map(|(_, name)| *name);
+    match os {
+        Some(os) => format!("{browser} on {os}"),
+        None => browser.to_string(),
     }
 }

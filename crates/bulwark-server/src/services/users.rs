@@ -319,6 +319,7 @@ impl App {
         self.store
             .delete_throttle(&super::auth::account_key(&user.login))
             .await?;
+        self.store.delete_throttle(&self.code_key(user.id)).await?;
         self.audit(
             Audit::event("user_unlocked", "success")
                 .actor(actor)

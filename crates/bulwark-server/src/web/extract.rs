@@ -9,7 +9,9 @@ use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::middleware::Next;
 use axum::response::Response;
+use bulwark_core::enforcement::Standing;
 use bulwark_core::token;
+use bulwark_store::SessionStage;
 use ipnet::IpNet;
 use std::net::{IpAddr, SocketAddr};
 
@@ -108,12 +110,12 @@ pub struct CsrfCookie {
 impl CsrfCookie {
     /// The token to embed in forms.
     pub fn form_token(&self, app: &App) -> String {
-        token::csrf_token(app.key.as_slice(), &self.value)
+        token::csrf_token(&app.csrf_key(), &self.value)
     }
 
     /// Checks a submitted form token.
     pub fn verify(&self, app: &App, submitted: &str) -> Result<(), PageError> {
-        if !self.fresh && token::csrf_matches(app.key.as_slice(), &self.value, submitted) {
+        if !self.fresh && token::csrf_matches(&app.csrf_key(), &self.value, submitted) {
             Ok(())
         } else {
             Err(PageError::Csrf)
@@ -185,9 +187,12 @@ pub struct SignedIn(pub CurrentSession);
 #[derive(Debug, Clone)]
 pub struct SignedInAnyState(pub CurrentSession);
 
+/// A fully logged-in session: anonymous visitors go to the login page, half-logged-in ones
+/// to the second step.
 async fn signed_in(parts: &mut Parts, app: &App) -> Result<CurrentSession, PageError> {
     match MaybeSession::from_request_parts(parts, app).await?.0 {
-        Some(s) => Ok(s),
+        Some(s) if s.session.stage == SessionStage::Full => Ok(s),
+        Some(_) => Err(PageError::Redirect("/login/2fa".into())),
         None => {
             let next = parts
                 .uri
@@ -215,6 +220,9 @@ impl FromRequestParts<App> for SignedIn {
         if s.change_required.is_some() {
             return Err(PageError::Redirect("/password/change".into()));
         }
+        if s.standing == Standing::EnrolmentRequired {
+            return Err(PageError::Redirect("/account/security".into()));
+        }
         Ok(Self(s))
     }
 }
@@ -224,6 +232,39 @@ impl FromRequestParts<App> for SignedInAnyState {
 
     async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self, Self::Rejection> {
         Ok(Self(signed_in(parts, app).await?))
+    }
+}
+
+/// A full session that may reach the security (enrolment) pages even when enrolment is
+/// overdue; a forced password change still comes first.
+#[derive(Debug, Clone)]
+pub struct EnrolmentAllowed(pub CurrentSession);
+
+impl FromRequestParts<App> for EnrolmentAllowed {
+    type Rejection = PageError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self, Self::Rejection> {
+        let s = signed_in(parts, app).await?;
+        if s.change_required.is_some() {
+            return Err(PageError::Redirect("/password/change".into()));
+        }
+        Ok(Self(s))
+    }
+}
+
+/// A half-logged-in session waiting for its second factor.
+#[derive(Debug, Clone)]
+pub struct HalfSignedIn(pub CurrentSession);
+
+impl FromRequestParts<App> for HalfSignedIn {
+    type Rejection = PageError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self, Self::Rejection> {
+        match MaybeSession::from_request_parts(parts, app).await?.0 {
+            Some(s) if s.session.stage == SessionStage::SecondFactor => Ok(Self(s)),
+            Some(_) => Err(PageError::Redirect("/account".into())),
+            None => Err(PageError::Redirect("/login".into())),
+        }
     }
 }
 

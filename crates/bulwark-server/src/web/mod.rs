@@ -4,6 +4,7 @@
 mod error;
 mod extract;
 mod pages;
+mod security;
 
 pub use error::PageError;
 pub use extract::{client_ip, Client, CsrfCookie};
@@ -47,6 +48,27 @@ pub fn router(app: App) -> Router {
         .route(
             "/password/set",
             get(pages::password_set_get).post(pages::password_set_post),
+        )
+        .route(
+            "/login/2fa",
+            get(security::login_2fa_get).post(security::login_2fa_post),
+        )
+        .route("/login/2fa/email", post(security::login_2fa_email_post))
+        .route("/account/security", get(security::security_get))
+        .route("/account/security/enrol", post(security::enrol_post))
+        .route("/account/security/confirm", post(security::confirm_post))
+        .route(
+            "/account/security/recovery-codes",
+            post(security::recovery_codes_post),
+        )
+        .route("/account/security/disable", post(security::disable_post))
+        .route(
+            "/account/security/devices/revoke",
+            post(security::device_revoke_post),
+        )
+        .route(
+            "/account/security/devices/revoke-all",
+            post(security::devices_revoke_all_post),
         )
         .fallback(pages::not_found)
         .layer(DefaultBodyLimit::max(limit))

@@ -9,14 +9,15 @@ use super::extract::{
 use crate::app::App;
 use crate::clock::format_time;
 use crate::services::auth::{ChangeReason, SetPasswordInput};
-use crate::services::ServiceError;
+use crate::services::{browser_name, ServiceError};
 use askama::Template;
 use axum::extract::rejection::{FormRejection, QueryRejection};
 use axum::extract::{Form, Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
+use bulwark_core::enforcement::Standing;
 use bulwark_core::password::policy::PasswordPolicy;
-use bulwark_store::TokenPurpose;
+use bulwark_store::{SessionStage, TokenPurpose};
 use serde::Deserialize;
 
 // ---------------------------------------------------------------------------------------
@@ -34,7 +35,7 @@ pub fn see_other(location: &str, cookies: Vec<HeaderValue>) -> Response {
     res
 }
 
-fn render(status: StatusCode, page: &impl Template) -> Response {
+pub(crate) fn render(status: StatusCode, page: &impl Template) -> Response {
     match page.render() {
         Ok(body) => (status, Html(body)).into_response(),
         Err(e) => {
@@ -99,7 +100,7 @@ pub fn url_encode(s: &str) -> String {
     out
 }
 
-fn form<T>(result: Result<Form<T>, FormRejection>) -> Result<T, PageError> {
+pub(crate) fn form<T>(result: Result<Form<T>, FormRejection>) -> Result<T, PageError> {
     result.map(|Form(f)| f).map_err(|e| {
         let status = if e.status().is_client_error() {
             e.status()
@@ -116,7 +117,29 @@ fn form<T>(result: Result<Form<T>, FormRejection>) -> Result<T, PageError> {
     })
 }
 
-fn session_cookie(app: &App, token: &str) -> HeaderValue {
+/// Name of the trusted-device cookie.
+pub(crate) const DEVICE_COOKIE: &str = "bulwark_device";
+
+/// Where a fully logged-in user goes next: a forced password change first, then overdue
+/// enrolment, then the enrolment prompt during grace, then where they were going.
+pub(crate) fn after_login_target(
+    change: Option<ChangeReason>,
+    standing: Standing,
+    next: &str,
+) -> String {
+    let next = if next.is_empty() { "/account" } else { next };
+    if change.is_some() {
+        "/password/change".into()
+    } else if standing == Standing::EnrolmentRequired {
+        "/account/security".into()
+    } else if let Standing::Grace { .. } = standing {
+        format!("/account/security?prompt=grace&next={}", url_encode(next))
+    } else {
+        next.to_string()
+    }
+}
+
+pub(crate) fn session_cookie(app: &App, token: &str) -> HeaderValue {
     set_cookie(app, "bulwark_session", token, None)
 }
 
@@ -259,6 +282,7 @@ pub async fn login_post(
     State(app): State<App>,
     csrf: CsrfCookie,
     Client(client): Client,
+    headers: HeaderMap,
     body: Result<Form<LoginForm>, FormRejection>,
 ) -> Result<Response, PageError> {
     let f = form(body)?;
@@ -278,14 +302,20 @@ pub async fn login_post(
             },
         )
     };
-    match app.login(&f.login, f.password.clone(), &client).await {
+    let device = get_cookie(&headers, &cookie_name(&app, DEVICE_COOKIE)).map(str::to_string);
+    match app
+        .login(&f.login, f.password.clone(), &client, device.as_deref())
+        .await
+    {
         Ok(ok) => {
-            let target = if ok.change_required.is_some() {
-                "/password/change".to_string()
-            } else if next.is_empty() {
-                "/account".to_string()
+            let target = if ok.stage == SessionStage::SecondFactor {
+                if next.is_empty() {
+                    "/login/2fa".to_string()
+                } else {
+                    format!("/login/2fa?next={}", url_encode(&next))
+                }
             } else {
-                next.clone()
+                after_login_target(ok.change_required, ok.standing, &next)
             };
             Ok(see_other(
                 &target,
@@ -364,40 +394,6 @@ struct AccountPage<'a> {
 pub struct AccountQuery {
     #[serde(default)]
     done: String,
-}
-
-/// A short browser name from a user agent, for the sessions list.
-fn browser_name(ua: Option<&str>) -> String {
-    let Some(ua) = ua else {
-        return "Unknown browser".into();
-    };
-    let browser = [
-        ("Edg/", "Edge"),
-        ("OPR/", "Opera"),
-        ("Firefox/", "Firefox"),
-        ("Chrome/", "Chrome"),
-        ("Safari/", "Safari"),
-        ("curl/", "curl"),
-    ]
-    .iter()
-    .find(|(needle, _)| ua.contains(needle))
-    .map(|(_, name)| *name)
-    .unwrap_or("Browser");
-    let os = [
-        ("Android", "Android"),
-        ("iPhone", "iPhone"),
-        ("iPad", "iPad"),
-        ("Windows", "Windows"),
-        ("Mac OS X", "macOS"),
-        ("Linux", "Linux"),
-    ]
-    .iter()
-    .find(|(needle, _)| ua.contains(needle))
-    .map(|(_, name)| *name);
-    match os {
-        Some(os) => format!("{browser} on {os}"),
-        None => browser.to_string(),
-    }
 }
 
 pub async fn account_get(

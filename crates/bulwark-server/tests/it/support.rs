@@ -32,15 +32,22 @@ pub struct TestApp {
 }
 
 impl TestApp {
+    /// An app where only admins must use 2FA, so foundation tests log in with a password.
     pub async fn new() -> Self {
         Self::with_config("").await
     }
 
-    /// An app configured with extra TOML (on top of the defaults).
+    /// An app configured with extra TOML (on top of the defaults). Without a `[two_factor]`
+    /// section only admins are under enforcement.
     pub async fn with_config(toml_text: &str) -> Self {
+        let toml_text = if toml_text.contains("[two_factor]") {
+            toml_text.to_string()
+        } else {
+            format!("{toml_text}\n[two_factor]\nenforcement = \"admins\"\n")
+        };
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("bulwark.toml");
-        std::fs::write(&file, toml_text).unwrap();
+        std::fs::write(&file, &toml_text).unwrap();
         let overrides = CliOverrides {
             data_dir: Some(dir.path().to_path_buf()),
             ..Default::default()
@@ -53,7 +60,13 @@ impl TestApp {
         let store: Arc<dyn Store> = Arc::new(store);
         let clock = Arc::new(ManualClock::new(T0));
         let outbox = dir.path().join("outbox");
-        let app = App::new(config, store.clone(), clock.clone(), [7u8; 32]).unwrap();
+        let app = App::new(
+            config,
+            store.clone(),
+            clock.clone(),
+            bulwark_server::keys::KeyRing::generate(),
+        )
+        .unwrap();
         let router = bulwark_server::web::router(app.clone());
         Self {
             app,
