@@ -386,6 +386,7 @@ struct AccountPage<'a> {
     user: &'a bulwark_store::UserRecord,
     groups: String,
     password_info: String,
+    two_factor_info: String,
     sessions: Vec<SessionRow>,
     notice: Option<&'a str>,
 }
@@ -427,6 +428,14 @@ pub async fn account_get(
         },
         None => "not set".into(),
     };
+    let tf = app.two_factor_status(&current.user).await?;
+    let two_factor_info = if tf.active {
+        format!("on, {} recovery codes left", tf.recovery_codes_left)
+    } else if tf.required {
+        "off — required by your organisation".to_string()
+    } else {
+        "off".to_string()
+    };
     let notice = match q.done.as_str() {
         "password" => Some("Your password was changed. Every other session was logged out."),
         "session" => Some("That session was logged out."),
@@ -445,6 +454,7 @@ pub async fn account_get(
                 current.user.groups.join(", ")
             },
             password_info,
+            two_factor_info,
             sessions: rows,
             notice,
         },
