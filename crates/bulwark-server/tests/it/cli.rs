@@ -1149,7 +1149,8 @@ fn logs_never_contain_secrets() {
         let leaked = logs.match_indices(code.as_str()).any(|(i, _)| {
             let before = logs[..i].chars().next_back();
             let after = logs[i + code.len()..].chars().next();
-            !before.is_some_and(|c| c.is_ascii_digit() || c == '.') && !after.is_some_and(|c| c.is_ascii_digit())
+            !before.is_some_and(|c| c.is_ascii_digit() || c == '.')
+                && !after.is_some_and(|c| c.is_ascii_digit())
         });
         assert!(!leaked, "login code {code} is in the logs:\n{logs}");
     }

@@ -10,3 +10,4 @@ mod cli;
 mod mail;
 mod pages;
 mod support;
+mod two_factor;

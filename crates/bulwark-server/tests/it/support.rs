@@ -360,3 +360,40 @@ fn pct(s: &str) -> String {
         })
         .collect()
 }
+
+impl TestApp {
+    /// A browser with an empty cookie jar, connecting from `ip` and presenting `user_agent`
+    /// instead of the default Chrome-on-Linux one (a layer replaces the header).
+    pub fn browser_with_user_agent(&self, ip: &str, user_agent: &'static str) -> Browser {
+        let ua = axum::http::HeaderValue::from_static(user_agent);
+        let router = self.router.clone().layer(tower::util::MapRequestLayer::new(
+            move |mut req: Request<Body>| {
+                req.headers_mut().insert(header::USER_AGENT, ua.clone());
+                req
+            },
+        ));
+        Browser {
+            router,
+            jar: Mutex::new(BTreeMap::new()),
+            peer: format!("{ip}:40000").parse().unwrap(),
+            headers: Vec::new(),
+        }
+    }
+}
+
+impl TestApp {
+    /// Every message in the mail queue, oldest first, without delivering any. Unlike
+    /// [`TestApp::mails`] it leaves the queue as it is, so no two messages share an id.
+    pub async fn queued_mails(&self) -> Vec<Mail> {
+        let mut queued = self.store.list_due_mail(i64::MAX, 10_000).await.unwrap();
+        queued.sort_by_key(|m| m.id);
+        queued
+            .into_iter()
+            .map(|m| Mail {
+                to: m.to,
+                subject: m.subject,
+                text: m.body_text,
+            })
+            .collect()
+    }
+}
