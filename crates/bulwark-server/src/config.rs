@@ -80,7 +80,6 @@ struct RawConfig {
     links: RawLinks,
     #[serde(default)]
     two_factor: RawTwoFactor,
-    #[serde(default, deserialize_with = "string_or_number")]
     secret_key: Option<String>,
 }
 
@@ -128,9 +127,7 @@ struct RawSmtp {
     host: Option<String>,
     port: Option<u16>,
     security: Option<String>,
-    #[serde(default, deserialize_with = "string_or_number")]
     username: Option<String>,
-    #[serde(default, deserialize_with = "string_or_number")]
     password: Option<String>,
     timeout_secs: Option<u64>,
 }
@@ -234,21 +231,6 @@ struct RawLinks {
     setup_minutes: Option<i64>,
     reset_minutes: Option<i64>,
     invitation_hours: Option<i64>,
-}
-
-fn string_or_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum StrOrNum {
-        S(String),
-        I(i64),
-        F(f64),
-    }
-    Ok(Option::<StrOrNum>::deserialize(d)?.map(|v| match v {
-        StrOrNum::S(s) => s,
-        StrOrNum::I(i) => i.to_string(),
-        StrOrNum::F(f) => f.to_string(),
-    }))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -461,6 +443,9 @@ impl Config {
             }
             None => toml::Table::new(),
         };
+        // Environment values that were read as numbers, booleans or arrays: if the key wants
+        // text after all (an SMTP password of `123456`), they are given back as text.
+        let mut coerced: Vec<(Vec<String>, String)> = Vec::new();
         for (name, value) in env {
             let Some(rest) = name.strip_prefix("BULWARK_") else {
                 continue;
@@ -469,7 +454,11 @@ impl Config {
                 continue;
             }
             let path: Vec<String> = rest.split("__").map(str::to_lowercase).collect();
-            set_path(&mut table, &path, env_value(value))
+            let typed = env_value(value);
+            if !typed.is_str() {
+                coerced.push((path.clone(), value.clone()));
+            }
+            set_path(&mut table, &path, typed)
                 .map_err(|m| ConfigError::new(format!("environment {name}"), m))?;
         }
         let overrides = [
@@ -488,14 +477,30 @@ impl Config {
                     .map_err(|m| ConfigError::new(path.join("."), m))?;
             }
         }
-        let raw: RawConfig =
-            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
-                let key = e.path().to_string();
-                ConfigError::new(
-                    if key == "." { String::new() } else { key },
-                    e.into_inner().to_string(),
-                )
-            })?;
+        let raw: RawConfig = loop {
+            match serde_path_to_error::deserialize(toml::Value::Table(table.clone())) {
+                Ok(raw) => break raw,
+                Err(e) => {
+                    let key = e.path().to_string();
+                    let retry = coerced
+                        .iter()
+                        .position(|(path, _)| path.join(".") == key)
+                        .map(|i| coerced.swap_remove(i));
+                    match retry {
+                        Some((path, text)) => {
+                            set_path(&mut table, &path, toml::Value::String(text))
+                                .map_err(|m| ConfigError::new(key, m))?
+                        }
+                        None => {
+                            return Err(ConfigError::new(
+                                if key == "." { String::new() } else { key },
+                                e.into_inner().to_string(),
+                            ))
+                        }
+                    }
+                }
+            }
+        };
         Self::validate(raw)
     }
 
@@ -687,7 +692,14 @@ fn parse_public_url(url: &str) -> Result<(bool, bool), ConfigError> {
     } else {
         return Err(err());
     };
-    let authority = rest.split('/').next().unwrap_or_default();
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+    if !path.is_empty() {
+        // Pages, links and the `__Host-` cookies all live at the root of their own host.
+        return Err(ConfigError::new(
+            "server.public_url",
+            format!("`{url}` has a path; Bulwark is served at the root of its own host name, like https://auth.example.com"),
+        ));
+    }
     if authority.is_empty()
         || authority.contains('@')
         || rest.contains(['?', '#'])
@@ -786,7 +798,15 @@ fn validate_mail(raw: RawMail, data_dir: &Path) -> Result<MailConfig, ConfigErro
                 security,
                 username: raw.smtp.username,
                 password: raw.smtp.password.map(SecretString::new),
-                timeout_secs: raw.smtp.timeout_secs.unwrap_or(15),
+                timeout_secs: match raw.smtp.timeout_secs.unwrap_or(15) {
+                    t @ 1..=300 => t,
+                    t => {
+                        return Err(ConfigError::new(
+                            "mail.smtp.timeout_secs",
+                            format!("{t} is out of range: give 1 to 300 seconds"),
+                        ))
+                    }
+                },
             })
         }
         other => {
@@ -1133,12 +1153,21 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(err.key, "server.secure_cookies");
+        let err = load("[server]\npublic_url = \"https://example.com/auth\"\n", &[]).unwrap_err();
+        assert_eq!(err.key, "server.public_url");
+        assert!(err.to_string().contains("has a path"), "{err}");
     }
 
     #[test]
     fn smtp_settings_are_checked_and_password_redacted() {
         let err = load("[mail]\ntransport = \"smtp\"\n", &[]).unwrap_err();
         assert_eq!(err.key, "mail.smtp.host");
+        let err = load(
+            "[mail]\ntransport = \"smtp\"\n[mail.smtp]\nhost = \"mail.example.com\"\ntimeout_secs = 0\n",
+            &[],
+        )
+        .unwrap_err();
+        assert_eq!(err.key, "mail.smtp.timeout_secs");
         let err = load("[mail]\ntransport = \"smtp\"\n[mail.smtp]\nhost = \"mail.example.com\"\nsecurity = \"none\"\n", &[]).unwrap_err();
         assert_eq!(err.key, "mail.smtp.security");
         let c = load(
@@ -1150,6 +1179,28 @@ mod tests {
         assert!(!shown.contains("s3cr3t-smtp-pass"), "{shown}");
         assert!(shown.contains("<redacted>"));
         assert!(!format!("{c:?}").contains("s3cr3t-smtp-pass"));
+    }
+
+    #[test]
+    fn environment_text_that_looks_like_a_number_stays_text() {
+        let c = load(
+            "[mail]\ntransport = \"smtp\"\n[mail.smtp]\nhost = \"mail.example.com\"\n",
+            &[
+                ("BULWARK_MAIL__SMTP__USERNAME", "007"),
+                ("BULWARK_MAIL__SMTP__PASSWORD", "1e5"),
+                ("BULWARK_MAIL__SMTP__PORT", "2525"),
+            ],
+        )
+        .unwrap();
+        let MailTransportConfig::Smtp(smtp) = &c.mail.transport else {
+            panic!("smtp expected");
+        };
+        assert_eq!(smtp.username.as_deref(), Some("007"));
+        assert_eq!(smtp.password.as_ref().unwrap().expose(), "1e5");
+        assert_eq!(smtp.port, 2525);
+        // A number where a number belongs is still checked as one.
+        let err = load("", &[("BULWARK_SESSIONS__IDLE_MINUTES", "soon")]).unwrap_err();
+        assert_eq!(err.key, "sessions.idle_minutes");
     }
 
     #[test]

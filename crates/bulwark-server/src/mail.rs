@@ -179,7 +179,14 @@ impl Mailer {
         match transport {
             Transport::Outbox(dir) => {
                 let dir = dir.clone();
-                let name = format!("{}-{:06}.eml", mail.created_at, mail.id);
+                // The queue id alone is not unique over time (SQLite reuses the ids of
+                // delivered rows), so a random part keeps two mails from sharing a name.
+                let name = format!(
+                    "{}-{:06}-{:08x}.eml",
+                    mail.created_at,
+                    mail.id,
+                    rand::random::<u32>()
+                );
                 let bytes = message.formatted();
                 tokio::task::spawn_blocking(move || write_outbox(&dir, &name, &bytes))
                     .await
@@ -207,7 +214,11 @@ fn write_outbox(dir: &std::path::Path, name: &str, bytes: &[u8]) -> std::io::Res
     let tmp = dir.join(format!(".{name}.tmp"));
     let _ = std::fs::remove_file(&tmp);
     crate::app::write_private(&tmp, bytes)?;
-    std::fs::rename(&tmp, dir.join(name))
+    // A hard link never replaces an existing file: a name clash is an error to retry, not
+    // a lost mail.
+    let linked = std::fs::hard_link(&tmp, dir.join(name));
+    let _ = std::fs::remove_file(&tmp);
+    linked
 }
 
 /// Where the worker delivers.

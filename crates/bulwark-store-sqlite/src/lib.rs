@@ -32,6 +32,7 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
+        create_private_file(options.get_filename())?;
         let pool = SqlitePoolOptions::new()
             .max_connections(max_connections.max(1))
             .acquire_timeout(Duration::from_secs(10))
@@ -49,6 +50,29 @@ impl SqliteStore {
     /// The migration versions this build knows, oldest first.
     pub fn migration_versions() -> Vec<i64> {
         MIGRATOR.iter().map(|m| m.version).collect()
+    }
+}
+
+/// Creates a missing database file readable by its owner only (it holds password hashes);
+/// SQLite gives its journal files the same mode. An existing file is left as it is.
+fn create_private_file(path: &Path) -> StoreResult<()> {
+    if path == Path::new(":memory:") || path.as_os_str().is_empty() || path.exists() {
+        return Ok(());
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(StoreError::Unavailable(format!(
+            "cannot create database file {}: {e}",
+            path.display()
+        ))),
     }
 }
 
@@ -709,16 +733,28 @@ impl AuditStore for SqliteStore {
     }
 
     async fn list_audit(&self, f: &AuditFilter) -> StoreResult<Vec<AuditRecord>> {
-        let rows = sqlx::query(
-            "SELECT id, at, actor, subject, event, outcome, detail, ip, user_agent FROM audit_log \
-             WHERE (?1 IS NULL OR subject = ?1) AND (?2 IS NULL OR event = ?2) ORDER BY id DESC LIMIT ?3",
-        )
-        .bind(&f.subject)
-        .bind(&f.event)
-        .bind(i64::from(f.limit))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(map_err)?;
+        // One statement per filter shape: `(? IS NULL OR subject = ?)` would keep SQLite from
+        // using the (subject, id) index and scan the whole log. With a subject, the event is
+        // checked on that subject's rows (`+event` keeps the planner on the subject index).
+        let mut sql = String::from(
+            "SELECT id, at, actor, subject, event, outcome, detail, ip, user_agent FROM audit_log",
+        );
+        match (&f.subject, &f.event) {
+            (Some(_), Some(_)) => sql.push_str(" WHERE subject = ? AND +event = ?"),
+            (Some(_), None) => sql.push_str(" WHERE subject = ?"),
+            (None, Some(_)) => sql.push_str(" WHERE event = ?"),
+            (None, None) => {}
+        }
+        sql.push_str(" ORDER BY id DESC LIMIT ?");
+        let mut query = sqlx::query(&sql);
+        for value in [&f.subject, &f.event].into_iter().flatten() {
+            query = query.bind(value);
+        }
+        let rows = query
+            .bind(i64::from(f.limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(map_err)?;
         rows.iter()
             .map(|r| -> Result<AuditRecord, sqlx::Error> {
                 Ok(AuditRecord {

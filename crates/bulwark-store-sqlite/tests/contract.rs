@@ -26,3 +26,20 @@ fn migration_versions_are_ordered() {
     assert!(!v.is_empty());
     assert!(v.windows(2).all(|w| w[0] < w[1]));
 }
+
+#[cfg(unix)]
+#[tokio::test]
+async fn a_new_database_file_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("bulwark.db");
+    let store = SqliteStore::open(&path, 2).await.expect("open sqlite");
+    store.migrate().await.expect("migrate");
+    for name in ["bulwark.db", "bulwark.db-wal"] {
+        let mode = std::fs::metadata(dir.path().join(name))
+            .expect(name)
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{name} has mode {:o}", mode & 0o777);
+    }
+}

@@ -511,6 +511,8 @@ impl App {
             })
             .await?;
         self.store.delete_user_sessions(user.id, None).await?;
+        // A remembered browser must not outlive the password it was remembered with.
+        self.store.delete_user_trusted_devices(user.id).await?;
         self.store
             .delete_throttle(&account_key(&user.login))
             .await?;
@@ -723,12 +725,16 @@ impl App {
         Ok(token)
     }
 
+    async fn active_admins(&self) -> Result<u64, ServiceError> {
+        let admins = GroupName::parse(GroupName::ADMINS)
+            .map_err(|e| ServiceError::Internal(e.to_string()))?;
+        Ok(self.store.count_active_in_group(&admins).await?)
+    }
+
     /// The first-admin setup link, if no active admin exists yet.
     pub async fn setup_link_if_needed(&self) -> Result<Option<String>, ServiceError> {
         let now = self.now();
-        let admins = GroupName::parse(GroupName::ADMINS)
-            .map_err(|e| ServiceError::Internal(e.to_string()))?;
-        if self.store.count_active_in_group(&admins).await? > 0 {
+        if self.active_admins().await? > 0 {
             return Ok(None);
         }
         let token = self
@@ -768,6 +774,11 @@ impl App {
             None => None,
         };
         if purpose != TokenPurpose::Setup && user.is_none() {
+            return Err(ServiceError::InvalidLink);
+        }
+        // A setup link only ever creates the first admin: once an active admin exists, every
+        // setup link printed earlier (one per start) is dead.
+        if purpose == TokenPurpose::Setup && self.active_admins().await? > 0 {
             return Err(ServiceError::InvalidLink);
         }
         Ok(LinkInfo { purpose, user })

@@ -183,7 +183,9 @@ impl FromRequestParts<App> for MaybeSession {
 #[derive(Debug, Clone)]
 pub struct SignedIn(pub CurrentSession);
 
-/// A signed-in session, even one that must change its password first.
+/// A signed-in session, even one that must change its password first (the change page
+/// itself). A session whose enrolment is overdue and needs no password change is sent to the
+/// enrolment page: after the grace period nothing else is reachable.
 #[derive(Debug, Clone)]
 pub struct SignedInAnyState(pub CurrentSession);
 
@@ -231,7 +233,11 @@ impl FromRequestParts<App> for SignedInAnyState {
     type Rejection = PageError;
 
     async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self, Self::Rejection> {
-        Ok(Self(signed_in(parts, app).await?))
+        let s = signed_in(parts, app).await?;
+        if s.change_required.is_none() && s.standing == Standing::EnrolmentRequired {
+            return Err(PageError::Redirect("/account/security".into()));
+        }
+        Ok(Self(s))
     }
 }
 

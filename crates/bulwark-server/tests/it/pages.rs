@@ -826,6 +826,37 @@ async fn first_admin_setup_link_works_once() {
 }
 
 #[tokio::test]
+async fn an_unused_setup_link_dies_once_an_admin_exists() {
+    let t = TestApp::new().await;
+    // Two starts without setup printed two links; the admin is then made another way.
+    let first = t.app.setup_link_if_needed().await.unwrap().unwrap();
+    let second = t.app.setup_link_if_needed().await.unwrap().unwrap();
+    let b = t.browser();
+    b.get(first.trim_start_matches("http://127.0.0.1:9091"))
+        .await;
+    t.add_user("root", PW, &["admins"]).await;
+    let res = t
+        .browser()
+        .get(second.trim_start_matches("http://127.0.0.1:9091"))
+        .await;
+    assert_eq!(res.status, StatusCode::BAD_REQUEST, "{}", res.body);
+    let res = b
+        .post(
+            "/password/set",
+            &[
+                ("login", "intruder"),
+                ("email", "intruder@example.com"),
+                ("display_name", "Intruder"),
+                ("new_password", PW),
+                ("confirm_password", PW),
+            ],
+        )
+        .await;
+    assert_eq!(res.status, StatusCode::BAD_REQUEST, "{}", res.body);
+    assert!(t.app.user_by_login("intruder").await.is_err());
+}
+
+#[tokio::test]
 async fn a_taken_login_does_not_use_up_the_setup_link() {
     let t = TestApp::new().await;
     t.add_user("root", PW2, &["internal"]).await;

@@ -930,8 +930,6 @@ async fn enforcement_walk_with_grace() {
 }
 
 #[tokio::test]
-#[ignore = "bug: /password/change (SignedInAnyState) stays reachable after the grace period; \
-            DESIGN item 6 says only the enrolment page is"]
 async fn overdue_enrolment_leaves_only_the_enrolment_pages() {
     let t = TestApp::with_config(EMPLOYEES).await;
     t.add_user("carol", PW, &["internal"]).await;
@@ -1125,7 +1123,7 @@ async fn skips_second_step(b: &Browser, login: &str) -> bool {
 
 #[tokio::test]
 async fn trusted_device_skips_second_factor_and_dies_on_password_change_and_revoke() {
-    // The password-change part is `trusted_device_dies_on_password_change` (ignored: a bug).
+    // The password-change part is `trusted_device_dies_on_password_change`.
     let t = TestApp::new().await;
     let (_, secret, _) = user_with_totp(&t, "alice", &["internal"]).await;
     let (bob_b, bob_secret, _) = user_with_totp(&t, "bob", &["internal"]).await;
@@ -1279,8 +1277,6 @@ async fn trusted_device_skips_second_factor_and_dies_on_password_change_and_revo
 }
 
 #[tokio::test]
-#[ignore = "bug: a password change leaves trusted devices in place (DESIGN item 7); \
-            App::apply_new_password in services/auth.rs does not revoke them"]
 async fn trusted_device_dies_on_password_change() {
     let t = TestApp::new().await;
     let (_, secret, _) = user_with_totp(&t, "alice", &["internal"]).await;
@@ -1673,8 +1669,6 @@ async fn new_device_login_mails_the_user() {
 }
 
 #[tokio::test]
-#[ignore = "bug: outbox files are named `{created_at}-{id}`; SQLite reuses mail_queue ids once \
-            the queue is empty, so a second mail delivered in the same second overwrites the first"]
 async fn two_login_codes_in_one_second_are_both_delivered() {
     let t = TestApp::with_config("[two_factor]\nenforcement = \"employees\"\n").await;
     t.add_user("dave", PW, &["internal"]).await;
