@@ -9,7 +9,8 @@
 //! The store keeps only [`hash_code`]: an HMAC under a server key rather than a plain digest,
 //! because 60 bits is few enough that someone holding a stolen database, but not the key,
 //! could otherwise test guesses offline. Lookups go by that hash, so no constant-time
-//! comparison is needed; consuming a code is an atomic delete in the store.
+//! comparison is needed; consuming a code is an atomic conditional update
+//! (`used_at` set only if still unset) in the store.
 
 use crate::SecretString;
 use hmac::{Hmac, Mac};

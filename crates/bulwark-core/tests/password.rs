@@ -5,7 +5,7 @@
 )]
 
 use bulwark_core::password::hash::{
-    Argon2Params, HashError, PasswordHash, PasswordHasher, Scheme, Verification,
+    Argon2Params, HashError, HashMemory, PasswordHash, PasswordHasher, Scheme, Verification,
 };
 use bulwark_core::password::policy::{PasswordPolicy, PolicyConfigError, PolicyViolation, Preset};
 use bulwark_core::password::Password;
@@ -181,6 +181,53 @@ fn argon2id_with_other_params_needs_rehash() {
             "{params:?}"
         );
     }
+}
+
+#[test]
+fn reused_hash_memory_gives_the_same_answers() {
+    use argon2::password_hash::{PasswordHash as Phc, PasswordVerifier as _};
+    let current = argon2_hasher();
+    let cheap = PasswordHasher::new(cheap_params(), Scheme::Argon2id, 600_000).unwrap();
+    let wide = PasswordHasher::new(
+        Argon2Params {
+            parallelism: 2,
+            ..cheap_params()
+        },
+        Scheme::Argon2id,
+        600_000,
+    )
+    .unwrap();
+    let password = pw("correct horse battery staple");
+    let wrong = pw("correct horse battery stapler");
+    let mut memory = HashMemory::default();
+    let strong = current.hash_in(&mut memory, &password).unwrap();
+    let small = cheap.hash_in(&mut memory, &password).unwrap();
+    let lanes = wide.hash(&password).unwrap();
+    // Hashes written through reused memory are ordinary Argon2id: the reference verifier
+    // of the argon2 crate (fresh memory, its own PHC parsing) accepts them.
+    for hash in [&strong, &small, &lanes] {
+        let phc = Phc::new(hash.as_str()).unwrap();
+        argon2::Argon2::default()
+            .verify_password(password.expose().as_bytes(), &phc)
+            .unwrap();
+    }
+    // One memory, used in turn for large, small and two-lane hashes, right and wrong
+    // passwords: every answer is the one fresh memory gives.
+    for _ in 0..2 {
+        for hash in [&small, &strong, &lanes] {
+            for candidate in [&password, &wrong] {
+                assert_eq!(
+                    current.verify_in(&mut memory, candidate, hash),
+                    current.verify(candidate, hash),
+                    "{hash:?}"
+                );
+            }
+            assert!(current.verify_in(&mut memory, &password, hash).is_valid());
+            assert!(!current.verify_in(&mut memory, &wrong, hash).is_valid());
+        }
+    }
+    // A stored hash costlier than the configuration still verifies (in temporary memory).
+    assert!(cheap.verify_in(&mut memory, &password, &strong).is_valid());
 }
 
 #[test]

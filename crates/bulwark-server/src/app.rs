@@ -52,7 +52,8 @@ impl App {
         let p = &config.passwords;
         let hasher = PasswordHasher::new(p.argon2, p.scheme, p.pbkdf2_rounds)
             .map_err(|e| StartError::Config(format!("invalid configuration: `passwords`: {e}")))?;
-        let hashes = HashPool::new(hasher, p.max_concurrent_hashes);
+        let hashes = HashPool::new(hasher, p.max_concurrent_hashes)
+            .map_err(|e| StartError::Config(format!("cannot start the hashing threads: {e}")))?;
         let mailer = Mailer::new(store.clone(), &config.mail)?;
         Ok(Self {
             config: Arc::new(config),

@@ -161,8 +161,9 @@ enum UserCommand {
     /// these networks. `--networks ''` turns it back into a normal account.
     Device {
         login: String,
-        /// Comma-separated CIDRs, e.g. 10.20.0.0/24,192.0.2.7
-        #[arg(long, value_delimiter = ',')]
+        /// Comma-separated CIDRs, e.g. 10.20.0.0/24,192.0.2.7 (required, so a forgotten flag
+        /// never turns a device account back into a normal one)
+        #[arg(long, value_delimiter = ',', required = true)]
         networks: Vec<String>,
     },
     /// Show or change a user's groups.
@@ -397,6 +398,39 @@ fn read_password(from_stdin: bool, confirm: bool) -> Result<Password, CliError> 
     Password::parse(text).map_err(|e| CliError::Message(e.to_string()))
 }
 
+fn print_two_factor(u: &UserRecord, s: &crate::services::two_factor::TwoFactorStatus) {
+    use bulwark_core::enforcement::Standing;
+    let factor = if s.active {
+        "on (authenticator app)"
+    } else if s.pending {
+        "off (enrolment started, not confirmed)"
+    } else {
+        "off"
+    };
+    let rule = match s.standing {
+        Standing::Optional => "optional for this account".to_string(),
+        Standing::Exempt => "exempt (device account)".to_string(),
+        Standing::Satisfied => "required, satisfied".to_string(),
+        Standing::Grace { deadline } => {
+            format!("required, must enrol by {}", format_time(deadline))
+        }
+        Standing::EnrolmentRequired => "required, overdue: may only enrol".to_string(),
+    };
+    println!("two-factor:       {factor}; {rule}");
+    if s.active {
+        println!("recovery codes:   {} left", s.recovery_codes_left);
+    }
+    println!("trusted devices:  {}", s.trusted_devices.len());
+    println!(
+        "device account:   {}",
+        if u.device_account {
+            format!("yes, from {}", u.allowed_networks.join(", "))
+        } else {
+            "no".into()
+        }
+    );
+}
+
 fn print_user(u: &UserRecord, locked_until: Option<i64>) {
     println!("login:            {}", u.login);
     println!("name:             {}", u.display_name);
@@ -537,6 +571,8 @@ async fn user_command(app: &App, cmd: UserCommand) -> Result<(), CliError> {
             let u = app.user_by_login(&login).await?;
             let lock = app.user_lock(&u).await?;
             print_user(&u, lock);
+            let status = app.two_factor_status(&u).await?;
+            print_two_factor(&u, &status);
         }
         UserCommand::Disable { login } => {
             let u = app.set_user_active(&login, false, actor, &client).await?;
@@ -632,9 +668,39 @@ async fn user_command(app: &App, cmd: UserCommand) -> Result<(), CliError> {
     Ok(())
 }
 
+/// Refuses to serve when stored TOTP secrets were sealed with keys the ring does not hold
+/// (a key file lost and created anew, or restored from another backup): every enrolled user
+/// would otherwise fail the second step. Other commands still run, so an admin can reset the
+/// affected users.
+async fn check_keys_open_secrets(app: &App) -> Result<(), CliError> {
+    let have = app.key_ring().ids();
+    let missing: Vec<String> = app
+        .store
+        .totp_key_ids()
+        .await?
+        .into_iter()
+        .filter(|id| !have.contains(id))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let file = match &app.config.secret_key {
+        Some(_) => "BULWARK_SECRET_KEY".to_string(),
+        None => app.config.secret_key_file.display().to_string(),
+    };
+    Err(CliError::Message(format!(
+        "invalid configuration: `secret_key_file`: the database holds TOTP secrets sealed with \
+         key {} that {file} does not have (a lost key file is created anew, empty of old keys). \
+         Restore the key file that belongs to this database. If it is lost for good, reset the \
+         two-factor setup of the affected users with `bulwark user reset-2fa LOGIN`.",
+        missing.join(", ")
+    )))
+}
+
 async fn serve(config: Config) -> Result<ExitCode, CliError> {
     let listen = config.server.listen;
     let app = build_app(config).await?;
+    check_keys_open_secrets(&app).await?;
     if app.config.insecure_cookies() {
         tracing::warn!("cookies are sent without the Secure flag: fine for local use on {}, never in production (set server.public_url to an https:// URL)", app.config.server.public_url);
     }

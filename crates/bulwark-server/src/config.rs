@@ -849,7 +849,7 @@ fn validate_two_factor(raw: RawTwoFactor) -> Result<TwoFactorConfig, ConfigError
     }
     let issuer = raw.issuer.unwrap_or_else(|| "Bulwark".into());
     if issuer.trim().is_empty()
-        || issuer.len() > 64
+        || issuer.chars().count() > 64
         || issuer.contains(':')
         || issuer.chars().any(char::is_control)
     {

@@ -179,12 +179,15 @@ impl Mailer {
         match transport {
             Transport::Outbox(dir) => {
                 let dir = dir.clone();
-                // The queue id alone is not unique over time (SQLite reuses the ids of
-                // delivered rows), so a random part keeps two mails from sharing a name.
+                // Named by the time of delivery, so a listing sorts in delivery order, plus a
+                // random part so two mails can never share a name.
+                let sent = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default();
                 let name = format!(
-                    "{}-{:06}-{:08x}.eml",
-                    mail.created_at,
-                    mail.id,
+                    "{}-{:09}-{:08x}.eml",
+                    sent.as_secs(),
+                    sent.subsec_nanos(),
                     rand::random::<u32>()
                 );
                 let bytes = message.formatted();

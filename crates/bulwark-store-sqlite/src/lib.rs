@@ -772,6 +772,23 @@ impl AuditStore for SqliteStore {
             .collect::<Result<_, _>>()
             .map_err(map_err)
     }
+
+    async fn recent_login_clients(
+        &self,
+        subject: &str,
+        limit: u32,
+    ) -> StoreResult<Vec<(Option<String>, Option<String>)>> {
+        sqlx::query_as(
+            "SELECT DISTINCT ip, user_agent FROM (SELECT ip, user_agent FROM audit_log \
+             WHERE subject = ? AND +event = 'login' AND +outcome = 'success' \
+             ORDER BY id DESC LIMIT ?)",
+        )
+        .bind(subject)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err)
+    }
 }
 
 #[async_trait]
@@ -943,6 +960,13 @@ impl TwoFactorStore for SqliteStore {
         rows.iter()
             .map(totp_from_row)
             .collect::<Result<_, _>>()
+            .map_err(map_err)
+    }
+
+    async fn totp_key_ids(&self) -> StoreResult<Vec<String>> {
+        sqlx::query_scalar("SELECT DISTINCT key_id FROM totp_factors ORDER BY key_id")
+            .fetch_all(&self.pool)
+            .await
             .map_err(map_err)
     }
 

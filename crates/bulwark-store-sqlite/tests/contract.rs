@@ -43,3 +43,41 @@ async fn a_new_database_file_is_private() {
         assert_eq!(mode & 0o777, 0o600, "{name} has mode {:o}", mode & 0o777);
     }
 }
+
+#[tokio::test]
+async fn the_audit_log_refuses_updates_and_deletes() {
+    use bulwark_store::{AuditStore, NewAuditEvent};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("bulwark.db");
+    let store = SqliteStore::open(&path, 2).await.expect("open sqlite");
+    store.migrate().await.expect("migrate");
+    store
+        .append_audit(&NewAuditEvent {
+            at: 1_700_000_000,
+            actor: Some("root".into()),
+            subject: Some("alice".into()),
+            event: "login".into(),
+            outcome: "failure".into(),
+            detail: Some("wrong password".into()),
+            ip: None,
+            user_agent: None,
+        })
+        .await
+        .expect("append");
+    // Someone with the database file in hand, going around the store.
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display()))
+        .await
+        .expect("raw pool");
+    for sql in [
+        "UPDATE audit_log SET outcome = 'success'",
+        "DELETE FROM audit_log",
+    ] {
+        let err = sqlx::query(sql).execute(&pool).await.unwrap_err();
+        assert!(err.to_string().contains("append-only"), "{sql}: {err}");
+    }
+    let outcome: String = sqlx::query_scalar("SELECT outcome FROM audit_log")
+        .fetch_one(&pool)
+        .await
+        .expect("row");
+    assert_eq!(outcome, "failure");
+}

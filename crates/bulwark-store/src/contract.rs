@@ -27,7 +27,7 @@ macro_rules! store_contract_tests {
             one_time_token_is_consumed_once, one_time_token_expires_and_purpose_matters, revoking_user_tokens_voids_them,
             concurrent_consumption_succeeds_once,
             throttle_counts_failures_and_restarts_after_window, throttle_block_never_shortens, concurrent_failures_are_all_counted,
-            audit_is_appended_and_filtered, mail_queue_retries_and_deletes, ping_and_migrate_are_idempotent,
+            audit_is_appended_and_filtered, recent_login_clients_are_distinct_and_recent, mail_queue_retries_and_deletes, ping_and_migrate_are_idempotent,
             session_stage_is_stored, device_account_and_grace_are_recorded,
             pending_totp_is_replaced_until_confirmed, totp_step_only_moves_forward, concurrent_totp_use_succeeds_once,
             totp_secret_rotation_checks_the_old_key, recovery_codes_work_once_and_are_replaced,
@@ -661,6 +661,73 @@ pub async fn audit_is_appended_and_filtered(s: &dyn Store) {
         .unwrap();
     assert_eq!(logins.len(), 1);
     assert_eq!(logins[0].subject.as_deref(), Some("bob"));
+    let alice_logins = s
+        .list_audit(&AuditFilter {
+            subject: Some("alice".into()),
+            event: Some("login".into()),
+            limit: 10,
+        })
+        .await
+        .unwrap();
+    assert_eq!(alice_logins.len(), 1);
+    assert_eq!(alice_logins[0].event, "login");
+}
+
+pub async fn recent_login_clients_are_distinct_and_recent(s: &dyn Store) {
+    let event =
+        |subject: &str, event: &str, outcome: &str, ip: &str, ua: Option<&str>| NewAuditEvent {
+            at: T0,
+            actor: Some(subject.into()),
+            subject: Some(subject.into()),
+            event: event.into(),
+            outcome: outcome.into(),
+            detail: None,
+            ip: Some(ip.into()),
+            user_agent: ua.map(Into::into),
+        };
+    assert!(s
+        .recent_login_clients("alice", 10)
+        .await
+        .unwrap()
+        .is_empty());
+    for e in [
+        event("alice", "login", "success", "192.0.2.1", Some("old")),
+        event("alice", "login", "success", "192.0.2.2", None),
+        event("alice", "login", "success", "192.0.2.2", None),
+        event(
+            "alice",
+            "login",
+            "failure",
+            "198.51.100.9",
+            Some("attacker"),
+        ),
+        event("alice", "logout", "success", "198.51.100.8", Some("other")),
+        event("bob", "login", "success", "203.0.113.5", Some("bob")),
+        event("alice", "login", "success", "192.0.2.3", Some("new")),
+    ] {
+        s.append_audit(&e).await.unwrap();
+    }
+    let mut all = s.recent_login_clients("alice", 10).await.unwrap();
+    all.sort();
+    assert_eq!(
+        all,
+        vec![
+            (Some("192.0.2.1".into()), Some("old".into())),
+            (Some("192.0.2.2".into()), None),
+            (Some("192.0.2.3".into()), Some("new".into())),
+        ],
+        "successful logins only, of this subject only, each pair once"
+    );
+    // The limit counts events, newest first: the last three are .3, .2, .2.
+    let mut recent = s.recent_login_clients("alice", 3).await.unwrap();
+    recent.sort();
+    assert_eq!(
+        recent,
+        vec![
+            (Some("192.0.2.2".into()), None),
+            (Some("192.0.2.3".into()), Some("new".into())),
+        ]
+    );
 }
 
 pub async fn mail_queue_retries_and_deletes(s: &dyn Store) {
@@ -855,6 +922,7 @@ pub async fn concurrent_totp_use_succeeds_once(s: &dyn Store) {
 pub async fn totp_secret_rotation_checks_the_old_key(s: &dyn Store) {
     let a = s.insert_user(&new_user("walt")).await.unwrap();
     let b = s.insert_user(&new_user("xena")).await.unwrap();
+    assert!(s.totp_key_ids().await.unwrap().is_empty());
     s.upsert_pending_totp(&factor(a.id, "a-k1")).await.unwrap();
     s.upsert_pending_totp(&factor(b.id, "b-k1")).await.unwrap();
     assert_eq!(s.list_totp_factors().await.unwrap().len(), 2);
@@ -873,6 +941,7 @@ pub async fn totp_secret_rotation_checks_the_old_key(s: &dyn Store) {
         (f.secret_sealed.as_str(), f.key_id.as_str()),
         ("a-k2", "k2")
     );
+    assert_eq!(s.totp_key_ids().await.unwrap(), vec!["k1", "k2"]);
 }
 
 pub async fn recovery_codes_work_once_and_are_replaced(s: &dyn Store) {

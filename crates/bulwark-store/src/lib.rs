@@ -108,6 +108,9 @@ pub trait TwoFactorStore: Send + Sync {
     async fn delete_totp(&self, user: UserId) -> StoreResult<bool>;
     /// Every factor, for re-encryption under a new key.
     async fn list_totp_factors(&self) -> StoreResult<Vec<TotpFactorRecord>>;
+    /// The distinct ids of the keys that sealed the stored secrets, sorted: checked at start
+    /// against the key ring, so a lost key file is an error, not failing second steps.
+    async fn totp_key_ids(&self) -> StoreResult<Vec<String>>;
     /// Replaces a sealed secret if it is still sealed under `old_key_id`.
     async fn update_totp_secret(
         &self,
@@ -253,6 +256,13 @@ pub trait AuditStore: Send + Sync {
     async fn append_audit(&self, event: &NewAuditEvent) -> StoreResult<i64>;
     /// Events newest first, filtered.
     async fn list_audit(&self, filter: &AuditFilter) -> StoreResult<Vec<AuditRecord>>;
+    /// The distinct (IP, user agent) pairs of the subject's last `limit` successful `login`
+    /// events, for telling a new device from a known one without loading whole records.
+    async fn recent_login_clients(
+        &self,
+        subject: &str,
+        limit: u32,
+    ) -> StoreResult<Vec<(Option<String>, Option<String>)>>;
 }
 
 /// The durable outgoing mail queue.

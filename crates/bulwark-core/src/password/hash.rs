@@ -7,10 +7,8 @@
 //! configuration; the caller re-hashes after a successful login.
 
 use super::Password;
-use argon2::password_hash::{
-    PasswordHash as PhcHash, PasswordHasher as _, PasswordVerifier as _, SaltString,
-};
-use argon2::{Algorithm, Argon2, Params, Version};
+use argon2::password_hash::PasswordHash as PhcHash;
+use argon2::{Algorithm, Argon2, Block, Params, Version};
 use base64::engine::general_purpose::STANDARD_NO_PAD;
 use base64::Engine as _;
 use rand::rngs::OsRng;
@@ -192,6 +190,15 @@ impl PasswordHasher {
 
     /// Hashes with the current scheme and a fresh 16-byte salt from the OS.
     pub fn hash(&self, password: &Password) -> Result<PasswordHash, HashError> {
+        self.hash_in(&mut HashMemory::default(), password)
+    }
+
+    /// [`hash`](Self::hash) with working memory kept by the caller between hashes.
+    pub fn hash_in(
+        &self,
+        memory: &mut HashMemory,
+        password: &Password,
+    ) -> Result<PasswordHash, HashError> {
         let mut salt = [0u8; SALT_LEN];
         OsRng
             .try_fill_bytes(&mut salt)
@@ -199,11 +206,22 @@ impl PasswordHasher {
         let pw = password.expose().as_bytes();
         let encoded = match self.scheme {
             Scheme::Argon2id => {
-                let salt = SaltString::encode_b64(&salt).map_err(hashing_error)?;
-                self.argon2()
-                    .hash_password(pw, &salt)
-                    .map_err(hashing_error)?
-                    .to_string()
+                let mut out = [0u8; Params::DEFAULT_OUTPUT_LEN];
+                let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, self.params.clone());
+                memory
+                    .with_blocks(&self.params, &self.params, |blocks| {
+                        argon2.hash_password_into_with_memory(pw, &salt, &mut out, blocks)
+                    })
+                    .map_err(hashing_error)?;
+                // The PHC string format: base64 without padding for salt and hash.
+                format!(
+                    "{ARGON2ID_PREFIX}v=19$m={},t={},p={}${}${}",
+                    self.params.m_cost(),
+                    self.params.t_cost(),
+                    self.params.p_cost(),
+                    STANDARD_NO_PAD.encode(salt),
+                    STANDARD_NO_PAD.encode(out)
+                )
             }
             Scheme::Pbkdf2Sha512 => {
                 let mut out = [0u8; PBKDF2_OUTPUT_LEN];
@@ -221,6 +239,16 @@ impl PasswordHasher {
 
     /// Checks `password` against `stored` in constant time.
     pub fn verify(&self, password: &Password, stored: &PasswordHash) -> Verification {
+        self.verify_in(&mut HashMemory::default(), password, stored)
+    }
+
+    /// [`verify`](Self::verify) with working memory kept by the caller between hashes.
+    pub fn verify_in(
+        &self,
+        memory: &mut HashMemory,
+        password: &Password,
+        stored: &PasswordHash,
+    ) -> Verification {
         let Ok(decoded) = Decoded::decode(&stored.0) else {
             return Verification::Invalid;
         };
@@ -235,8 +263,20 @@ impl PasswordHasher {
                     .version
                     .and_then(|v| Version::try_from(v).ok())
                     .unwrap_or_default();
+                let (Some(salt), Some(expected)) = (phc.salt, phc.hash) else {
+                    return Verification::Invalid;
+                };
+                let mut salt_buf = [0u8; 64];
+                let Ok(salt) = salt.decode_b64(&mut salt_buf) else {
+                    return Verification::Invalid;
+                };
+                let expected = expected.as_bytes();
+                let mut out = vec![0u8; expected.len()];
                 let argon2 = Argon2::new(Algorithm::Argon2id, version, params.clone());
-                if argon2.verify_password(pw, &phc).is_err() {
+                let computed = memory.with_blocks(&params, &self.params, |blocks| {
+                    argon2.hash_password_into_with_memory(pw, salt, &mut out, blocks)
+                });
+                if computed.is_err() || !bool::from(out[..].ct_eq(expected)) {
                     return Verification::Invalid;
                 }
                 let needs_rehash = self.scheme != Scheme::Argon2id
@@ -264,11 +304,45 @@ impl PasswordHasher {
 
     /// Does the work of one verification and discards it, so unknown users cost the same time.
     pub fn dummy_verify(&self, password: &Password) {
-        std::hint::black_box(self.verify(password, &self.dummy));
+        self.dummy_verify_in(&mut HashMemory::default(), password);
     }
 
-    fn argon2(&self) -> Argon2<'static> {
-        Argon2::new(Algorithm::Argon2id, Version::V0x13, self.params.clone())
+    /// [`dummy_verify`](Self::dummy_verify) with working memory kept by the caller.
+    pub fn dummy_verify_in(&self, memory: &mut HashMemory, password: &Password) {
+        std::hint::black_box(self.verify_in(memory, password, &self.dummy));
+    }
+}
+
+/// Working memory for Argon2id, kept between hashes by whoever hashes in a loop.
+///
+/// Allocating and zeroing `m` KiB for every hash (19 MiB by default) costs a large share of
+/// the hash itself, in page faults and memset; one `HashMemory` per hashing thread avoids it.
+/// The memory grows to the configured cost and stays there. A stored hash that asks for more
+/// than the configured cost gets a temporary block, so one odd row cannot pin gigabytes.
+#[derive(Default)]
+pub struct HashMemory(Vec<Block>);
+
+impl fmt::Debug for HashMemory {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "HashMemory({} KiB)", self.0.len())
+    }
+}
+
+impl HashMemory {
+    fn with_blocks<T>(
+        &mut self,
+        needed: &Params,
+        configured: &Params,
+        f: impl FnOnce(&mut [Block]) -> T,
+    ) -> T {
+        let count = needed.block_count();
+        if count > configured.block_count() {
+            return f(&mut vec![Block::default(); count]);
+        }
+        if self.0.len() < count {
+            self.0.resize(count, Block::default());
+        }
+        f(&mut self.0[..count])
     }
 }
 

@@ -1,6 +1,7 @@
 //! Logging in and out, sessions, password changes, reset and invitation links, first setup.
 //!
-//! Login flow (this build: password only; the second factor plugs in after `PasswordOk`):
+//! Login flow (the second step is in `two_factor.rs`; docs/architecture.md has the whole
+//! state machine):
 //!
 //! ```text
 //!  Anonymous --POST /login--> [throttle gate] --blocked--> 429 Retry-After
@@ -8,9 +9,15 @@
 //!                             verify password (dummy hash for unknown users)
 //!                                  |--wrong--> count failure (account + IP) --> 401 / lock
 //!                                  v
-//!                             PasswordOk --> new session id (never the pre-login one)
+//!                             PasswordOk --> device account outside its networks? --> 401
 //!                                  |
-//!                    must change / expired? --yes--> ChangeRequired: only /password/change
+//!                    second factor needed and browser not trusted?
+//!                                  |--yes--> SecondFactor session (new id): only /login/2fa
+//!                                  v
+//!                             Full session (new id, never the pre-login one)
+//!                                  |
+//!                    must change / expired? --yes--> only /password/change
+//!                    enrolment overdue?     --yes--> only /account/security
 //!                                  v
 //!                               Active
 //! ```
@@ -123,8 +130,11 @@ impl App {
         key: &str,
         policy: &LockoutPolicy,
         now: UnixTime,
-    ) -> Result<(), ServiceError> {
-        if let Some(t) = self.store.find_throttle(key).await? {
+    ) -> Result<bool, ServiceError> {
+        let Some(t) = self.store.find_throttle(key).await? else {
+            return Ok(false);
+        };
+        {
             match policy.gate(t.blocked_until, t.failures, now) {
                 Gate::Open => {}
                 Gate::Wait { retry_after } => {
@@ -141,7 +151,7 @@ impl App {
                 }
             }
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Counts a failure; returns true when this failure locked the key.
@@ -167,19 +177,21 @@ impl App {
     }
 
     /// Both throttle gates for a login attempt.
+    /// Refuses a throttled login; returns whether the account has a failure counter.
     async fn gate_login(
         &self,
         login: &str,
         client: &ClientInfo,
         now: UnixTime,
-    ) -> Result<(), ServiceError> {
-        self.gate_key(&account_key(login), &self.config.lockout.account, now)
+    ) -> Result<bool, ServiceError> {
+        let counted = self
+            .gate_key(&account_key(login), &self.config.lockout.account, now)
             .await?;
         if let Some(ip) = client.ip {
             self.gate_key(&ip_key(ip), &self.config.lockout.ip, now)
                 .await?;
         }
-        Ok(())
+        Ok(counted)
     }
 
     async fn count_login_failure(
@@ -230,19 +242,22 @@ impl App {
     ) -> Result<LoginSuccess, ServiceError> {
         let now = self.now();
         let audit_subject: String = login.trim().to_lowercase().chars().take(128).collect();
-        if let Err(e) = self.gate_login(login, client, now).await {
-            if let ServiceError::Throttled { .. } = e {
-                self.audit(
-                    Audit::event("login", "denied")
-                        .subject(&audit_subject)
-                        .detail("throttled")
-                        .client(client),
-                    now,
-                )
-                .await;
+        let counted = match self.gate_login(login, client, now).await {
+            Ok(counted) => counted,
+            Err(e) => {
+                if let ServiceError::Throttled { .. } = e {
+                    self.audit(
+                        Audit::event("login", "denied")
+                            .subject(&audit_subject)
+                            .detail("throttled")
+                            .client(client),
+                        now,
+                    )
+                    .await;
+                }
+                return Err(e);
             }
-            return Err(e);
-        }
+        };
         let password = match Password::parse(password) {
             Ok(p) => p,
             Err(_) if login.trim().is_empty() => {
@@ -299,7 +314,6 @@ impl App {
                 Err(ServiceError::InvalidCredentials)
             }
             Verification::Valid { needs_rehash } => {
-                self.store.delete_throttle(&account_key(login)).await?;
                 if needs_rehash {
                     let hash = self.hashes.hash(password).await?;
                     self.store.rehash_password(user.id, &hash).await?;
@@ -311,9 +325,22 @@ impl App {
                     )
                     .await;
                 }
-                let (token, stage, standing) = self
+                let (token, stage, standing) = match self
                     .after_password(&user, client, trusted_cookie, now)
-                    .await?;
+                    .await
+                {
+                    Ok(started) => started,
+                    // A device account's password from outside its networks: a failure
+                    // like a wrong password, so it counts towards the lock.
+                    Err(ServiceError::InvalidCredentials) => {
+                        self.count_login_failure(login, client, now).await?;
+                        return Err(ServiceError::InvalidCredentials);
+                    }
+                    Err(e) => return Err(e),
+                };
+                if counted {
+                    self.store.delete_throttle(&account_key(login)).await?;
+                }
                 let change_required = self.change_reason(&user, now);
                 Ok(LoginSuccess {
                     token,

@@ -1,48 +1,77 @@
-//! Password hashing off the async threads, behind a concurrency cap.
+//! Password hashing on a fixed pool of hashing threads, off the async runtime.
 //!
-//! Each Argon2id hash holds `m` KiB of memory for its whole run, so the cap bounds memory at
-//! `m × permits` and keeps a login flood from starving the runtime.
+//! Each Argon2id hash holds `m` KiB of memory for its whole run, so the number of threads
+//! (`passwords.max_concurrent_hashes`) bounds memory at `m × threads` and keeps a login flood
+//! from starving the runtime: requests queue for a thread instead of running all at once.
+//!
+//! The threads live as long as the pool and keep their Argon2 memory between hashes: a fresh
+//! 19 MiB block per hash costs page faults and a memset on every login. A thread takes the
+//! next queued job as soon as it finishes one, without waiting for the async task that
+//! submitted the last job to be scheduled again.
 
 use super::ServiceError;
-use bulwark_core::password::hash::{PasswordHash, PasswordHasher, Verification};
+use bulwark_core::password::hash::{HashMemory, PasswordHash, PasswordHasher, Verification};
 use bulwark_core::password::Password;
-use std::sync::Arc;
-use tokio::sync::Semaphore;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use tokio::sync::oneshot;
 
-/// Runs hashing on the blocking pool, at most `permits` at a time.
+type Job = Box<dyn FnOnce(&PasswordHasher, &mut HashMemory) + Send>;
+
+/// Hashes passwords on `max_concurrent` dedicated threads.
 #[derive(Clone, Debug)]
 pub struct HashPool {
     hasher: Arc<PasswordHasher>,
-    permits: Arc<Semaphore>,
+    /// Jobs for the threads; they stop when the last clone of the pool is dropped.
+    jobs: mpsc::Sender<Job>,
 }
 
 impl HashPool {
-    /// A pool allowing `max_concurrent` hashes at once.
-    pub fn new(hasher: PasswordHasher, max_concurrent: usize) -> Self {
-        Self {
-            hasher: Arc::new(hasher),
-            permits: Arc::new(Semaphore::new(max_concurrent.max(1))),
+    /// A pool of `max_concurrent` hashing threads. Fails only if the OS refuses a thread.
+    pub fn new(hasher: PasswordHasher, max_concurrent: usize) -> std::io::Result<Self> {
+        let hasher = Arc::new(hasher);
+        let (jobs, queue) = mpsc::channel::<Job>();
+        let queue = Arc::new(Mutex::new(queue));
+        for i in 0..max_concurrent.max(1) {
+            let queue = queue.clone();
+            let hasher = hasher.clone();
+            std::thread::Builder::new()
+                .name(format!("bulwark-hash-{i}"))
+                .spawn(move || {
+                    let mut memory = HashMemory::default();
+                    loop {
+                        // The lock is held only while waiting for a job, not while hashing.
+                        // A poisoned lock means another thread panicked while waiting, which
+                        // leaves the queue itself intact.
+                        let next = queue.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                        match next {
+                            Ok(job) => job(&hasher, &mut memory),
+                            Err(mpsc::RecvError) => break,
+                        }
+                    }
+                })?;
         }
+        Ok(Self { hasher, jobs })
     }
 
     async fn run<T: Send + 'static>(
         &self,
-        job: impl FnOnce(&PasswordHasher) -> T + Send + 'static,
+        job: impl FnOnce(&PasswordHasher, &mut HashMemory) -> T + Send + 'static,
     ) -> Result<T, ServiceError> {
-        let _permit = self
-            .permits
-            .acquire()
-            .await
-            .map_err(|_| ServiceError::Internal("hash pool closed".into()))?;
-        let hasher = self.hasher.clone();
-        tokio::task::spawn_blocking(move || job(&hasher))
-            .await
-            .map_err(|e| ServiceError::Internal(format!("hashing task failed: {e}")))
+        let (tx, rx) = oneshot::channel();
+        self.jobs
+            .send(Box::new(move |hasher, memory| {
+                // The requester may have gone (client disconnected): the result is dropped.
+                let _ = tx.send(job(hasher, memory));
+            }))
+            .map_err(|_| ServiceError::Internal("hashing threads stopped".into()))?;
+        rx.await
+            .map_err(|_| ServiceError::Internal("a hashing thread failed".into()))
     }
 
     /// Hashes a new password with the configured scheme.
     pub async fn hash(&self, password: Password) -> Result<PasswordHash, ServiceError> {
-        self.run(move |h| h.hash(&password))
+        self.run(move |h, m| h.hash_in(m, &password))
             .await?
             .map_err(|e| ServiceError::Internal(e.to_string()))
     }
@@ -53,12 +82,13 @@ impl HashPool {
         password: Password,
         stored: PasswordHash,
     ) -> Result<Verification, ServiceError> {
-        self.run(move |h| h.verify(&password, &stored)).await
+        self.run(move |h, m| h.verify_in(m, &password, &stored))
+            .await
     }
 
     /// Spends the time of one verification, for logins of unknown users.
     pub async fn dummy_verify(&self, password: Password) -> Result<(), ServiceError> {
-        self.run(move |h| h.dummy_verify(&password)).await
+        self.run(move |h, m| h.dummy_verify_in(m, &password)).await
     }
 
     /// Whether the password matches any of the hashes (password history).
@@ -67,10 +97,10 @@ impl HashPool {
         password: Password,
         hashes: Vec<PasswordHash>,
     ) -> Result<bool, ServiceError> {
-        self.run(move |h| {
+        self.run(move |h, m| {
             hashes
                 .iter()
-                .any(|stored| h.verify(&password, stored).is_valid())
+                .any(|stored| h.verify_in(m, &password, stored).is_valid())
         })
         .await
     }
@@ -78,5 +108,72 @@ impl HashPool {
     /// Raw hashes per second is measured against this in the benchmark.
     pub fn hasher(&self) -> &PasswordHasher {
         &self.hasher
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bulwark_core::password::hash::{Argon2Params, Scheme};
+
+    fn pool(threads: usize) -> HashPool {
+        let params = Argon2Params {
+            memory_kib: 1024,
+            iterations: 1,
+            parallelism: 1,
+        };
+        HashPool::new(
+            PasswordHasher::new(params, Scheme::Argon2id, 600_000).unwrap(),
+            threads,
+        )
+        .unwrap()
+    }
+
+    fn pw(s: &str) -> Password {
+        Password::parse(s.to_owned()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn many_concurrent_jobs_on_few_threads_all_answer_correctly() {
+        let pool = pool(2);
+        let stored = pool.hash(pw("correct horse battery staple")).await.unwrap();
+        let mut checks = tokio::task::JoinSet::new();
+        for i in 0..16 {
+            let pool = pool.clone();
+            let stored = stored.clone();
+            checks.spawn(async move {
+                let candidate = if i % 2 == 0 {
+                    "correct horse battery staple"
+                } else {
+                    "wrong horse battery staple"
+                };
+                (i, pool.verify(pw(candidate), stored).await.unwrap())
+            });
+        }
+        let mut answered = 0;
+        while let Some(joined) = checks.join_next().await {
+            let (i, v) = joined.unwrap();
+            assert_eq!(v.is_valid(), i % 2 == 0, "job {i}");
+            answered += 1;
+        }
+        assert_eq!(answered, 16);
+    }
+
+    #[tokio::test]
+    async fn a_dropped_request_does_not_stop_the_pool() {
+        let pool = pool(1);
+        let stored = pool.hash(pw("correct horse battery staple")).await.unwrap();
+        // Requests whose clients went away before their hash ran.
+        for _ in 0..4 {
+            let pool = pool.clone();
+            let stored = stored.clone();
+            tokio::spawn(async move { pool.verify(pw("abandoned-password"), stored).await })
+                .abort();
+        }
+        assert!(pool
+            .verify(pw("correct horse battery staple"), stored)
+            .await
+            .unwrap()
+            .is_valid());
     }
 }

@@ -982,24 +982,19 @@ impl App {
         client: &ClientInfo,
         now: UnixTime,
     ) -> Result<(), ServiceError> {
-        let logins = self
+        let known = self
             .store
-            .list_audit(&bulwark_store::AuditFilter {
-                subject: Some(user.login.clone()),
-                event: Some("login".into()),
-                limit: 200,
-            })
+            .recent_login_clients(user.login.as_str(), 200)
             .await?;
-        let previous: Vec<_> = logins.iter().filter(|e| e.outcome == "success").collect();
-        if previous.is_empty() {
+        if known.is_empty() {
             // The first login of an account has nothing to compare with.
             return Ok(());
         }
         let ip = client.ip.map(|ip| ip.to_string());
         let browser = browser_name(client.user_agent.as_deref());
-        let seen = previous
+        let seen = known
             .iter()
-            .any(|e| e.ip == ip && browser_name(e.user_agent.as_deref()) == browser);
+            .any(|(i, ua)| *i == ip && browser_name(ua.as_deref()) == browser);
         if !seen {
             self.mail_user(user, "New login to your account", &format!("Your account {} was used to log in from a device not seen before:\n\nBrowser: {browser}\nIP: {}\nTime: {}\n\nIf this was you, nothing to do. If not, change your password now and log out everywhere from your account page.", user.login, ip_text(client), crate::clock::format_time(now)), now).await;
         }

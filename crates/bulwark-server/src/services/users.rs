@@ -143,6 +143,10 @@ impl App {
         }
         self.store.update_active(user.id, active).await?;
         self.store.delete_user_sessions(user.id, None).await?;
+        if !active {
+            // Re-enabling later must not bring back browsers that skip the second step.
+            self.store.delete_user_trusted_devices(user.id).await?;
+        }
         let event = if active {
             "user_enabled"
         } else {

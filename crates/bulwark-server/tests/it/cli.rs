@@ -742,9 +742,17 @@ fn user_add_then_login_works() {
         "last login:       never",
         "must change:      no",
         "locked:           no",
+        "trusted devices:  0",
+        "device account:   no",
     ] {
         assert!(show.lines().any(|l| l == line), "{line:?} in:\n{show}");
     }
+    // Internal staff are under the default enforcement and have no authenticator yet.
+    assert!(
+        show.lines()
+            .any(|l| l.starts_with("two-factor:       off; required, must enrol by ")),
+        "{show}"
+    );
 
     let server = Server::start(root, &[]);
     let mut b = server.browser();
@@ -1194,4 +1202,52 @@ fn healthcheck_reports_server_state() {
     let r = healthcheck(server.port);
     assert_eq!(r.code, Some(1), "{r:?}");
     assert!(r.stdout.starts_with("unhealthy:"), "{r:?}");
+}
+
+#[test]
+fn serve_refuses_a_key_file_that_cannot_open_the_stored_secrets() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    add_user(root, "alice", STRONG);
+    let key_file = data_dir(root).join("secret.key");
+    let key_text = std::fs::read_to_string(&key_file).unwrap();
+    let key_id = key_text.split(':').next().unwrap().to_string();
+    // Alice has an authenticator, sealed under the current key.
+    let db = data_dir(root).join("bulwark.db");
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        use bulwark_store::{TwoFactorStore, UserStore};
+        let store = bulwark_store_sqlite::SqliteStore::open(&db, 1)
+            .await
+            .unwrap();
+        let login = bulwark_core::account::Login::parse("alice").unwrap();
+        let alice = store.find_user_by_login(&login).await.unwrap().unwrap();
+        store
+            .upsert_pending_totp(&bulwark_store::NewTotpFactor {
+                user: alice.id,
+                secret_sealed: "sealed-secret".into(),
+                key_id: key_id.clone(),
+                algorithm: "sha1".into(),
+                digits: 6,
+                period: 30,
+                created_at: 1_700_000_000,
+            })
+            .await
+            .unwrap();
+    });
+    drop(Server::start(root, &[]));
+
+    // The key file is lost; a new one would be created, without alice's key.
+    std::fs::remove_file(&key_file).unwrap();
+    let r = run(&mut admin(root, &["serve"]), None);
+    assert!(!r.success(), "{r:?}");
+    assert!(
+        r.stderr.contains("`secret_key_file`") && r.stderr.contains(&key_id),
+        "{r:?}"
+    );
+    assert!(r.stderr.contains("bulwark user reset-2fa"), "{r:?}");
+    assert!(!r.stdout.contains("Bulwark is running"), "{r:?}");
+
+    // The way out when the key is gone for good: other commands still run.
+    admin_ok(root, &["user", "reset-2fa", "alice"], None);
+    drop(Server::start(root, &[]));
 }

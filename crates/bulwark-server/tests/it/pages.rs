@@ -5,6 +5,7 @@ use crate::support::*;
 use axum::http::{Method, StatusCode};
 use bulwark_core::password::hash::PasswordHash;
 use bulwark_core::token::TokenHash;
+use bulwark_server::services::{ClientInfo, ServiceError};
 
 const PW: &str = "Correct-Horse-Battery-Staple-42";
 const PW2: &str = "Quiet-Violet-Lantern-Harbor-77";
@@ -1097,4 +1098,40 @@ async fn healthz_answers_ok() {
     let res = t.browser().get("/healthz").await;
     assert_eq!(res.status, StatusCode::OK);
     assert_eq!(res.body, "ok\n");
+}
+
+#[tokio::test]
+async fn the_last_active_admin_cannot_be_removed() {
+    let t = TestApp::new().await;
+    t.add_user("root", PW, &["admins"]).await;
+    let cli = ClientInfo::cli();
+    let refused = |r: Result<(), ServiceError>| {
+        assert!(
+            matches!(&r, Err(ServiceError::Refused(m)) if m.contains("last active administrator")),
+            "{r:?}"
+        )
+    };
+    refused(
+        t.app
+            .set_user_active("root", false, "test", &cli)
+            .await
+            .map(|_| ()),
+    );
+    refused(t.app.delete_user("root", "test", &cli).await);
+    refused(
+        t.app
+            .update_user_groups("root", &[], &["admins".into()], None, "test", &cli)
+            .await
+            .map(|_| ()),
+    );
+    assert!(t.app.user_by_login("root").await.unwrap().active);
+
+    // With a second admin, the first may go.
+    t.add_user("deputy", PW, &["admins"]).await;
+    t.app
+        .set_user_active("root", false, "test", &cli)
+        .await
+        .unwrap();
+    // Now the deputy is the last active one.
+    refused(t.app.delete_user("deputy", "test", &cli).await);
 }

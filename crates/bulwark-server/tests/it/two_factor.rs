@@ -1074,6 +1074,17 @@ async fn device_account_is_exempt_but_bound_to_networks() {
     assert_eq!(res.status, StatusCode::UNAUTHORIZED);
     assert!(res.body.contains("Incorrect login or password."));
     assert!(res.set_cookie("bulwark_session").is_none());
+    // It counts as a failed login, and the right password does not wipe the count.
+    let failures = || async {
+        t.store
+            .find_throttle("login:kiosk1")
+            .await
+            .unwrap()
+            .map(|c| c.failures)
+    };
+    assert_eq!(failures().await, Some(1));
+    outside.login("kiosk1", PW).await;
+    assert_eq!(failures().await, Some(2));
 
     // Anyone else on that network is still asked for a second factor.
     t.add_user("olga", PW, &["internal"]).await;
@@ -1690,4 +1701,32 @@ async fn two_login_codes_in_one_second_are_both_delivered() {
         StatusCode::SEE_OTHER
     );
     assert_eq!(delivered(t.mails().await), 2, "both codes reach the outbox");
+}
+
+#[tokio::test]
+async fn disabling_an_account_forgets_its_trusted_devices() {
+    let t = TestApp::new().await;
+    let (_, secret, _) = user_with_totp(&t, "alice", &["internal"]).await;
+    let id = user_id(&t, "alice").await;
+    let b = t.browser();
+    trust_browser(&t, &b, "alice", &secret).await;
+    logout(&b).await;
+    assert!(skips_second_step(&b, "alice").await);
+    logout(&b).await;
+    let cli = ClientInfo::cli();
+    t.app
+        .set_user_active("alice", false, "test", &cli)
+        .await
+        .unwrap();
+    t.app
+        .set_user_active("alice", true, "test", &cli)
+        .await
+        .unwrap();
+    assert!(t
+        .store
+        .list_user_trusted_devices(id)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(b.login("alice", PW).await.location(), "/login/2fa");
 }
