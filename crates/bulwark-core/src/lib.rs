@@ -3,11 +3,13 @@
 //! Nothing here does I/O, spawns tasks or reads the clock: time is always an argument
 //! (`now`, seconds since the Unix epoch), so every rule can be tested with a fixed clock.
 
+pub mod access;
 pub mod account;
 pub mod enforcement;
 pub mod lockout;
 pub mod password;
 pub mod recovery;
+pub mod redirect;
 pub mod secret;
 pub mod session;
 pub mod token;

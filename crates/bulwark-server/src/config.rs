@@ -16,6 +16,9 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
+mod gateway;
+pub use gateway::{GatewayConfig, RawRule};
+
 /// A configuration problem, naming the key and what is allowed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
@@ -80,6 +83,8 @@ struct RawConfig {
     links: RawLinks,
     #[serde(default)]
     two_factor: RawTwoFactor,
+    #[serde(default)]
+    gateway: gateway::RawGateway,
     secret_key: Option<String>,
 }
 
@@ -250,6 +255,7 @@ pub struct Config {
     pub lockout: LockoutConfig,
     pub links: LinksConfig,
     pub two_factor: TwoFactorConfig,
+    pub gateway: GatewayConfig,
     /// Key ring given inline (`BULWARK_SECRET_KEY`) instead of `secret_key_file`.
     #[serde(serialize_with = "redacted")]
     pub secret_key: Option<SecretString>,
@@ -526,7 +532,7 @@ impl Config {
             Some(u) => u.trim_end_matches('/').to_string(),
             None => default_public_url(listen),
         };
-        let (https, loopback) = parse_public_url(&public_url)?;
+        let (https, loopback, public_host) = parse_public_url(&public_url)?;
         let secure_cookies = raw.server.secure_cookies.unwrap_or(https);
         if !secure_cookies && !loopback {
             return Err(ConfigError::new(
@@ -625,6 +631,7 @@ impl Config {
         }
 
         let two_factor = validate_two_factor(raw.two_factor)?;
+        let gateway = gateway::validate(raw.gateway, &public_host)?;
         let secret_key = raw.secret_key.map(SecretString::new);
         if let Some(k) = &secret_key {
             crate::keys::KeyRing::parse(k.expose())
@@ -633,6 +640,7 @@ impl Config {
 
         Ok(Self {
             two_factor,
+            gateway,
             secret_key,
             data_dir,
             secret_key_file,
@@ -677,8 +685,8 @@ fn default_public_url(listen: SocketAddr) -> String {
     }
 }
 
-/// Returns (is https, host is loopback).
-fn parse_public_url(url: &str) -> Result<(bool, bool), ConfigError> {
+/// Returns (is https, host is loopback, host).
+fn parse_public_url(url: &str) -> Result<(bool, bool, String), ConfigError> {
     let err = || {
         ConfigError::new(
             "server.public_url",
@@ -723,7 +731,7 @@ fn parse_public_url(url: &str) -> Result<(bool, bool), ConfigError> {
             format!("`{url}` must use https:// (plain http is only allowed on loopback, e.g. http://127.0.0.1:9091)"),
         ));
     }
-    Ok((https, loopback))
+    Ok((https, loopback, host.to_string()))
 }
 
 /// Parses `10.0.0.0/8` or a single address (as a /32 or /128).
@@ -1201,6 +1209,88 @@ mod tests {
         // A number where a number belongs is still checked as one.
         let err = load("", &[("BULWARK_SESSIONS__IDLE_MINUTES", "soon")]).unwrap_err();
         assert_eq!(err.key, "sessions.idle_minutes");
+    }
+
+    #[test]
+    fn gateway_rules_are_checked_at_startup_naming_the_rule() {
+        let rules = |rule: &str| {
+            load(
+                &format!("[[gateway.rules]]\npolicy = \"one_factor\"\n[[gateway.rules]]\n{rule}\n"),
+                &[],
+            )
+        };
+        for (rule, key) in [
+            ("policy = \"allow\"", "gateway.rules[1].policy"),
+            ("paths = [\"/ok\"]", "gateway.rules[1].policy"),
+            (
+                "policy = \"deny\"\npath_regex = [\"^/web(\"]",
+                "gateway.rules[1].path_regex[0]",
+            ),
+            (
+                "policy = \"deny\"\npaths = [\"/ok\", \"web\"]",
+                "gateway.rules[1].paths[1]",
+            ),
+            (
+                "policy = \"deny\"\nnetworks = [\"10.0.0.0/33\"]",
+                "gateway.rules[1].networks[0]",
+            ),
+            (
+                "policy = \"deny\"\nhosts = [\"*.\"]",
+                "gateway.rules[1].hosts[0]",
+            ),
+            (
+                "policy = \"deny\"\nmethods = [\"G T\"]",
+                "gateway.rules[1].methods[0]",
+            ),
+            (
+                "policy = \"deny\"\nsubjects = [\"admins\"]",
+                "gateway.rules[1].subjects[0]",
+            ),
+            (
+                "policy = \"bypass\"\nsubjects = [\"group:admins\"]",
+                "gateway.rules[1].subjects",
+            ),
+            (
+                "policy = \"deny\"\npathz = [\"/\"]",
+                "gateway.rules[1].pathz",
+            ),
+        ] {
+            let err = rules(rule).unwrap_err();
+            assert_eq!(err.key, key, "{rule}: {err}");
+        }
+        let c = rules("policy = \"two_factor\"\nhosts = [\"*.example.com\"]\npath_regex = [\"^/web(/|$)\"]\nmethods = [\"get\"]").unwrap();
+        assert_eq!(c.gateway.compiled.rules.len(), 2);
+        assert_eq!(c.gateway.compiled.rules[1].methods, vec!["GET".to_string()]);
+        assert_eq!(c.gateway.default_policy, "deny");
+        assert!(c.to_redacted_toml().contains("^/web(/|$)"));
+    }
+
+    #[test]
+    fn gateway_origins_and_cookie_domain_are_checked() {
+        let err = load(
+            "[gateway]\nprotected = [\"https://odoo.example.com/web\"]\n",
+            &[],
+        )
+        .unwrap_err();
+        assert_eq!(err.key, "gateway.protected[0]");
+        let err = load("[gateway]\ndefault_policy = \"open\"\n", &[]).unwrap_err();
+        assert_eq!(err.key, "gateway.default_policy");
+        let https = "[server]\npublic_url = \"https://auth.example.com\"\n";
+        let err = load(
+            &format!("{https}[gateway]\ncookie_domain = \"example.org\"\n"),
+            &[],
+        )
+        .unwrap_err();
+        assert_eq!(err.key, "gateway.cookie_domain");
+        assert!(err.to_string().contains("auth.example.com"), "{err}");
+        let err = load(&format!("{https}[gateway]\ncookie_domain = \"com\"\n"), &[]).unwrap_err();
+        assert_eq!(err.key, "gateway.cookie_domain");
+        let c = load(
+            &format!("{https}[gateway]\ncookie_domain = \".Example.com\"\n"),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.gateway.cookie_domain.as_deref(), Some("example.com"));
     }
 
     #[test]

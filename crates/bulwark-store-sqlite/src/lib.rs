@@ -148,6 +148,7 @@ fn session_from_row(row: &SqliteRow) -> Result<SessionRecord, sqlx::Error> {
         id: row.try_get("id")?,
         user: row.try_get("user_id")?,
         stage: SessionStage::from_stored(&stage),
+        two_factor: row.try_get("two_factor")?,
         created_at: row.try_get("created_at")?,
         last_seen_at: row.try_get("last_seen_at")?,
         ip: row.try_get("ip")?,
@@ -482,12 +483,13 @@ impl UserStore for SqliteStore {
 impl SessionStore for SqliteStore {
     async fn insert_session(&self, s: &NewSession) -> StoreResult<SessionRecord> {
         let row = sqlx::query(
-            "INSERT INTO sessions (token_hash, user_id, stage, created_at, last_seen_at, ip, user_agent) \
-             VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id, user_id, stage, created_at, last_seen_at, ip, user_agent",
+            "INSERT INTO sessions (token_hash, user_id, stage, two_factor, created_at, last_seen_at, ip, user_agent) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id, user_id, stage, two_factor, created_at, last_seen_at, ip, user_agent",
         )
         .bind(s.token_hash.as_str())
         .bind(s.user)
         .bind(s.stage.as_str())
+        .bind(s.two_factor)
         .bind(s.created_at)
         .bind(s.created_at)
         .bind(&s.ip)
@@ -499,7 +501,7 @@ impl SessionStore for SqliteStore {
     }
 
     async fn find_session(&self, hash: &TokenHash) -> StoreResult<Option<SessionRecord>> {
-        let row = sqlx::query("SELECT id, user_id, stage, created_at, last_seen_at, ip, user_agent FROM sessions WHERE token_hash = ?")
+        let row = sqlx::query("SELECT id, user_id, stage, two_factor, created_at, last_seen_at, ip, user_agent FROM sessions WHERE token_hash = ?")
             .bind(hash.as_str())
             .fetch_optional(&self.pool)
             .await
@@ -546,7 +548,7 @@ impl SessionStore for SqliteStore {
 
     async fn list_user_sessions(&self, user: UserId) -> StoreResult<Vec<SessionRecord>> {
         let rows = sqlx::query(
-            "SELECT id, user_id, stage, created_at, last_seen_at, ip, user_agent FROM sessions WHERE user_id = ? \
+            "SELECT id, user_id, stage, two_factor, created_at, last_seen_at, ip, user_agent FROM sessions WHERE user_id = ? \
              ORDER BY created_at DESC, id DESC",
         )
         .bind(user)

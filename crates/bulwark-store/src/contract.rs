@@ -76,6 +76,7 @@ async fn session(s: &dyn Store, user: UserId, token: &str, at: i64) -> SessionRe
         token_hash: TokenHash::of(token),
         user,
         stage: SessionStage::Full,
+        two_factor: false,
         created_at: at,
         ip: Some("192.0.2.1".into()),
         user_agent: Some("test-agent".into()),
@@ -774,6 +775,7 @@ pub async fn session_stage_is_stored(s: &dyn Store) {
             token_hash: TokenHash::of("half"),
             user: u.id,
             stage: SessionStage::SecondFactor,
+            two_factor: false,
             created_at: T0,
             ip: None,
             user_agent: None,
@@ -781,6 +783,7 @@ pub async fn session_stage_is_stored(s: &dyn Store) {
         .await
         .unwrap();
     assert_eq!(half.stage, SessionStage::SecondFactor);
+    assert!(!half.two_factor);
     assert_eq!(
         s.find_session(&TokenHash::of("half"))
             .await
@@ -791,7 +794,27 @@ pub async fn session_stage_is_stored(s: &dyn Store) {
     );
     let full = session(s, u.id, "full", T0).await;
     assert_eq!(full.stage, SessionStage::Full);
-    assert_eq!(s.list_user_sessions(u.id).await.unwrap().len(), 2);
+    assert!(!full.two_factor);
+    let strong = s
+        .insert_session(&NewSession {
+            token_hash: TokenHash::of("strong"),
+            user: u.id,
+            stage: SessionStage::Full,
+            two_factor: true,
+            created_at: T0,
+            ip: None,
+            user_agent: None,
+        })
+        .await
+        .unwrap();
+    assert!(strong.two_factor);
+    let found = s
+        .find_session(&TokenHash::of("strong"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(found.two_factor && found.stage == SessionStage::Full);
+    assert_eq!(s.list_user_sessions(u.id).await.unwrap().len(), 3);
 }
 
 pub async fn device_account_and_grace_are_recorded(s: &dyn Store) {

@@ -108,6 +108,8 @@ pub struct NewSession {
     pub token_hash: TokenHash,
     pub user: UserId,
     pub stage: SessionStage,
+    /// The login passed a second factor (or a browser trusted after one).
+    pub two_factor: bool,
     pub created_at: UnixTime,
     pub ip: Option<String>,
     pub user_agent: Option<String>,
@@ -119,6 +121,8 @@ pub struct SessionRecord {
     pub id: SessionId,
     pub user: UserId,
     pub stage: SessionStage,
+    /// The login passed a second factor (or a browser trusted after one).
+    pub two_factor: bool,
     pub created_at: UnixTime,
     pub last_seen_at: UnixTime,
     pub ip: Option<String>,

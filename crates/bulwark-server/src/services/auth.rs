@@ -353,11 +353,13 @@ impl App {
         }
     }
 
+    /// Starts a session; `two_factor` records that this login passed a second factor.
     pub(crate) async fn start_session_at(
         &self,
         user: &UserRecord,
         client: &ClientInfo,
         stage: SessionStage,
+        two_factor: bool,
         now: UnixTime,
     ) -> Result<SecretString, ServiceError> {
         let (token, hash) = token::generate();
@@ -366,6 +368,7 @@ impl App {
                 token_hash: hash,
                 user: user.id,
                 stage,
+                two_factor,
                 created_at: now,
                 ip: client.ip.map(|ip| ip.to_string()),
                 user_agent: client
@@ -600,8 +603,15 @@ impl App {
             return Err(e);
         }
         self.apply_new_password(user, new, false, now).await?;
+        // The new session keeps what this one proved.
         let token = self
-            .start_session_at(user, client, SessionStage::Full, now)
+            .start_session_at(
+                user,
+                client,
+                SessionStage::Full,
+                current.session.two_factor,
+                now,
+            )
             .await?;
         self.audit(
             Audit::event("password_change", "success")

@@ -162,10 +162,12 @@ impl App {
         }
         let required = self.config.two_factor.required_for(&user.groups);
         let has_factor = self.confirmed_factor(user.id).await?.is_some();
-        let grace_started = if required && !has_factor && !user.device_account {
-            Some(self.store.start_grace(user.id, now).await?)
-        } else {
-            user.grace_started_at
+        // The grace clock starts at the first login under enforcement, once.
+        let grace_started = match user.grace_started_at {
+            None if required && !has_factor && !user.device_account => {
+                Some(self.store.start_grace(user.id, now).await?)
+            }
+            started => started,
         };
         let standing = enforcement::standing(
             required,
@@ -185,7 +187,9 @@ impl App {
         } else {
             SessionStage::Full
         };
-        let token = self.start_session_at(user, client, stage, now).await?;
+        let token = self
+            .start_session_at(user, client, stage, trusted, now)
+            .await?;
         if stage == SessionStage::Full {
             self.finish_login(
                 user,
@@ -428,7 +432,7 @@ impl App {
         self.store.delete_throttle(&self.code_key(user.id)).await?;
         self.store.delete_session(current.session.id).await?;
         let token = self
-            .start_session_at(user, client, SessionStage::Full, now)
+            .start_session_at(user, client, SessionStage::Full, true, now)
             .await?;
         self.finish_login(user, client, method, now).await?;
         if method == "recovery code" {
@@ -645,7 +649,8 @@ impl App {
         }
         let codes = self.new_recovery_codes(user.id, now).await?;
         self.store.delete_throttle(&self.code_key(user.id)).await?;
-        let token = self.restart_sessions(current, client, now).await?;
+        // The code just entered is a second factor: this session now has two.
+        let token = self.restart_sessions(current, client, true, now).await?;
         self.audit(
             Audit::event("totp_enabled", "success")
                 .actor(&user.login)
@@ -680,12 +685,13 @@ impl App {
         &self,
         current: &CurrentSession,
         client: &ClientInfo,
+        two_factor: bool,
         now: UnixTime,
     ) -> Result<SecretString, ServiceError> {
         self.store
             .delete_user_sessions(current.user.id, None)
             .await?;
-        self.start_session_at(&current.user, client, SessionStage::Full, now)
+        self.start_session_at(&current.user, client, SessionStage::Full, two_factor, now)
             .await
     }
 
@@ -736,7 +742,7 @@ impl App {
         let user = &current.user;
         self.check_own_password(user, password, client, now).await?;
         self.clear_second_factors(user).await?;
-        let token = self.restart_sessions(current, client, now).await?;
+        let token = self.restart_sessions(current, client, false, now).await?;
         self.audit(
             Audit::event("totp_disabled", "success")
                 .actor(&user.login)

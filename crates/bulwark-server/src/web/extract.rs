@@ -15,12 +15,23 @@ use bulwark_store::SessionStage;
 use ipnet::IpNet;
 use std::net::{IpAddr, SocketAddr};
 
-/// Name of a cookie: `__Host-` prefixed when cookies are Secure, so no subdomain can set it.
+/// The cookie that may be shared with the protected applications' hosts.
+const SHARED_COOKIE: &str = "bulwark_session";
+
+/// The domain a cookie is set for: only the session cookie, only with `gateway.cookie_domain`.
+fn cookie_domain<'a>(app: &'a App, base: &str) -> Option<&'a str> {
+    (base == SHARED_COOKIE)
+        .then_some(app.config.gateway.cookie_domain.as_deref())
+        .flatten()
+}
+
+/// Name of a cookie: `__Host-` prefixed when cookies are Secure, so no subdomain can set it;
+/// `__Secure-` for a session cookie shared with a parent domain (`__Host-` forbids a domain).
 pub fn cookie_name(app: &App, base: &str) -> String {
-    if app.config.server.secure_cookies {
-        format!("__Host-{base}")
-    } else {
-        base.to_string()
+    match (app.config.server.secure_cookies, cookie_domain(app, base)) {
+        (true, None) => format!("__Host-{base}"),
+        (true, Some(_)) => format!("__Secure-{base}"),
+        (false, _) => base.to_string(),
     }
 }
 
@@ -34,6 +45,9 @@ pub fn set_cookie(app: &App, base: &str, value: &str, max_age: Option<i64>) -> H
     );
     if app.config.server.secure_cookies {
         c.push_str("; Secure");
+    }
+    if let Some(domain) = cookie_domain(app, base) {
+        c.push_str(&format!("; Domain={domain}"));
     }
     if let Some(age) = max_age {
         c.push_str(&format!("; Max-Age={age}"));
@@ -202,7 +216,7 @@ async fn signed_in(parts: &mut Parts, app: &App) -> Result<CurrentSession, PageE
                 .map(|p| p.as_str())
                 .unwrap_or("/account");
             let next = if parts.method == axum::http::Method::GET {
-                super::pages::safe_next(next)
+                super::pages::safe_local_next(next)
             } else {
                 None
             };

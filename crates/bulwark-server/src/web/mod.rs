@@ -3,6 +3,7 @@
 
 mod error;
 mod extract;
+mod gateway;
 mod pages;
 mod security;
 
@@ -25,6 +26,8 @@ pub fn router(app: App) -> Router {
     Router::new()
         .route("/", get(pages::root_get))
         .route("/healthz", get(healthz))
+        .route("/api/authz/auth-request", get(gateway::auth_request))
+        .route("/api/authz/forward-auth", get(gateway::forward_auth))
         .route("/static/bulwark.css", get(stylesheet))
         .route("/login", get(pages::login_get).post(pages::login_post))
         .route("/logout", post(pages::logout_post))

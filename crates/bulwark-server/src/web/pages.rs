@@ -74,9 +74,16 @@ pub fn message_page(
     )
 }
 
-/// Accepts a post-login target only if it is a path on this site (no scheme, no host, no
-/// `//` or `/\` that browsers read as another host, no control characters).
-pub fn safe_next(next: &str) -> Option<String> {
+/// Accepts a post-login target only if it is a path on this site, or an absolute URL of an
+/// application the gateway protects (`gateway.protected`).
+pub fn safe_next(app: &App, next: &str) -> Option<String> {
+    safe_local_next(next)
+        .or_else(|| bulwark_core::redirect::safe_return_url(next, &app.config.gateway.origins))
+}
+
+/// A path on this site to continue to after login (no scheme, no host, no `//` or `/\` that
+/// browsers read as another host, no control characters); `None` for anything else.
+pub fn safe_local_next(next: &str) -> Option<String> {
     let ok = next.starts_with('/')
         && !next.starts_with("//")
         && !next.contains('\\')
@@ -243,7 +250,7 @@ pub async fn login_get(
     query: Result<Query<LoginQuery>, QueryRejection>,
 ) -> Response {
     let q = query.map(|Query(q)| q).unwrap_or_default();
-    let next = safe_next(&q.next).unwrap_or_default();
+    let next = safe_next(&app, &q.next).unwrap_or_default();
     if session.0.is_some() {
         return see_other(if next.is_empty() { "/account" } else { &next }, Vec::new());
     }
@@ -287,7 +294,7 @@ pub async fn login_post(
 ) -> Result<Response, PageError> {
     let f = form(body)?;
     csrf.verify(&app, &f.csrf_token)?;
-    let next = safe_next(&f.next).unwrap_or_default();
+    let next = safe_next(&app, &f.next).unwrap_or_default();
     let page = |status: StatusCode, error: String| {
         render(
             status,
@@ -932,8 +939,11 @@ mod tests {
 
     #[test]
     fn next_accepts_only_local_paths() {
-        assert_eq!(safe_next("/account"), Some("/account".into()));
-        assert_eq!(safe_next("/web?debug=1#x"), Some("/web?debug=1#x".into()));
+        assert_eq!(safe_local_next("/account"), Some("/account".into()));
+        assert_eq!(
+            safe_local_next("/web?debug=1#x"),
+            Some("/web?debug=1#x".into())
+        );
         for bad in [
             "",
             "account",
@@ -946,7 +956,7 @@ mod tests {
             "/ a",
             "\\\\evil",
         ] {
-            assert_eq!(safe_next(bad), None, "{bad:?}");
+            assert_eq!(safe_local_next(bad), None, "{bad:?}");
         }
     }
 

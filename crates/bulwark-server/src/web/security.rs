@@ -80,7 +80,7 @@ pub async fn login_2fa_get(
     query: Result<Query<NextQuery>, QueryRejection>,
 ) -> Result<Response, PageError> {
     let q = query.map(|Query(q)| q).unwrap_or_default();
-    let next = safe_next(&q.next).unwrap_or_default();
+    let next = safe_next(&app, &q.next).unwrap_or_default();
     let notice = (q.sent == "1")
         .then_some("We sent a code to your e-mail address. It works for 10 minutes.");
     second_step_page(&app, &csrf, &current, &next, StatusCode::OK, None, notice).await
@@ -107,7 +107,7 @@ pub async fn login_2fa_post(
 ) -> Result<Response, PageError> {
     let f = form(body)?;
     csrf.verify(&app, &f.csrf_token)?;
-    let next = safe_next(&f.next).unwrap_or_default();
+    let next = safe_next(&app, &f.next).unwrap_or_default();
     match app
         .complete_second_factor(&current, &f.code, f.remember == "1", &client)
         .await
@@ -177,7 +177,7 @@ pub async fn login_2fa_email_post(
 ) -> Result<Response, PageError> {
     let f = form(body)?;
     csrf.verify(&app, &f.csrf_token)?;
-    let next = safe_next(&f.next).unwrap_or_default();
+    let next = safe_next(&app, &f.next).unwrap_or_default();
     match app.send_login_email_code(&current, &client).await {
         Ok(()) => Ok(see_other(
             &format!("/login/2fa?sent=1&next={}", url_encode(&next)),
@@ -259,11 +259,12 @@ async fn security_page(
     let banner = match st.standing {
         Standing::Grace { deadline } => Some(format!("Your organisation requires two-factor authentication. Set it up before {}; after that you will not be able to use your account until you do.", format_time(deadline))),
         Standing::EnrolmentRequired => Some("Your organisation requires two-factor authentication. Set it up now to continue.".into()),
+        _ if q.prompt == "required" && !st.active => Some("The application you opened requires two-factor authentication. Set it up below, then open the application again.".into()),
         _ => None,
     };
     let later = match st.standing {
         Standing::Grace { .. } if q.prompt == "grace" => {
-            Some(safe_next(&q.next).unwrap_or_else(|| "/account".into()))
+            Some(safe_next(app, &q.next).unwrap_or_else(|| "/account".into()))
         }
         _ => None,
     };

@@ -7,6 +7,7 @@
 )]
 
 mod cli;
+mod gateway;
 mod mail;
 mod pages;
 mod support;

@@ -32,12 +32,12 @@ fn code_at(t: &TestApp, secret: &TotpSecret, offset: i64) -> String {
     totp::generate(secret, &TotpParams::default(), u64::try_from(step).unwrap())
 }
 
-fn code_now(t: &TestApp, secret: &TotpSecret) -> String {
+pub(crate) fn code_now(t: &TestApp, secret: &TotpSecret) -> String {
     code_at(t, secret, 0)
 }
 
 /// Moves the clock to the next time step and returns its code (a used step never works again).
-fn next_code(t: &TestApp, secret: &TotpSecret) -> String {
+pub(crate) fn next_code(t: &TestApp, secret: &TotpSecret) -> String {
     t.clock.advance(30);
     code_now(t, secret)
 }
@@ -139,7 +139,7 @@ async fn enrol(t: &TestApp, b: &Browser) -> (TotpSecret, Vec<String>) {
 }
 
 /// A user (not under enforcement) who turned TOTP on; `b` stays signed in.
-async fn user_with_totp(
+pub(crate) async fn user_with_totp(
     t: &TestApp,
     login: &str,
     groups: &[&str],
@@ -154,7 +154,7 @@ async fn user_with_totp(
 }
 
 /// Logs in with the password and expects to be sent to the second step.
-async fn half_login(b: &Browser, login: &str) -> Response {
+pub(crate) async fn half_login(b: &Browser, login: &str) -> Response {
     let res = b.login(login, PW).await;
     assert_eq!(res.status, StatusCode::SEE_OTHER, "{}", res.body);
     assert_eq!(res.location(), "/login/2fa");
@@ -162,11 +162,11 @@ async fn half_login(b: &Browser, login: &str) -> Response {
     res
 }
 
-async fn send_code(b: &Browser, code: &str) -> Response {
+pub(crate) async fn send_code(b: &Browser, code: &str) -> Response {
     b.post("/login/2fa", &[("code", code)]).await
 }
 
-async fn logout(b: &Browser) {
+pub(crate) async fn logout(b: &Browser) {
     let res = b.post("/logout", &[]).await;
     assert_eq!(res.status, StatusCode::SEE_OTHER);
 }

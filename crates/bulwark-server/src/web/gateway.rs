@@ -1,0 +1,313 @@
+//! Forward authentication for reverse proxies.
+//!
+//! - `GET /api/authz/auth-request` for nginx `auth_request`: the target comes from
+//!   `X-Original-URL` and `X-Original-Method`. Answers 200, 401 (with the portal URL in
+//!   `Location` when a browser should log in) or 403.
+//! - `GET /api/authz/forward-auth` for Caddy `forward_auth` and Traefik ForwardAuth: the target
+//!   comes from `X-Forwarded-Method/Proto/Host/Uri`. Answers 200, 302 to the portal, 401 (API
+//!   clients) or 403.
+//!
+//! On 200 the identity goes to the application in `Remote-User`, `Remote-Groups`
+//! (comma-separated), `Remote-Email` and `Remote-Name`. The target headers are believed only
+//! from a peer in `server.trusted_proxies`; anything else is refused with 403, as is a target
+//! that cannot be read unambiguously (the proxy turns any other status into a 500).
+//!
+//! The check reads the store (the session by the SHA-256 of its token, then the user) and
+//! never writes on its own, apart from the throttled `last_seen` touch every session gets; it
+//! never hashes a password. There is no cache, so a revoked session stops passing at the
+//! next request.
+
+use super::extract::{client_ip, cookie_name, get_cookie};
+use super::pages::url_encode;
+use crate::app::App;
+use crate::services::auth::CurrentSession;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bulwark_core::access::{normalize_path, Decision, Identity, Policy, Target};
+use bulwark_core::enforcement::Standing;
+use bulwark_core::redirect::safe_return_url;
+use bulwark_store::SessionStage;
+use std::net::{IpAddr, SocketAddr};
+
+/// Which proxy convention a request follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flavor {
+    /// nginx `auth_request`: 401 + `Location` for browsers.
+    AuthRequest,
+    /// Caddy / Traefik: 302 for browsers.
+    ForwardAuth,
+}
+
+/// The request the proxy asks about.
+#[derive(Debug)]
+struct Original {
+    /// `https://host[:port]/path?query`, as the browser asked for it.
+    url: String,
+    host: String,
+    path: String,
+    method: String,
+}
+
+pub async fn auth_request(State(app): State<App>, req: Request) -> Response {
+    check(&app, peer(&req), req.headers(), Flavor::AuthRequest).await
+}
+
+pub async fn forward_auth(State(app): State<App>, req: Request) -> Response {
+    check(&app, peer(&req), req.headers(), Flavor::ForwardAuth).await
+}
+
+fn peer(req: &Request) -> Option<IpAddr> {
+    req.extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip())
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+}
+
+/// Reads the target from the proxy's headers; `None` if missing or malformed.
+fn original(headers: &HeaderMap, flavor: Flavor) -> Option<Original> {
+    let (scheme, authority, uri, method) = match flavor {
+        Flavor::AuthRequest => {
+            let url = header_str(headers, "x-original-url")?;
+            let (scheme, rest) = url.split_once("://")?;
+            let split = rest.find('/').unwrap_or(rest.len());
+            let (authority, uri) = rest.split_at(split);
+            let uri = if uri.is_empty() { "/" } else { uri };
+            let method = header_str(headers, "x-original-method").unwrap_or("GET");
+            (scheme, authority, uri, method)
+        }
+        Flavor::ForwardAuth => (
+            header_str(headers, "x-forwarded-proto").unwrap_or("https"),
+            header_str(headers, "x-forwarded-host")?,
+            header_str(headers, "x-forwarded-uri").unwrap_or("/"),
+            header_str(headers, "x-forwarded-method").unwrap_or("GET"),
+        ),
+    };
+    let scheme = scheme.to_ascii_lowercase();
+    if scheme != "https" && scheme != "http" {
+        return None;
+    }
+    if authority.is_empty()
+        || authority.contains(['@', '/', '\\', ' '])
+        || !uri.starts_with('/')
+        || uri.chars().any(|c| c.is_control() || c.is_whitespace())
+        || !method.chars().all(|c| c.is_ascii_alphabetic())
+    {
+        return None;
+    }
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next()?.to_string(),
+        None => authority.split(':').next()?.to_ascii_lowercase(),
+    };
+    let path = normalize_path(uri).ok()?;
+    Some(Original {
+        url: format!("{scheme}://{}{uri}", authority.to_ascii_lowercase()),
+        host,
+        path,
+        method: method.to_ascii_uppercase(),
+    })
+}
+
+async fn check(app: &App, peer: Option<IpAddr>, headers: &HeaderMap, flavor: Flavor) -> Response {
+    let trusted = &app.config.server.trusted_proxies;
+    if !peer.is_some_and(|ip| trusted.iter().any(|net| net.contains(&ip))) {
+        tracing::warn!(
+            peer = ?peer,
+            "forward-auth request from a peer outside server.trusted_proxies: refused"
+        );
+        return forbidden("this proxy is not in server.trusted_proxies");
+    }
+    let Some(target) = original(headers, flavor) else {
+        return forbidden("the proxy sent no readable target (see docs/gateway.md)");
+    };
+    let ip = client_ip(peer, headers, trusted);
+    let session = match get_cookie(headers, &cookie_name(app, "bulwark_session")) {
+        Some(cookie) => match app.authenticate(cookie).await {
+            Ok(s) => s.filter(|s| s.session.stage == SessionStage::Full),
+            Err(e) => {
+                tracing::error!(error = %e, "forward-auth: cannot read the session");
+                return (StatusCode::SERVICE_UNAVAILABLE, "store unavailable\n").into_response();
+            }
+        },
+        None => None,
+    };
+    let t = Target {
+        host: &target.host,
+        path: &target.path,
+        method: &target.method,
+        ip,
+    };
+    let identity = session.as_ref().map(|s| Identity {
+        login: &s.user.login,
+        groups: &s.user.groups,
+    });
+    let decision = app.config.gateway.compiled.decide(&t, identity.as_ref());
+    let policy = match decision {
+        Decision::Apply { policy, .. } => policy,
+        // Only reached without a session: a rule for some users, so log in first.
+        Decision::NeedsIdentity { .. } => Policy::OneFactor,
+    };
+    match policy {
+        Policy::Bypass => StatusCode::OK.into_response(),
+        Policy::Deny => forbidden("denied by the access rules"),
+        Policy::ApiKey => unauthorized_api(),
+        Policy::OneFactor | Policy::TwoFactor => match session {
+            None => login_redirect(app, &target, flavor),
+            Some(s) => {
+                if s.change_required.is_some() {
+                    return portal_redirect(app, "/password/change", flavor);
+                }
+                if s.standing == Standing::EnrolmentRequired {
+                    return portal_redirect(app, "/account/security", flavor);
+                }
+                if policy == Policy::TwoFactor && !s.session.two_factor {
+                    let next = safe_return_url(&target.url, &app.config.gateway.origins)
+                        .map(|u| format!("&next={}", url_encode(&u)))
+                        .unwrap_or_default();
+                    return portal_redirect(
+                        app,
+                        &format!("/account/security?prompt=required{next}"),
+                        flavor,
+                    );
+                }
+                allowed(&s)
+            }
+        },
+    }
+}
+
+/// 200 with the identity headers.
+fn allowed(s: &CurrentSession) -> Response {
+    let mut res = StatusCode::OK.into_response();
+    let h = res.headers_mut();
+    let mut set = |name: &'static str, value: &str| {
+        // Values come from validated records; a value a header cannot carry is left out.
+        if let Ok(v) = HeaderValue::from_bytes(value.as_bytes()) {
+            h.insert(HeaderName::from_static(name), v);
+        }
+    };
+    set("remote-user", &s.user.login);
+    set("remote-groups", &s.user.groups.join(","));
+    set("remote-email", s.user.email.as_deref().unwrap_or(""));
+    set("remote-name", &s.user.display_name);
+    res
+}
+
+fn forbidden(why: &'static str) -> Response {
+    (StatusCode::FORBIDDEN, format!("forbidden: {why}\n")).into_response()
+}
+
+/// For programs: no redirect, a challenge for an API key.
+fn unauthorized_api() -> Response {
+    (
+        StatusCode::UNAUTHORIZED,
+        [(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"bulwark\""),
+        )],
+        "an API key is required\n",
+    )
+        .into_response()
+}
+
+/// Sends a browser to the portal's login, returning to the original URL afterwards when it
+/// belongs to a protected application.
+fn login_redirect(app: &App, target: &Original, flavor: Flavor) -> Response {
+    let path = match safe_return_url(&target.url, &app.config.gateway.origins) {
+        Some(url) => format!("/login?next={}", url_encode(&url)),
+        None => "/login".to_string(),
+    };
+    portal_redirect(app, &path, flavor)
+}
+
+fn portal_redirect(app: &App, path: &str, flavor: Flavor) -> Response {
+    let location = app.url(path);
+    let status = match flavor {
+        Flavor::AuthRequest => StatusCode::UNAUTHORIZED,
+        Flavor::ForwardAuth => StatusCode::FOUND,
+    };
+    match HeaderValue::from_str(&location) {
+        Ok(v) => (status, [(header::LOCATION, v)], "log in first\n").into_response(),
+        Err(_) => forbidden("cannot build the portal URL"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn targets_are_read_from_either_convention() {
+        let o = original(
+            &headers(&[
+                (
+                    "x-original-url",
+                    "https://Odoo.Example.com:8443/web/../jsonrpc?x=1",
+                ),
+                ("x-original-method", "post"),
+            ]),
+            Flavor::AuthRequest,
+        )
+        .unwrap();
+        assert_eq!(o.host, "odoo.example.com");
+        assert_eq!(o.path, "/jsonrpc");
+        assert_eq!(o.method, "POST");
+        assert_eq!(o.url, "https://odoo.example.com:8443/web/../jsonrpc?x=1");
+        let o = original(
+            &headers(&[
+                ("x-forwarded-proto", "https"),
+                ("x-forwarded-host", "odoo.example.com"),
+                ("x-forwarded-uri", "/web/static/x.css"),
+                ("x-forwarded-method", "GET"),
+            ]),
+            Flavor::ForwardAuth,
+        )
+        .unwrap();
+        assert_eq!(
+            (o.host.as_str(), o.path.as_str()),
+            ("odoo.example.com", "/web/static/x.css")
+        );
+    }
+
+    #[test]
+    fn unreadable_targets_are_none() {
+        for h in [
+            headers(&[]),
+            headers(&[("x-original-url", "odoo.example.com/web")]),
+            headers(&[("x-original-url", "ftp://odoo.example.com/web")]),
+            headers(&[("x-original-url", "https://user@odoo.example.com/web")]),
+            headers(&[("x-original-url", "https:///web")]),
+            headers(&[("x-original-url", "https://odoo.example.com/web%00")]),
+            headers(&[("x-original-url", "https://odoo.example.com/a\\b")]),
+            headers(&[
+                ("x-original-url", "https://odoo.example.com/web"),
+                ("x-original-method", "G-ET"),
+            ]),
+        ] {
+            assert!(original(&h, Flavor::AuthRequest).is_none(), "{h:?}");
+        }
+        assert!(original(
+            &headers(&[("x-forwarded-uri", "/web")]),
+            Flavor::ForwardAuth
+        )
+        .is_none());
+    }
+}
