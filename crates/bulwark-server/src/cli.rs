@@ -60,6 +60,8 @@ enum Command {
     Key(KeyCommand),
     /// Ask the running server whether it is healthy (exit 0 if so).
     Healthcheck,
+    /// Print the OpenAPI document of the JSON API (the one served at /api/v1/openapi.json).
+    Openapi,
 }
 
 #[derive(Debug, Subcommand)]
@@ -317,6 +319,17 @@ fn load_keys(config: &Config) -> Result<KeyRing, CliError> {
 async fn dispatch(command: Command, config: Config) -> Result<ExitCode, CliError> {
     match command {
         Command::Serve => serve(config).await,
+        Command::Openapi => {
+            let doc = crate::web::openapi(&config.server.public_url);
+            let text = serde_json::to_string_pretty(&doc).unwrap_or_else(|_| doc.to_string());
+            // A reader that stops early (`| head`) is not an error.
+            match writeln!(std::io::stdout().lock(), "{text}") {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(CliError::Message(
+                    format!("cannot write to standard output: {e}"),
+                )),
+                _ => Ok(ExitCode::SUCCESS),
+            }
+        }
         Command::Migrate => {
             let store = open_store(&config).await?;
             store.migrate().await?;

@@ -1,12 +1,14 @@
 //! The HTTP layer: routes, extractors (client, session, CSRF), security headers.
 //! Handlers translate; services decide.
 
+mod api;
 mod error;
 mod extract;
 mod gateway;
 mod pages;
 mod security;
 
+pub use api::{openapi, ENDPOINTS};
 pub use error::PageError;
 pub use extract::{client_ip, Client, CsrfCookie};
 
@@ -73,6 +75,7 @@ pub fn router(app: App) -> Router {
             "/account/security/devices/revoke-all",
             post(security::devices_revoke_all_post),
         )
+        .nest("/api/v1", api::routes())
         .fallback(pages::not_found)
         .layer(DefaultBodyLimit::max(limit))
         .layer(middleware::from_fn_with_state(

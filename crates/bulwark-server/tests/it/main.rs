@@ -6,6 +6,7 @@
     reason = "tests"
 )]
 
+mod api;
 mod cli;
 mod gateway;
 mod mail;

@@ -1,0 +1,784 @@
+//! The JSON API under `/api/v1`.
+//!
+//! Callers authenticate with the session cookie of a full login; unsafe methods (POST, PUT,
+//! PATCH, DELETE) also need the `X-CSRF-Token` header, whose value `GET /api/v1/me` returns.
+//! Admin routes need a member of `admins` whose session passed a second factor.
+//!
+//! Errors are `{"error": {"code": "...", "message": "..."}}` with the stable codes of
+//! [`ErrorCode`]. Every route is declared once in [`api_routes!`], which builds both the router
+//! and the OpenAPI document served at `/api/v1/openapi.json`, so the two cannot disagree.
+
+use super::extract::{cookie_name, get_cookie, Client, CsrfCookie};
+use crate::app::App;
+use crate::services::auth::CurrentSession;
+use crate::services::ServiceError;
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use bulwark_core::account::GroupName;
+use bulwark_core::enforcement::Standing;
+use bulwark_store::{SessionStage, UserFilter, UserRecord};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+// ---------------------------------------------------------------------------------------
+// Errors
+
+/// Stable error codes of the API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    Unauthorized,
+    Forbidden,
+    CsrfFailed,
+    PasswordChangeRequired,
+    EnrolmentRequired,
+    NotFound,
+    InvalidInput,
+    PolicyRejected,
+    Conflict,
+    Refused,
+    Throttled,
+    Unavailable,
+    Internal,
+}
+
+impl ErrorCode {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Unauthorized => "unauthorized",
+            Self::Forbidden => "forbidden",
+            Self::CsrfFailed => "csrf_failed",
+            Self::PasswordChangeRequired => "password_change_required",
+            Self::EnrolmentRequired => "enrolment_required",
+            Self::NotFound => "not_found",
+            Self::InvalidInput => "invalid_input",
+            Self::PolicyRejected => "policy_rejected",
+            Self::Conflict => "conflict",
+            Self::Refused => "refused",
+            Self::Throttled => "throttled",
+            Self::Unavailable => "unavailable",
+            Self::Internal => "internal",
+        }
+    }
+
+    const ALL: [Self; 13] = [
+        Self::Unauthorized,
+        Self::Forbidden,
+        Self::CsrfFailed,
+        Self::PasswordChangeRequired,
+        Self::EnrolmentRequired,
+        Self::NotFound,
+        Self::InvalidInput,
+        Self::PolicyRejected,
+        Self::Conflict,
+        Self::Refused,
+        Self::Throttled,
+        Self::Unavailable,
+        Self::Internal,
+    ];
+}
+
+/// An API error response.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: ErrorCode,
+    message: String,
+    retry_after: Option<i64>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    fn not_found() -> Self {
+        Self::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, "not found")
+    }
+}
+
+impl From<ServiceError> for ApiError {
+    fn from(e: ServiceError) -> Self {
+        let bad = StatusCode::BAD_REQUEST;
+        match e {
+            ServiceError::InvalidCredentials => Self::new(
+                StatusCode::UNAUTHORIZED,
+                ErrorCode::Unauthorized,
+                "incorrect login or password",
+            ),
+            ServiceError::Throttled { retry_after, .. } => Self {
+                retry_after: Some(retry_after),
+                ..Self::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    ErrorCode::Throttled,
+                    format!("too many attempts; retry in {retry_after} seconds"),
+                )
+            },
+            ServiceError::PolicyRejected(v) => Self::new(
+                bad,
+                ErrorCode::PolicyRejected,
+                v.iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            ),
+            ServiceError::InvalidInput(m) => Self::new(bad, ErrorCode::InvalidInput, m),
+            ServiceError::InvalidLink => Self::new(
+                bad,
+                ErrorCode::InvalidInput,
+                "the link is invalid or has expired",
+            ),
+            ServiceError::NotFound => Self::not_found(),
+            ServiceError::Conflict(m) => Self::new(StatusCode::CONFLICT, ErrorCode::Conflict, m),
+            ServiceError::Refused(m) => Self::new(StatusCode::CONFLICT, ErrorCode::Refused, m),
+            ServiceError::Unavailable(cause) => {
+                tracing::error!(cause = %cause, "database unavailable");
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    ErrorCode::Unavailable,
+                    "the service is temporarily unavailable",
+                )
+            }
+            ServiceError::Internal(cause) => {
+                tracing::error!(cause = %cause, "internal error");
+                Self::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    ErrorCode::Internal,
+                    "internal error",
+                )
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({"error": {"code": self.code.as_str(), "message": self.message}});
+        let mut res = (self.status, Json(body)).into_response();
+        if let Some(s) = self.retry_after {
+            if let Ok(v) = HeaderValue::from_str(&s.max(1).to_string()) {
+                res.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+        }
+        res
+    }
+}
+
+type ApiResult<T = Json<Value>> = Result<T, ApiError>;
+
+// ---------------------------------------------------------------------------------------
+// Callers
+
+/// A signed-in caller with a full, unrestricted session. Unsafe methods are CSRF-checked.
+pub struct Caller(pub CurrentSession);
+
+/// A signed-in caller who may still owe a password change or an enrolment (`GET /me`, so a
+/// client can tell the user what to do).
+pub struct AnyCaller(pub CurrentSession);
+
+async fn caller(parts: &Parts, app: &App) -> Result<CurrentSession, ApiError> {
+    let unauthorized = || {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            ErrorCode::Unauthorized,
+            "sign in first (session cookie)",
+        )
+    };
+    let cookie = get_cookie(&parts.headers, &cookie_name(app, "bulwark_session"))
+        .ok_or_else(unauthorized)?;
+    let current = app
+        .authenticate(cookie)
+        .await?
+        .filter(|s| s.session.stage == SessionStage::Full)
+        .ok_or_else(unauthorized)?;
+    let safe = matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
+    if !safe {
+        let csrf = parts.extensions.get::<CsrfCookie>().cloned();
+        let submitted = parts
+            .headers
+            .get("x-csrf-token")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        if csrf.is_none_or(|c| c.verify(app, submitted).is_err()) {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                ErrorCode::CsrfFailed,
+                "missing or wrong X-CSRF-Token header (GET /api/v1/me returns it)",
+            ));
+        }
+    }
+    Ok(current)
+}
+
+impl FromRequestParts<App> for AnyCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self, Self::Rejection> {
+        caller(parts, app).await.map(Self)
+    }
+}
+
+impl FromRequestParts<App> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self, Self::Rejection> {
+        let current = caller(parts, app).await?;
+        if current.change_required.is_some() {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                ErrorCode::PasswordChangeRequired,
+                "the password must be changed first",
+            ));
+        }
+        if current.standing == Standing::EnrolmentRequired {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                ErrorCode::EnrolmentRequired,
+                "two-factor authentication must be set up first",
+            ));
+        }
+        Ok(Self(current))
+    }
+}
+
+/// An administrator whose session passed a second factor.
+pub struct Admin(pub CurrentSession);
+
+impl FromRequestParts<App> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self, Self::Rejection> {
+        let Caller(current) = Caller::from_request_parts(parts, app).await?;
+        if !current.user.in_group(GroupName::ADMINS) {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                ErrorCode::Forbidden,
+                "administrators only",
+            ));
+        }
+        if !current.session.two_factor {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                ErrorCode::Forbidden,
+                "administration needs a session that passed a second factor",
+            ));
+        }
+        Ok(Self(current))
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Routes, declared once
+
+/// Who may call a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    Public,
+    User,
+    Admin,
+}
+
+/// One documented route.
+#[derive(Debug, Clone, Copy)]
+pub struct Endpoint {
+    pub method: &'static str,
+    /// Path under `/api/v1`, with `{param}` segments (the same syntax in axum and OpenAPI).
+    pub path: &'static str,
+    pub access: Access,
+    pub summary: &'static str,
+    /// Name of the response schema in `components.schemas`.
+    pub response: &'static str,
+}
+
+macro_rules! api_routes {
+    (@method GET) => { get };
+    (@method POST) => { post };
+    (@method DELETE) => { delete };
+    ($( $method:ident $path:literal => $handler:path, $access:ident, $response:literal, $summary:literal; )*) => {
+        /// Every route of the API, in documentation order.
+        pub const ENDPOINTS: &[Endpoint] = &[$(Endpoint {
+            method: stringify!($method),
+            path: $path,
+            access: Access::$access,
+            summary: $summary,
+            response: $response,
+        }),*];
+
+        /// The API router, to be nested under `/api/v1`.
+        pub fn routes() -> Router<App> {
+            let mut router = Router::new();
+            $( router = router.route($path, api_routes!(@method $method)($handler)); )*
+            router.fallback(|| async { ApiError::not_found() })
+        }
+    };
+}
+
+api_routes! {
+    GET "/openapi.json" => openapi_get, Public, "OpenApi", "This document.";
+    GET "/me" => me_get, User, "Me", "The signed-in user, their two-factor state and the CSRF token for unsafe calls.";
+    GET "/me/sessions" => my_sessions_get, User, "SessionList", "The caller's active sessions.";
+    DELETE "/me/sessions/{id}" => my_session_delete, User, "Done", "Ends one of the caller's sessions.";
+    GET "/me/trusted-devices" => my_devices_get, User, "TrustedDeviceList", "Browsers the caller trusts for the second factor.";
+    DELETE "/me/trusted-devices/{id}" => my_device_delete, User, "Done", "Forgets one trusted browser.";
+    GET "/users" => users_get, Admin, "UserList", "Users, filtered by `search` and `group`, paged by `limit` (at most 500) and `offset`.";
+    GET "/users/{login}" => user_get, Admin, "User", "One user.";
+    POST "/users/{login}/unlock" => user_unlock_post, Admin, "Done", "Clears the user's failed-login lock.";
+    POST "/users/{login}/reset-2fa" => user_reset_2fa_post, Admin, "Done", "Removes the user's authenticator, recovery codes, trusted devices and sessions; mails the user.";
+    GET "/groups" => groups_get, Admin, "GroupList", "The built-in groups and how many active members each has.";
+}
+
+// ---------------------------------------------------------------------------------------
+// Handlers
+
+fn user_json(u: &UserRecord) -> Value {
+    json!({
+        "login": u.login,
+        "email": u.email,
+        "display_name": u.display_name,
+        "active": u.active,
+        "groups": u.groups,
+        "created_at": u.created_at,
+        "last_login_at": u.last_login_at,
+        "password_changed_at": u.password_changed_at,
+        "must_change_password": u.must_change_password,
+        "device_account": u.device_account,
+    })
+}
+
+fn standing_json(s: Standing) -> Value {
+    match s {
+        Standing::Optional => json!({"state": "optional"}),
+        Standing::Exempt => json!({"state": "exempt"}),
+        Standing::Satisfied => json!({"state": "satisfied"}),
+        Standing::Grace { deadline } => json!({"state": "grace", "deadline": deadline}),
+        Standing::EnrolmentRequired => json!({"state": "enrolment_required"}),
+    }
+}
+
+async fn openapi_get(State(app): State<App>) -> Json<Value> {
+    Json(openapi(&app.config.server.public_url))
+}
+
+async fn me_get(State(app): State<App>, csrf: CsrfCookie, AnyCaller(me): AnyCaller) -> ApiResult {
+    let status = app.two_factor_status(&me.user).await?;
+    let mut body = user_json(&me.user);
+    body["two_factor"] = json!({
+        "active": status.active,
+        "required": status.required,
+        "standing": standing_json(status.standing),
+        "recovery_codes_left": status.recovery_codes_left,
+        "session_passed_second_factor": me.session.two_factor,
+    });
+    body["password_change_required"] = json!(me.change_required.is_some());
+    body["csrf_token"] = json!(csrf.form_token(&app));
+    Ok(Json(body))
+}
+
+async fn my_sessions_get(State(app): State<App>, Caller(me): Caller) -> ApiResult {
+    let sessions = app
+        .store
+        .list_user_sessions(me.user.id)
+        .await
+        .map_err(ServiceError::from)?;
+    let items: Vec<Value> = sessions
+        .iter()
+        .filter(|s| s.stage == SessionStage::Full)
+        .map(|s| {
+            json!({
+                "id": s.id,
+                "created_at": s.created_at,
+                "last_seen_at": s.last_seen_at,
+                "ip": s.ip,
+                "user_agent": s.user_agent,
+                "two_factor": s.two_factor,
+                "current": s.id == me.session.id,
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "items": items })))
+}
+
+fn id_param(raw: &str) -> Result<i64, ApiError> {
+    raw.parse::<i64>().map_err(|_| ApiError::not_found())
+}
+
+async fn my_session_delete(
+    State(app): State<App>,
+    Client(client): Client,
+    Caller(me): Caller,
+    Path(id): Path<String>,
+) -> ApiResult {
+    app.revoke_own_session(&me, id_param(&id)?, &client).await?;
+    Ok(Json(json!({"done": true})))
+}
+
+async fn my_devices_get(State(app): State<App>, Caller(me): Caller) -> ApiResult {
+    let status = app.two_factor_status(&me.user).await?;
+    let items: Vec<Value> = status
+        .trusted_devices
+        .iter()
+        .map(|d| {
+            json!({
+                "id": d.id,
+                "name": d.name,
+                "created_at": d.created_at,
+                "last_used_at": d.last_used_at,
+                "last_ip": d.last_ip,
+                "expires_at": d.expires_at,
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "items": items })))
+}
+
+async fn my_device_delete(
+    State(app): State<App>,
+    Client(client): Client,
+    Caller(me): Caller,
+    Path(id): Path<String>,
+) -> ApiResult {
+    app.revoke_trusted_device(&me, id_param(&id)?, &client)
+        .await?;
+    Ok(Json(json!({"done": true})))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct UsersQuery {
+    search: Option<String>,
+    group: Option<String>,
+    limit: Option<u32>,
+    offset: Option<u32>,
+}
+
+async fn users_get(
+    State(app): State<App>,
+    _: Admin,
+    query: Result<Query<UsersQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult {
+    let Query(q) = query.map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidInput,
+            e.body_text(),
+        )
+    })?;
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidInput,
+            "limit must be between 1 and 500",
+        ));
+    }
+    let filter = UserFilter {
+        search: q.search.filter(|s| !s.trim().is_empty()),
+        group: q.group.filter(|s| !s.trim().is_empty()),
+        limit,
+        offset: q.offset.unwrap_or(0),
+    };
+    let users = app.list_users(&filter).await?;
+    Ok(Json(json!({
+        "items": users.iter().map(user_json).collect::<Vec<_>>(),
+        "limit": filter.limit,
+        "offset": filter.offset,
+    })))
+}
+
+async fn user_get(State(app): State<App>, _: Admin, Path(login): Path<String>) -> ApiResult {
+    let user = app.user_by_login(&login).await.map_err(|e| match e {
+        ServiceError::InvalidInput(_) => ApiError::not_found(),
+        e => e.into(),
+    })?;
+    let status = app.two_factor_status(&user).await?;
+    let locked_until = app.user_lock(&user).await?;
+    let mut body = user_json(&user);
+    body["two_factor"] = json!({
+        "active": status.active,
+        "required": status.required,
+        "standing": standing_json(status.standing),
+        "recovery_codes_left": status.recovery_codes_left,
+        "trusted_devices": status.trusted_devices.len(),
+    });
+    body["locked_until"] = json!(locked_until);
+    Ok(Json(body))
+}
+
+async fn user_unlock_post(
+    State(app): State<App>,
+    Client(client): Client,
+    Admin(admin): Admin,
+    Path(login): Path<String>,
+) -> ApiResult {
+    app.unlock_user(&login, &admin.user.login, &client).await?;
+    Ok(Json(json!({"done": true})))
+}
+
+async fn user_reset_2fa_post(
+    State(app): State<App>,
+    Client(client): Client,
+    Admin(admin): Admin,
+    Path(login): Path<String>,
+) -> ApiResult {
+    app.admin_reset_two_factor(&login, &admin.user.login, &client)
+        .await?;
+    Ok(Json(json!({"done": true})))
+}
+
+async fn groups_get(State(app): State<App>, _: Admin) -> ApiResult {
+    let mut items = Vec::new();
+    for name in [GroupName::ADMINS, GroupName::INTERNAL, GroupName::PORTAL] {
+        let group = GroupName::parse(name).map_err(|e| ServiceError::Internal(e.to_string()))?;
+        let members = app
+            .store
+            .count_active_in_group(&group)
+            .await
+            .map_err(ServiceError::from)?;
+        items.push(json!({"name": name, "active_members": members}));
+    }
+    Ok(Json(json!({ "items": items })))
+}
+
+// ---------------------------------------------------------------------------------------
+// OpenAPI
+
+fn schemas() -> Value {
+    let user = json!({
+        "type": "object",
+        "required": ["login", "display_name", "active", "groups", "created_at"],
+        "properties": {
+            "login": {"type": "string"},
+            "email": {"type": ["string", "null"]},
+            "display_name": {"type": "string"},
+            "active": {"type": "boolean"},
+            "groups": {"type": "array", "items": {"type": "string"}},
+            "created_at": {"type": "integer", "description": "Unix time"},
+            "last_login_at": {"type": ["integer", "null"]},
+            "password_changed_at": {"type": ["integer", "null"]},
+            "must_change_password": {"type": "boolean"},
+            "device_account": {"type": "boolean"},
+            "locked_until": {"type": ["integer", "null"]},
+            "two_factor": {"$ref": "#/components/schemas/TwoFactor"},
+        },
+    });
+    let mut me = user.clone();
+    me["required"] = json!([
+        "login",
+        "display_name",
+        "groups",
+        "csrf_token",
+        "two_factor"
+    ]);
+    me["properties"]["csrf_token"] =
+        json!({"type": "string", "description": "Send it as X-CSRF-Token on POST and DELETE."});
+    me["properties"]["password_change_required"] = json!({"type": "boolean"});
+    let list = |item: &str| {
+        json!({
+            "type": "object",
+            "required": ["items"],
+            "properties": {"items": {"type": "array", "items": {"$ref": format!("#/components/schemas/{item}")}}},
+        })
+    };
+    let mut user_list = list("User");
+    user_list["properties"]["limit"] = json!({"type": "integer"});
+    user_list["properties"]["offset"] = json!({"type": "integer"});
+    let codes: Vec<&str> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+    json!({
+        "Error": {
+            "type": "object",
+            "required": ["error"],
+            "properties": {"error": {
+                "type": "object",
+                "required": ["code", "message"],
+                "properties": {
+                    "code": {"type": "string", "enum": codes},
+                    "message": {"type": "string"},
+                },
+            }},
+        },
+        "Done": {"type": "object", "required": ["done"], "properties": {"done": {"type": "boolean"}}},
+        "OpenApi": {"type": "object", "description": "An OpenAPI 3.1 document."},
+        "TwoFactor": {
+            "type": "object",
+            "properties": {
+                "active": {"type": "boolean"},
+                "required": {"type": "boolean"},
+                "standing": {
+                    "type": "object",
+                    "required": ["state"],
+                    "properties": {
+                        "state": {"type": "string", "enum": ["optional", "exempt", "satisfied", "grace", "enrolment_required"]},
+                        "deadline": {"type": "integer", "description": "Unix time the grace period ends"},
+                    },
+                },
+                "recovery_codes_left": {"type": "integer"},
+                "trusted_devices": {"type": "integer"},
+                "session_passed_second_factor": {"type": "boolean"},
+            },
+        },
+        "User": user,
+        "Me": me,
+        "UserList": user_list,
+        "Session": {
+            "type": "object",
+            "required": ["id", "created_at", "last_seen_at", "two_factor", "current"],
+            "properties": {
+                "id": {"type": "integer"},
+                "created_at": {"type": "integer"},
+                "last_seen_at": {"type": "integer"},
+                "ip": {"type": ["string", "null"]},
+                "user_agent": {"type": ["string", "null"]},
+                "two_factor": {"type": "boolean"},
+                "current": {"type": "boolean"},
+            },
+        },
+        "SessionList": list("Session"),
+        "TrustedDevice": {
+            "type": "object",
+            "required": ["id", "name", "created_at", "last_used_at", "expires_at"],
+            "properties": {
+                "id": {"type": "integer"},
+                "name": {"type": "string"},
+                "created_at": {"type": "integer"},
+                "last_used_at": {"type": "integer"},
+                "last_ip": {"type": ["string", "null"]},
+                "expires_at": {"type": "integer"},
+            },
+        },
+        "TrustedDeviceList": list("TrustedDevice"),
+        "Group": {
+            "type": "object",
+            "required": ["name", "active_members"],
+            "properties": {"name": {"type": "string"}, "active_members": {"type": "integer"}},
+        },
+        "GroupList": list("Group"),
+    })
+}
+
+fn error_response(description: &str) -> Value {
+    json!({
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+    })
+}
+
+/// The OpenAPI 3.1 document of every route in [`ENDPOINTS`].
+pub fn openapi(server_url: &str) -> Value {
+    let mut paths = serde_json::Map::new();
+    for e in ENDPOINTS {
+        let mut responses = serde_json::Map::new();
+        responses.insert(
+            "200".into(),
+            json!({
+                "description": "Success",
+                "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{}", e.response)}}},
+            }),
+        );
+        if e.access != Access::Public {
+            responses.insert("401".into(), error_response("Not signed in"));
+            responses.insert(
+                "403".into(),
+                error_response(
+                    "CSRF header missing, password change or enrolment due, or not allowed",
+                ),
+            );
+        }
+        if e.path.contains('{') {
+            responses.insert("404".into(), error_response("No such object"));
+        }
+        responses.insert("503".into(), error_response("The database is unavailable"));
+        let parameters: Vec<Value> = e
+            .path
+            .split('/')
+            .filter_map(|s| s.strip_prefix('{')?.strip_suffix('}'))
+            .map(|name| {
+                json!({
+                    "name": name,
+                    "in": "path",
+                    "required": true,
+                    "schema": {"type": if name == "id" { "integer" } else { "string" }},
+                })
+            })
+            .chain(
+                (e.path == "/users")
+                    .then(|| {
+                        [
+                            ("search", "string"),
+                            ("group", "string"),
+                            ("limit", "integer"),
+                            ("offset", "integer"),
+                        ]
+                        .map(|(name, ty)| {
+                            json!({"name": name, "in": "query", "required": false, "schema": {"type": ty}})
+                        })
+                    })
+                    .into_iter()
+                    .flatten(),
+            )
+            .collect();
+        let mut operation = json!({
+            "operationId": format!("{}{}", e.method.to_lowercase(), e.path.replace(['/', '{', '}', '.', '-'], "_")),
+            "summary": e.summary,
+            "tags": [match e.access { Access::Public => "meta", Access::User => "me", Access::Admin => "admin" }],
+            "responses": responses,
+        });
+        if !parameters.is_empty() {
+            operation["parameters"] = Value::Array(parameters);
+        }
+        match e.access {
+            Access::Public => operation["security"] = json!([]),
+            Access::User | Access::Admin => {}
+        }
+        let entry = paths.entry(e.path.to_string()).or_insert_with(|| json!({}));
+        entry[e.method.to_lowercase()] = operation;
+    }
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Bulwark API",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Errors are {\"error\": {\"code\", \"message\"}} with stable codes. Unsafe methods need the X-CSRF-Token header returned by GET /me.",
+        },
+        "servers": [{"url": format!("{server_url}/api/v1")}],
+        "security": [{"session": []}],
+        "paths": paths,
+        "components": {
+            "schemas": schemas(),
+            "securitySchemes": {
+                "session": {"type": "apiKey", "in": "cookie", "name": "bulwark_session", "description": "The session cookie of a full login (named __Host-bulwark_session or __Secure-bulwark_session when cookies are Secure)."},
+            },
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_schema_reference_resolves() {
+        let doc = openapi("https://auth.example.com");
+        let text = doc.to_string();
+        let schemas = doc["components"]["schemas"].as_object().unwrap();
+        for part in text.split("#/components/schemas/").skip(1) {
+            let name: String = part.chars().take_while(|c| c.is_alphanumeric()).collect();
+            assert!(schemas.contains_key(&name), "missing schema {name}");
+        }
+        for e in ENDPOINTS {
+            assert!(
+                doc["paths"][e.path][e.method.to_lowercase()].is_object(),
+                "{} {} not documented",
+                e.method,
+                e.path
+            );
+        }
+    }
+}
