@@ -5,6 +5,7 @@ use crate::config::Config;
 use crate::keys::{KeyError, KeyRing};
 use crate::mail::Mailer;
 use crate::services::passwords::HashPool;
+use crate::services::session_cache::SessionCache;
 use bulwark_core::password::hash::PasswordHasher;
 use bulwark_store::Store;
 use std::sync::{Arc, RwLock};
@@ -20,6 +21,8 @@ pub struct App {
     /// Server keys (CSRF, TOTP secret sealing). Loaded from the key file or the environment,
     /// never stored in the database.
     pub(crate) keys: Arc<RwLock<KeyRing>>,
+    /// Sessions recently checked by the gateway (see `services::session_cache`).
+    pub(crate) session_cache: Arc<SessionCache>,
 }
 
 impl std::fmt::Debug for App {
@@ -55,12 +58,17 @@ impl App {
         let hashes = HashPool::new(hasher, p.max_concurrent_hashes)
             .map_err(|e| StartError::Config(format!("cannot start the hashing threads: {e}")))?;
         let mailer = Mailer::new(store.clone(), &config.mail)?;
+        let session_cache = Arc::new(SessionCache::new(
+            config.gateway.cache_seconds,
+            config.gateway.cache_entries,
+        ));
         Ok(Self {
             config: Arc::new(config),
             store,
             hashes,
             mailer,
             clock,
+            session_cache,
             keys: Arc::new(RwLock::new(keys)),
         })
     }

@@ -1275,6 +1275,10 @@ mod tests {
         assert_eq!(err.key, "gateway.protected[0]");
         let err = load("[gateway]\ndefault_policy = \"open\"\n", &[]).unwrap_err();
         assert_eq!(err.key, "gateway.default_policy");
+        let err = load("[gateway]\ncache_seconds = 61\n", &[]).unwrap_err();
+        assert_eq!(err.key, "gateway.cache_seconds");
+        let err = load("[gateway]\ncache_entries = 0\n", &[]).unwrap_err();
+        assert_eq!(err.key, "gateway.cache_entries");
         let https = "[server]\npublic_url = \"https://auth.example.com\"\n";
         let err = load(
             &format!("{https}[gateway]\ncookie_domain = \"example.org\"\n"),

@@ -11,6 +11,8 @@ pub(super) struct RawGateway {
     protected: Option<Vec<String>>,
     cookie_domain: Option<String>,
     default_policy: Option<String>,
+    cache_seconds: Option<i64>,
+    cache_entries: Option<usize>,
     rules: Option<Vec<RawRule>>,
 }
 
@@ -41,6 +43,11 @@ pub struct GatewayConfig {
     /// Domain the session cookie is set for, so one login covers every app under it.
     pub cookie_domain: Option<String>,
     pub default_policy: String,
+    /// How long the check path may reuse a session it read (0: read it every time). A session
+    /// revoked on another node keeps passing at most this long.
+    pub cache_seconds: i64,
+    /// Most sessions kept in that cache.
+    pub cache_entries: usize,
     /// The rules as written, for `config check`.
     pub rules: Vec<RawRule>,
     #[serde(skip)]
@@ -97,6 +104,21 @@ pub(super) fn validate(raw: RawGateway, public_host: &str) -> Result<GatewayConf
         )
     })?;
 
+    let cache_seconds = raw.cache_seconds.unwrap_or(5);
+    if !(0..=60).contains(&cache_seconds) {
+        return Err(ConfigError::new(
+            "gateway.cache_seconds",
+            format!("{cache_seconds} is out of range: give 0 (no cache) to 60 seconds"),
+        ));
+    }
+    let cache_entries = raw.cache_entries.unwrap_or(100_000);
+    if !(1..=10_000_000).contains(&cache_entries) {
+        return Err(ConfigError::new(
+            "gateway.cache_entries",
+            format!("{cache_entries} is out of range: give 1 to 10000000"),
+        ));
+    }
+
     let raw_rules = raw.rules.unwrap_or_default();
     let rules = raw_rules
         .iter()
@@ -107,6 +129,8 @@ pub(super) fn validate(raw: RawGateway, public_host: &str) -> Result<GatewayConf
         protected,
         cookie_domain,
         default_policy,
+        cache_seconds,
+        cache_entries,
         rules: raw_rules,
         origins,
         compiled: Rules {

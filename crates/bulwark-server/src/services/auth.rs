@@ -417,6 +417,35 @@ impl App {
         }))
     }
 
+    /// [`authenticate`](Self::authenticate) for the gateway's check path, through the
+    /// session cache (`gateway.cache_seconds`).
+    pub async fn authenticate_cached(
+        &self,
+        cookie: &str,
+    ) -> Result<Option<CurrentSession>, ServiceError> {
+        if !self.session_cache.enabled() {
+            return self.authenticate(cookie).await;
+        }
+        if !token::looks_like_token(cookie) {
+            return Ok(None);
+        }
+        let now = self.now();
+        let digest = TokenHash::of(cookie);
+        if let Some(s) = self.session_cache.get(digest.as_str(), now) {
+            let policy = self.config.sessions.policy();
+            if policy.is_live(s.session.created_at, s.session.last_seen_at, now) {
+                return Ok(Some(s));
+            }
+        }
+        let epoch = self.session_cache.epoch();
+        let found = self.authenticate(cookie).await?;
+        if let Some(s) = &found {
+            self.session_cache
+                .put(digest.as_str().to_string(), epoch, now, s.clone());
+        }
+        Ok(found)
+    }
+
     /// Ends one session (logout).
     pub async fn logout(
         &self,

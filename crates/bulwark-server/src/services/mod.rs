@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod passwords;
+pub mod session_cache;
 pub mod two_factor;
 pub mod users;
 
@@ -125,7 +126,10 @@ impl Audit {
 
 impl App {
     /// Appends an audit event. A failure to write is logged: it must not turn a login into an error.
+    /// Records a security event. Every change to a user or a session is audited, so this is
+    /// also where the gateway's session cache is invalidated.
     pub async fn audit(&self, audit: Audit, now: UnixTime) {
+        self.session_cache.invalidate_all();
         let mut event = audit.0;
         event.at = now;
         if let Err(e) = self.store.append_audit(&event).await {

@@ -12,10 +12,11 @@
 //! from a peer in `server.trusted_proxies`; anything else is refused with 403, as is a target
 //! that cannot be read unambiguously (the proxy turns any other status into a 500).
 //!
-//! The check reads the store (the session by the SHA-256 of its token, then the user) and
-//! never writes on its own, apart from the throttled `last_seen` touch every session gets; it
-//! never hashes a password. There is no cache, so a revoked session stops passing at the
-//! next request.
+//! The check reads the session (by the SHA-256 of its token) and its user from the store, or
+//! from a cache kept at most `gateway.cache_seconds` (see `services::session_cache`): a
+//! session ended on this node stops passing at the next request, one ended on another node
+//! within that bound. It never writes on its own, apart from the throttled `last_seen` touch
+//! every session gets, and never hashes a password.
 
 use super::extract::{client_ip, cookie_name, get_cookie};
 use super::pages::url_encode;
@@ -129,7 +130,7 @@ async fn check(app: &App, peer: Option<IpAddr>, headers: &HeaderMap, flavor: Fla
     };
     let ip = client_ip(peer, headers, trusted);
     let session = match get_cookie(headers, &cookie_name(app, "bulwark_session")) {
-        Some(cookie) => match app.authenticate(cookie).await {
+        Some(cookie) => match app.authenticate_cached(cookie).await {
             Ok(s) => s.filter(|s| s.session.stage == SessionStage::Full),
             Err(e) => {
                 tracing::error!(error = %e, "forward-auth: cannot read the session");

@@ -28,8 +28,6 @@ pub fn router(app: App) -> Router {
     Router::new()
         .route("/", get(pages::root_get))
         .route("/healthz", get(healthz))
-        .route("/api/authz/auth-request", get(gateway::auth_request))
-        .route("/api/authz/forward-auth", get(gateway::forward_auth))
         .route("/static/bulwark.css", get(stylesheet))
         .route("/login", get(pages::login_get).post(pages::login_post))
         .route("/logout", post(pages::logout_post))
@@ -87,7 +85,36 @@ pub fn router(app: App) -> Router {
             security_headers,
         ))
         .layer(middleware::from_fn(request_log))
+        .merge(gateway_routes(app.clone()))
         .with_state(app)
+}
+
+/// The forward-auth endpoints, asked about every request to every protected application:
+/// no CSRF cookie (no browser reads these answers as pages) and a log line per check only at
+/// debug level (the proxy logs the requests).
+fn gateway_routes(app: App) -> Router<App> {
+    Router::new()
+        .route("/api/authz/auth-request", get(gateway::auth_request))
+        .route("/api/authz/forward-auth", get(gateway::forward_auth))
+        .layer(middleware::from_fn_with_state(app, security_headers))
+        .layer(middleware::from_fn(check_log))
+}
+
+/// Like [`request_log`] for the gateway checks, at debug level; failures still at error.
+async fn check_log(req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let res = next.run(req).await;
+    let status = res.status();
+    if status.is_server_error() {
+        tracing::error!(
+            status = status.as_u16(),
+            ms = started.elapsed().as_millis(),
+            "forward-auth check failed"
+        );
+    } else {
+        tracing::debug!(status = status.as_u16(), "forward-auth check");
+    }
+    res
 }
 
 async fn healthz(State(app): State<App>) -> Response {

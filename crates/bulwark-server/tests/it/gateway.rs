@@ -487,3 +487,63 @@ async fn the_session_cookie_can_cover_a_parent_domain() {
     // No rules: the default policy is deny, whoever asks.
     assert_eq!(res.status, StatusCode::FORBIDDEN);
 }
+
+#[tokio::test]
+async fn a_session_ended_on_another_node_stops_passing_within_the_cache_bound() {
+    let t = TestApp::with_config(&format!("{ODOO}\n")).await;
+    assert_eq!(
+        t.app.config.gateway.cache_seconds, 5,
+        "the documented default"
+    );
+    t.add_user("alice", PW, &["internal"]).await;
+    let b = t.browser();
+    b.login("alice", PW).await;
+    let ask = Ask::get("https://odoo.example.com/shop").by(&b);
+    let res = ask.nginx(&t).await;
+    assert_eq!(res.status, StatusCode::OK);
+    // The check answers without setting cookies (no CSRF cookie for a proxy).
+    assert!(res.headers.get(header::SET_COOKIE).is_none());
+
+    // Another node deletes the session in the shared database: nothing is audited here.
+    let id = t
+        .store
+        .list_user_sessions(t.app.user_by_login("alice").await.unwrap().id)
+        .await
+        .unwrap()[0]
+        .id;
+    t.store.delete_session(id).await.unwrap();
+    t.clock.advance(4);
+    assert_eq!(
+        ask.nginx(&t).await.status,
+        StatusCode::OK,
+        "within the bound the cached session may still pass"
+    );
+    t.clock.advance(1);
+    assert_eq!(
+        ask.nginx(&t).await.status,
+        StatusCode::UNAUTHORIZED,
+        "after gateway.cache_seconds it does not"
+    );
+}
+
+#[tokio::test]
+async fn without_the_cache_every_check_reads_the_store() {
+    let t = TestApp::with_config(&ODOO.replace(
+        "default_policy = \"deny\"",
+        "default_policy = \"deny\"\ncache_seconds = 0",
+    ))
+    .await;
+    t.add_user("alice", PW, &["internal"]).await;
+    let b = t.browser();
+    b.login("alice", PW).await;
+    let ask = Ask::get("https://odoo.example.com/shop").by(&b);
+    assert_eq!(ask.nginx(&t).await.status, StatusCode::OK);
+    let id = t
+        .store
+        .list_user_sessions(t.app.user_by_login("alice").await.unwrap().id)
+        .await
+        .unwrap()[0]
+        .id;
+    t.store.delete_session(id).await.unwrap();
+    assert_eq!(ask.nginx(&t).await.status, StatusCode::UNAUTHORIZED);
+}
