@@ -1134,3 +1134,63 @@ fn nginx_auth_request_protects_odoo() {
 fn caddy_forward_auth_protects_odoo() {
     journeys(Proxy::Caddy);
 }
+/// docs/gateway.md shows the deploy files as they are, and their headers name every
+/// placeholder the tests fill in.
+#[test]
+fn the_docs_carry_the_deploy_files_verbatim() {
+    let docs = repo_file("docs/gateway.md");
+    for (path, placeholders) in [
+        (
+            NGINX_CONF,
+            &[
+                "__LISTEN__",
+                "__SERVER_NAME__",
+                "__BULWARK__",
+                "__ODOO__",
+                "__ODOO_WS__",
+            ][..],
+        ),
+        (
+            CADDYFILE,
+            &["__SITE__", "__BULWARK__", "__ODOO__", "__ODOO_WS__"][..],
+        ),
+    ] {
+        let text = repo_file(path);
+        assert!(
+            docs.contains(&text),
+            "docs/gateway.md does not contain {path} exactly as it is: copy it again"
+        );
+        let header: String = text
+            .lines()
+            .take_while(|l| l.starts_with('#'))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let body: String = text
+            .lines()
+            .skip_while(|l| l.starts_with('#'))
+            .collect::<Vec<_>>()
+            .join("\n");
+        for p in placeholders {
+            assert!(
+                header.contains(p),
+                "{path}: {p} is not explained at the top"
+            );
+            assert!(body.contains(p), "{path}: {p} is not used");
+        }
+        // Nothing else looks like a placeholder.
+        let mut rest = body.as_str();
+        while let Some(i) = rest.find("__") {
+            let word: String = rest[i..]
+                .chars()
+                .skip(2)
+                .take_while(|c| c.is_ascii_uppercase() || *c == '_')
+                .collect();
+            let name = format!("__{}", word);
+            assert!(
+                placeholders.contains(&name.as_str()),
+                "{path}: unknown placeholder {name}"
+            );
+            rest = &rest[i + name.len()..];
+        }
+    }
+}
