@@ -70,25 +70,37 @@ pub fn get_cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 
 /// The client's IP: the TCP peer, or — only when the peer is a trusted proxy — the nearest
 /// address in `X-Forwarded-For` that is not itself a trusted proxy.
+///
+/// The header is read right to left, the order proxies append in, and only as far as needed:
+/// entries left of the client's address are the client's own claims and are never read. An
+/// entry that is not an address, met before the client's, makes the address unknown (`None`)
+/// rather than falling back to the proxy's own address, which a `networks` rule might cover.
 pub fn client_ip(peer: Option<IpAddr>, headers: &HeaderMap, trusted: &[IpNet]) -> Option<IpAddr> {
     let peer = peer?;
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
     if !is_trusted(&peer) {
         return Some(peer);
     }
-    let forwarded: Vec<IpAddr> = headers
-        .get_all("x-forwarded-for")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|s| s.trim().parse::<IpAddr>())
-        .collect::<Result<_, _>>()
-        .unwrap_or_default();
-    forwarded
-        .into_iter()
-        .rev()
-        .find(|ip| !is_trusted(ip))
-        .or(Some(peer))
+    let mut entries: Vec<&str> = Vec::new();
+    for value in headers.get_all("x-forwarded-for") {
+        let Ok(text) = value.to_str() else {
+            return None;
+        };
+        entries.extend(text.split(','));
+    }
+    let mut nearest = peer;
+    for entry in entries.iter().rev() {
+        let entry = entry.trim();
+        let ip = entry
+            .parse::<IpAddr>()
+            .or_else(|_| entry.parse::<SocketAddr>().map(|a| a.ip()))
+            .ok()?;
+        if !is_trusted(&ip) {
+            return Some(ip);
+        }
+        nearest = ip;
+    }
+    Some(nearest)
 }
 
 /// The requesting client.
@@ -320,12 +332,37 @@ mod tests {
         );
         assert_eq!(ip, Some("198.51.100.7".parse().unwrap()));
         assert_eq!(
-            client_ip(Some(peer), &headers("garbage"), &trusted),
-            Some(peer)
-        );
-        assert_eq!(
             client_ip(Some(peer), &HeaderMap::new(), &trusted),
             Some(peer)
+        );
+        // Junk the client put in front of its own address is never read, so it cannot make
+        // the client look like the proxy (whose network a rule might trust).
+        assert_eq!(
+            client_ip(Some(peer), &headers("junk, 203.0.113.9"), &trusted),
+            Some("203.0.113.9".parse().unwrap())
+        );
+        assert_eq!(
+            client_ip(Some(peer), &headers("not-an-ip, 10.0.0.5"), &trusted),
+            None,
+            "junk where the client's address should be: unknown, not the proxy"
+        );
+        assert_eq!(client_ip(Some(peer), &headers("garbage"), &trusted), None);
+        assert_eq!(
+            client_ip(Some(peer), &headers("203.0.113.9, "), &trusted),
+            None
+        );
+        // Addresses with ports, and only proxies: the first hop.
+        assert_eq!(
+            client_ip(
+                Some(peer),
+                &headers("203.0.113.9:5555, [2001:db8::1]:443"),
+                &trusted
+            ),
+            Some("2001:db8::1".parse().unwrap())
+        );
+        assert_eq!(
+            client_ip(Some(peer), &headers("10.0.0.7, 10.0.0.5"), &trusted),
+            Some("10.0.0.7".parse().unwrap())
         );
     }
 

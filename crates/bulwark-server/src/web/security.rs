@@ -238,6 +238,8 @@ struct SecurityPage<'a> {
     notice: Option<&'a str>,
     error: Option<String>,
     later: Option<String>,
+    /// Where to continue after enrolment (a safe target, or empty).
+    next: String,
     show_account_link: bool,
 }
 
@@ -259,7 +261,7 @@ async fn security_page(
     let banner = match st.standing {
         Standing::Grace { deadline } => Some(format!("Your organisation requires two-factor authentication. Set it up before {}; after that you will not be able to use your account until you do.", format_time(deadline))),
         Standing::EnrolmentRequired => Some("Your organisation requires two-factor authentication. Set it up now to continue.".into()),
-        _ if q.prompt == "required" && !st.active => Some("The application you opened requires two-factor authentication. Set it up below, then open the application again.".into()),
+        _ if q.prompt == "required" && !st.active => Some("The application you opened requires two-factor authentication. Set it up below; you will then go on to it.".into()),
         _ => None,
     };
     let later = match st.standing {
@@ -305,6 +307,7 @@ async fn security_page(
             notice,
             error,
             later,
+            next: safe_next(app, &q.next).unwrap_or_default(),
             show_account_link: st.standing != Standing::EnrolmentRequired,
         },
     ))
@@ -326,6 +329,8 @@ pub struct PasswordForm {
     csrf_token: String,
     #[serde(default)]
     password: String,
+    #[serde(default)]
+    next: String,
 }
 
 async fn page_error(
@@ -360,7 +365,13 @@ pub async fn enrol_post(
     let f = form(body)?;
     csrf.verify(&app, &f.csrf_token)?;
     match app.begin_enrolment(&current, f.password, &client).await {
-        Ok(()) => Ok(see_other("/account/security", Vec::new())),
+        Ok(()) => Ok(see_other(
+            &match safe_next(&app, &f.next) {
+                Some(next) => format!("/account/security?next={}", url_encode(&next)),
+                None => "/account/security".into(),
+            },
+            Vec::new(),
+        )),
         Err(e) => page_error(&app, &csrf, &current, e).await,
     }
 }
@@ -381,8 +392,10 @@ fn codes_page(
     csrf: &CsrfCookie,
     login: &str,
     codes: &[RecoveryCode],
+    next: Option<String>,
     cookie: Option<axum::http::HeaderValue>,
 ) -> Response {
+    let next = next.unwrap_or_else(|| "/account/security".into());
     let shown: Vec<String> = codes.iter().map(|c| c.display().to_string()).collect();
     let text = format!(
         "Bulwark recovery codes for {login}\nEach code works once.\n\n{}\n",
@@ -396,7 +409,7 @@ fn codes_page(
             csrf: csrf.form_token(app),
             codes: shown,
             download: url_encode(&text),
-            next: "/account/security",
+            next: &next,
         },
     );
     if let Some(c) = cookie {
@@ -411,6 +424,8 @@ pub struct ConfirmForm {
     csrf_token: String,
     #[serde(default)]
     code: String,
+    #[serde(default)]
+    next: String,
 }
 
 pub async fn confirm_post(
@@ -428,6 +443,7 @@ pub async fn confirm_post(
             &csrf,
             &current.user.login,
             &codes,
+            safe_next(&app, &f.next),
             Some(session_cookie(&app, token.expose())),
         )),
         Err(ServiceError::Throttled {
@@ -454,7 +470,14 @@ pub async fn recovery_codes_post(
         .regenerate_recovery_codes(&current, f.password, &client)
         .await
     {
-        Ok(codes) => Ok(codes_page(&app, &csrf, &current.user.login, &codes, None)),
+        Ok(codes) => Ok(codes_page(
+            &app,
+            &csrf,
+            &current.user.login,
+            &codes,
+            None,
+            None,
+        )),
         Err(e) => page_error(&app, &csrf, &current, e).await,
     }
 }

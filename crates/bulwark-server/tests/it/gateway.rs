@@ -3,7 +3,9 @@
 //! with the return URL, revocation, and the shared session cookie.
 
 use crate::support::*;
-use crate::two_factor::{half_login, logout, next_code, send_code, user_with_totp};
+use crate::two_factor::{
+    code_now, half_login, logout, next_code, read_enrolment, send_code, user_with_totp,
+};
 use axum::http::{header, StatusCode};
 
 const PW: &str = "Correct-Horse-Battery-Staple-42";
@@ -226,6 +228,41 @@ async fn sessions_pass_with_identity_headers_by_factor() {
         .caddy(&t)
         .await;
     assert_eq!(res.status, StatusCode::FOUND);
+
+    // She sets it up from there, and "continue" on the recovery codes takes her to the app,
+    // which now lets her in.
+    let next = "https://odoo.example.com/web";
+    let res = b
+        .post(
+            "/account/security/enrol",
+            &[("password", PW), ("next", next)],
+        )
+        .await;
+    assert_eq!(res.status, StatusCode::SEE_OTHER, "{}", res.body);
+    assert_eq!(
+        res.location(),
+        "/account/security?next=https%3A//odoo.example.com/web"
+    );
+    let page = b.get(res.location()).await;
+    assert!(page
+        .body
+        .contains("name=\"next\" value=\"https://odoo.example.com/web\""));
+    let e = read_enrolment(&page.body);
+    let res = b
+        .post(
+            "/account/security/confirm",
+            &[("code", &code_now(&t, &e.secret)), ("next", next)],
+        )
+        .await;
+    assert_eq!(res.status, StatusCode::OK, "{}", res.body);
+    assert!(
+        res.body
+            .contains("<a href=\"https://odoo.example.com/web\">I have saved them"),
+        "{}",
+        res.body
+    );
+    let res = Ask::get(next).by(&b).nginx(&t).await;
+    assert_eq!(res.status, StatusCode::OK);
 }
 
 #[tokio::test]
@@ -546,4 +583,26 @@ async fn without_the_cache_every_check_reads_the_store() {
         .id;
     t.store.delete_session(id).await.unwrap();
     assert_eq!(ask.nginx(&t).await.status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn junk_in_forwarded_for_cannot_borrow_the_proxys_address() {
+    // A rule that trusts the proxy's own network (a mistake docs/gateway.md warns about)
+    // must still not let a client in by making its own address unreadable.
+    let t = TestApp::with_config(&ODOO.replace("10.20.0.0/16", "127.0.0.0/8")).await;
+    for xff in [
+        "junk, 203.0.113.7",
+        "203.0.113.7",
+        "garbage",
+        "203.0.113.7, ",
+    ] {
+        let res = t
+            .browser_from("127.0.0.1")
+            .with_header("x-forwarded-for", xff)
+            .with_header("x-original-url", "https://odoo.example.com/jsonrpc")
+            .with_header("x-original-method", "POST")
+            .get("/api/authz/auth-request")
+            .await;
+        assert_eq!(res.status, StatusCode::UNAUTHORIZED, "{xff:?}");
+    }
 }

@@ -83,15 +83,15 @@ fn unescape(s: &str) -> String {
 }
 
 /// What the security page shows during enrolment.
-struct Enrolment {
-    secret: TotpSecret,
+pub(crate) struct Enrolment {
+    pub(crate) secret: TotpSecret,
     /// The key as shown (grouped by four).
     grouped: String,
     uri: String,
     qr_svg: String,
 }
 
-fn read_enrolment(body: &str) -> Enrolment {
+pub(crate) fn read_enrolment(body: &str) -> Enrolment {
     let grouped = between(body, "<p class=\"secret\"><code>", "</code>").expect("key shown");
     let uri = unescape(between(body, "<p class=\"uri\"><code>", "</code>").expect("URI shown"));
     let qr = between(
