@@ -4,6 +4,7 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::keys::{KeyError, KeyRing};
 use crate::mail::Mailer;
+use crate::services::api_keys::KeyUsage;
 use crate::services::passwords::HashPool;
 use bulwark_core::password::hash::PasswordHasher;
 use bulwark_store::Store;
@@ -20,6 +21,8 @@ pub struct App {
     /// Server keys (CSRF, TOTP secret sealing). Loaded from the key file or the environment,
     /// never stored in the database.
     pub(crate) keys: Arc<RwLock<KeyRing>>,
+    /// API key uses not yet written to the store (flushed every `api_keys.flush_secs`).
+    pub key_usage: Arc<KeyUsage>,
 }
 
 impl std::fmt::Debug for App {
@@ -62,6 +65,7 @@ impl App {
             mailer,
             clock,
             keys: Arc::new(RwLock::new(keys)),
+            key_usage: Arc::new(KeyUsage::default()),
         })
     }
 

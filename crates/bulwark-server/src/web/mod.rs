@@ -1,6 +1,7 @@
 //! The HTTP layer: routes, extractors (client, session, CSRF), security headers.
 //! Handlers translate; services decide.
 
+mod api_keys;
 mod error;
 mod extract;
 mod gateway;
@@ -72,6 +73,14 @@ pub fn router(app: App) -> Router {
         .route(
             "/account/security/devices/revoke-all",
             post(security::devices_revoke_all_post),
+        )
+        .route(
+            "/account/api-keys",
+            get(api_keys::api_keys_get).post(api_keys::api_keys_post),
+        )
+        .route(
+            "/account/api-keys/revoke",
+            post(api_keys::api_key_revoke_post),
         )
         .fallback(pages::not_found)
         .layer(DefaultBodyLimit::max(limit))
