@@ -1,10 +1,12 @@
-//! Bulwark's pure domain: password hashing and policy, lockout, sessions, one-time tokens.
+//! Bulwark's pure domain: password hashing and policy, lockout, sessions, one-time tokens,
+//! second factors, API keys, access rules.
 //!
 //! Nothing here does I/O, spawns tasks or reads the clock: time is always an argument
 //! (`now`, seconds since the Unix epoch), so every rule can be tested with a fixed clock.
 
 pub mod access;
 pub mod account;
+pub mod api_key;
 pub mod enforcement;
 pub mod lockout;
 pub mod password;

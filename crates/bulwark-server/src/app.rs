@@ -4,6 +4,7 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::keys::{KeyError, KeyRing};
 use crate::mail::Mailer;
+use crate::services::api_keys::KeyUsage;
 use crate::services::passwords::HashPool;
 use crate::services::session_cache::SessionCache;
 use bulwark_core::password::hash::PasswordHasher;
@@ -23,6 +24,8 @@ pub struct App {
     pub(crate) keys: Arc<RwLock<KeyRing>>,
     /// Sessions recently checked by the gateway (see `services::session_cache`).
     pub(crate) session_cache: Arc<SessionCache>,
+    /// API key uses not yet written to the store (flushed every `api_keys.flush_secs`).
+    pub key_usage: Arc<KeyUsage>,
 }
 
 impl std::fmt::Debug for App {
@@ -70,6 +73,7 @@ impl App {
             clock,
             session_cache,
             keys: Arc::new(RwLock::new(keys)),
+            key_usage: Arc::new(KeyUsage::default()),
         })
     }
 

@@ -1,5 +1,5 @@
-//! The `bulwark` command line: `serve`, `migrate`, `config check`, `user …`, `password hash`,
-//! `healthcheck`. Every admin action works here without the web console.
+//! The `bulwark` command line: `serve`, `migrate`, `config check`, `user …`, `apikey …`,
+//! `password hash`, `healthcheck`. Every admin action works here without the web console.
 
 use crate::app::{App, StartError};
 use crate::clock::{format_time, SystemClock};
@@ -58,6 +58,9 @@ enum Command {
     /// Server key ring (TOTP secret encryption, CSRF).
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Manage users' API keys.
+    #[command(subcommand)]
+    Apikey(ApiKeyCommand),
     /// Ask the running server whether it is healthy (exit 0 if so).
     Healthcheck,
     /// Print the OpenAPI document of the JSON API (the one served at /api/v1/openapi.json).
@@ -76,6 +79,34 @@ enum KeyCommand {
     Rotate,
     /// Re-encrypt every TOTP secret under the current key (after changing an inline key ring).
     Reseal,
+}
+
+#[derive(Debug, Subcommand)]
+enum ApiKeyCommand {
+    /// Create a key for a user and print it on standard output: it is shown only this once.
+    Create {
+        login: String,
+        /// A name unique among the user's keys, e.g. "nightly sync".
+        #[arg(long)]
+        name: String,
+        /// Scope (repeatable): gateway, api:read, api:write.
+        #[arg(long = "scope", value_name = "SCOPE", required = true)]
+        scopes: Vec<String>,
+        /// Days until it expires (default: api_keys.default_days, within the user's maximum).
+        #[arg(long, value_name = "DAYS", conflicts_with = "no_expiry")]
+        days: Option<u32>,
+        /// Never expires (only when no maximum applies to the user).
+        #[arg(long)]
+        no_expiry: bool,
+    },
+    /// List the keys of one user, or of every user.
+    List { login: Option<String> },
+    /// Revoke a key, given its name or its id (see `list`).
+    Revoke {
+        login: String,
+        #[arg(value_name = "NAME|ID")]
+        key: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -376,6 +407,13 @@ async fn dispatch(command: Command, config: Config) -> Result<ExitCode, CliError
                 "current key: {}; {n} secrets re-encrypted",
                 app.key_ring().current_id()
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Apikey(cmd) => {
+            let app = build_app(config).await?;
+            api_key_command(&app, cmd).await?;
+            let transport = Transport::from_config(&app.config.mail)?;
+            app.mailer.deliver_due(&transport, app.now()).await;
             Ok(ExitCode::SUCCESS)
         }
         Command::User(cmd) => {
@@ -681,6 +719,106 @@ async fn user_command(app: &App, cmd: UserCommand) -> Result<(), CliError> {
     Ok(())
 }
 
+async fn api_key_command(app: &App, cmd: ApiKeyCommand) -> Result<(), CliError> {
+    use crate::services::api_keys::{ExpiryChoice, KeyActor, KeyRef, NewApiKeyInput};
+    let client = ClientInfo::cli();
+    let no_such = |e: ServiceError, what: &str| match e {
+        ServiceError::NotFound => CliError::Message(what.to_string()),
+        other => other.into(),
+    };
+    match cmd {
+        ApiKeyCommand::Create {
+            login,
+            name,
+            scopes,
+            days,
+            no_expiry,
+        } => {
+            let expiry = match (days, no_expiry) {
+                (_, true) => ExpiryChoice::Never,
+                (Some(d), false) => ExpiryChoice::Days(d),
+                (None, false) => ExpiryChoice::Default,
+            };
+            let created = app
+                .create_api_key(
+                    KeyActor::Cli,
+                    &login,
+                    NewApiKeyInput {
+                        name,
+                        scopes,
+                        expiry,
+                        password: None,
+                    },
+                    &client,
+                )
+                .await
+                .map_err(|e| no_such(e, "no such user"))?;
+            // The key alone on standard output, so `KEY=$(bulwark apikey create …)` works.
+            println!("{}", created.key.expose());
+            eprintln!(
+                "created API key {} \"{}\" for {} (scopes {}, expires {}); it is shown only once",
+                created.record.id,
+                created.record.name,
+                created.owner,
+                created.record.scopes.to_stored(),
+                created
+                    .record
+                    .expires_at
+                    .map(format_time)
+                    .unwrap_or_else(|| "never".into())
+            );
+        }
+        ApiKeyCommand::List { login } => {
+            let keys = app
+                .list_api_keys(KeyActor::Cli, login.as_deref())
+                .await
+                .map_err(|e| no_such(e, "no such user"))?;
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(
+                out,
+                "{:<6} {:<24} {:<24} {:<14} {:<26} {:<21} {:<21} {:<21} STATUS",
+                "ID", "LOGIN", "NAME", "KEY", "SCOPES", "CREATED", "EXPIRES", "LAST USED"
+            );
+            for k in keys {
+                let time =
+                    |t: Option<i64>, none: &str| t.map(format_time).unwrap_or_else(|| none.into());
+                let _ = writeln!(
+                    out,
+                    "{:<6} {:<24} {:<24} {:<14} {:<26} {:<21} {:<21} {:<21} {}",
+                    k.record.id,
+                    k.owner,
+                    k.record.name,
+                    format!("{}…", k.record.display_prefix),
+                    k.record.scopes.to_stored(),
+                    format_time(k.record.created_at),
+                    time(k.record.expires_at, "never"),
+                    time(k.last_used_at, "never"),
+                    k.status.as_str()
+                );
+            }
+        }
+        ApiKeyCommand::Revoke { login, key } => {
+            app.user_by_login(&login)
+                .await
+                .map_err(|e| no_such(e, "no such user"))?;
+            let revoked = app
+                .revoke_api_key(KeyActor::Cli, &login, &KeyRef::NameOrId(key.clone()), &client)
+                .await
+                .map_err(|e| {
+                    no_such(
+                        e,
+                        &format!("{login} has no API key named or numbered `{key}` that is not already revoked"),
+                    )
+                })?;
+            println!(
+                "revoked API key {} \"{}\" of {login}",
+                revoked.id, revoked.name
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Refuses to serve when stored TOTP secrets were sealed with keys the ring does not hold
 /// (a key file lost and created anew, or restored from another backup): every enrolled user
 /// would otherwise fail the second step. Other commands still run, so an admin can reset the
@@ -720,6 +858,8 @@ async fn serve(config: Config) -> Result<ExitCode, CliError> {
     let transport = Transport::from_config(&app.config.mail)?;
     app.mailer.spawn_worker(transport, app.clock.clone());
     spawn_session_pruner(app.clone());
+    crate::services::api_keys::spawn_usage_flusher(app.clone());
+    let flush_at_exit = app.clone();
 
     let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
         CliError::Message(format!("cannot listen on {listen} (`server.listen`): {e}"))
@@ -750,6 +890,9 @@ async fn serve(config: Config) -> Result<ExitCode, CliError> {
     .with_graceful_shutdown(shutdown_signal())
     .await
     .map_err(|e| CliError::Message(format!("server error: {e}")))?;
+    if let Err(e) = flush_at_exit.flush_api_key_usage().await {
+        tracing::warn!(error = %e, "cannot write API key last-use times at exit");
+    }
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
 }

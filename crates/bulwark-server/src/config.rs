@@ -16,7 +16,9 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
+mod api_keys;
 mod gateway;
+pub use api_keys::ApiKeysConfig;
 pub use gateway::{GatewayConfig, RawRule};
 
 /// A configuration problem, naming the key and what is allowed.
@@ -85,6 +87,8 @@ struct RawConfig {
     two_factor: RawTwoFactor,
     #[serde(default)]
     gateway: gateway::RawGateway,
+    #[serde(default)]
+    api_keys: api_keys::RawApiKeys,
     secret_key: Option<String>,
 }
 
@@ -256,6 +260,7 @@ pub struct Config {
     pub links: LinksConfig,
     pub two_factor: TwoFactorConfig,
     pub gateway: GatewayConfig,
+    pub api_keys: ApiKeysConfig,
     /// Key ring given inline (`BULWARK_SECRET_KEY`) instead of `secret_key_file`.
     #[serde(serialize_with = "redacted")]
     pub secret_key: Option<SecretString>,
@@ -632,6 +637,7 @@ impl Config {
 
         let two_factor = validate_two_factor(raw.two_factor)?;
         let gateway = gateway::validate(raw.gateway, &public_host)?;
+        let api_keys = api_keys::validate(raw.api_keys)?;
         let secret_key = raw.secret_key.map(SecretString::new);
         if let Some(k) = &secret_key {
             crate::keys::KeyRing::parse(k.expose())
@@ -641,6 +647,7 @@ impl Config {
         Ok(Self {
             two_factor,
             gateway,
+            api_keys,
             secret_key,
             data_dir,
             secret_key_file,
@@ -1375,5 +1382,95 @@ mod tests {
         assert_eq!(err.key, "passwords.pbkdf2_rounds");
         let err = load("[passwords]\nargon2_memory_kib = 64\n", &[]).unwrap_err();
         assert_eq!(err.key, "passwords.argon2_memory_kib");
+    }
+
+    #[test]
+    fn api_key_lifetimes_take_the_strictest_group() {
+        let c = Config::load(None, &[], &CliOverrides::default()).unwrap();
+        assert_eq!(c.api_keys.max_days_for(&["internal"]), Some(365));
+        assert_eq!(c.api_keys.default_days_for(&["internal"]), Some(90));
+        assert_eq!(c.api_keys.flush_secs, 60);
+        let c = load(
+            "[api_keys]\nmax_days = 180\n[api_keys.groups.portal]\nmax_days = 30\n\
+             [api_keys.groups.admins]\nmax_days = 60\n[api_keys.groups.internal]\nmax_days = 400\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            c.api_keys.max_days_for(&["internal"]),
+            Some(180),
+            "a group only tightens"
+        );
+        assert_eq!(c.api_keys.max_days_for(&["admins", "portal"]), Some(30));
+        assert_eq!(c.api_keys.default_days_for(&["portal"]), Some(30));
+        assert_eq!(c.api_keys.default_days_for(&["admins"]), Some(60));
+        assert_eq!(c.api_keys.default_days_for::<&str>(&[]), Some(90));
+        let c = load("[api_keys]\nmax_days = 0\ndefault_days = 0\n", &[]).unwrap();
+        assert_eq!(c.api_keys.max_days_for(&["internal"]), None, "no maximum");
+        assert_eq!(
+            c.api_keys.default_days_for(&["internal"]),
+            None,
+            "never expires"
+        );
+        let c = load(
+            "[api_keys]\nmax_days = 0\ndefault_days = 0\n[api_keys.groups.portal]\nmax_days = 7\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.api_keys.default_days_for(&["portal"]), Some(7));
+        let c = load("[api_keys]\nmax_days = 30\n", &[]).unwrap();
+        assert_eq!(
+            c.api_keys.default_days, 30,
+            "the default follows a smaller maximum"
+        );
+        let c = load("", &[("BULWARK_API_KEYS__FLUSH_SECS", "5")]).unwrap();
+        assert_eq!(c.api_keys.flush_secs, 5);
+        assert!(c.to_redacted_toml().contains("[api_keys]"));
+    }
+
+    #[test]
+    fn api_key_settings_are_checked_naming_the_key() {
+        for (text, key) in [
+            ("[api_keys]\nmax_days = 4000\n", "api_keys.max_days"),
+            ("[api_keys]\nmax_days = -1\n", "api_keys.max_days"),
+            (
+                "[api_keys]\nmax_days = 30\ndefault_days = 31\n",
+                "api_keys.default_days",
+            ),
+            ("[api_keys]\ndefault_days = 0\n", "api_keys.default_days"),
+            (
+                "[api_keys]\nmax_days = 0\ndefault_days = 5000\n",
+                "api_keys.default_days",
+            ),
+            ("[api_keys]\nflush_secs = 0\n", "api_keys.flush_secs"),
+            ("[api_keys]\nflush_secs = 7200\n", "api_keys.flush_secs"),
+            ("[api_keys]\nmax_per_user = 0\n", "api_keys.max_per_user"),
+            ("[api_keys]\nmax_dayz = 3\n", "api_keys.max_dayz"),
+            (
+                "[api_keys.groups.portal]\nmax_days = 0\n",
+                "api_keys.groups.portal.max_days",
+            ),
+            (
+                "[api_keys.groups.portal]\n",
+                "api_keys.groups.portal.max_days",
+            ),
+            (
+                "[api_keys.groups.portal]\nmin_days = 3\n",
+                "api_keys.groups.portal.min_days",
+            ),
+            (
+                "[api_keys.groups.Portal]\nmax_days = 3\n",
+                "api_keys.groups.Portal",
+            ),
+            (
+                "[api_keys.groups.\"a b\"]\nmax_days = 3\n",
+                "api_keys.groups.a b",
+            ),
+        ] {
+            let err = load(text, &[]).unwrap_err();
+            assert_eq!(err.key, key, "{text}: {err}");
+        }
+        let err = load("", &[("BULWARK_API_KEYS__FLUSH_SECS", "soon")]).unwrap_err();
+        assert_eq!(err.key, "api_keys.flush_secs");
     }
 }

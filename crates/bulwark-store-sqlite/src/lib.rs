@@ -2,6 +2,7 @@
 
 use async_trait::async_trait;
 use bulwark_core::account::{Email, GroupName, Login};
+use bulwark_core::api_key::{ApiKeyDigest, Scopes};
 use bulwark_core::password::hash::PasswordHash;
 use bulwark_core::token::TokenHash;
 use bulwark_core::UnixTime;
@@ -1201,6 +1202,131 @@ impl TrustedDeviceStore for SqliteStore {
             .await
             .map_err(map_err)?;
         Ok(r.rows_affected())
+    }
+}
+
+const API_KEY_COLUMNS: &str =
+    "id, user_id, name, display_prefix, scopes, created_at, expires_at, last_used_at, revoked_at";
+
+fn api_key_from_row(row: &SqliteRow) -> Result<ApiKeyRecord, sqlx::Error> {
+    let scopes: String = row.try_get("scopes")?;
+    Ok(ApiKeyRecord {
+        id: row.try_get("id")?,
+        user: row.try_get("user_id")?,
+        name: row.try_get("name")?,
+        display_prefix: row.try_get("display_prefix")?,
+        scopes: Scopes::from_stored(&scopes),
+        created_at: row.try_get("created_at")?,
+        expires_at: row.try_get("expires_at")?,
+        last_used_at: row.try_get("last_used_at")?,
+        revoked_at: row.try_get("revoked_at")?,
+    })
+}
+
+#[async_trait]
+impl ApiKeyStore for SqliteStore {
+    async fn insert_api_key(&self, k: &NewApiKey) -> StoreResult<ApiKeyRecord> {
+        let row = sqlx::query(&format!(
+            "INSERT INTO api_keys (user_id, name, digest, display_prefix, scopes, created_at, expires_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING {API_KEY_COLUMNS}"
+        ))
+        .bind(k.user)
+        .bind(k.name.as_str())
+        .bind(k.digest.as_str())
+        .bind(&k.display_prefix)
+        .bind(k.scopes.to_stored())
+        .bind(k.created_at)
+        .bind(k.expires_at)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(map_err)?;
+        api_key_from_row(&row).map_err(map_err)
+    }
+
+    async fn find_api_key(&self, digest: &ApiKeyDigest) -> StoreResult<Option<ApiKeyRecord>> {
+        let row = sqlx::query(&format!(
+            "SELECT {API_KEY_COLUMNS} FROM api_keys WHERE digest = ?"
+        ))
+        .bind(digest.as_str())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(map_err)?;
+        row.as_ref()
+            .map(api_key_from_row)
+            .transpose()
+            .map_err(map_err)
+    }
+
+    async fn list_user_api_keys(&self, user: UserId) -> StoreResult<Vec<ApiKeyRecord>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {API_KEY_COLUMNS} FROM api_keys WHERE user_id = ? ORDER BY created_at DESC, id DESC"
+        ))
+        .bind(user)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err)?;
+        rows.iter()
+            .map(api_key_from_row)
+            .collect::<Result<_, _>>()
+            .map_err(map_err)
+    }
+
+    async fn list_api_keys(&self) -> StoreResult<Vec<ApiKeyRecord>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {API_KEY_COLUMNS} FROM api_keys ORDER BY user_id, created_at DESC, id DESC"
+        ))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err)?;
+        rows.iter()
+            .map(api_key_from_row)
+            .collect::<Result<_, _>>()
+            .map_err(map_err)
+    }
+
+    async fn revoke_api_key(&self, user: UserId, id: i64, at: UnixTime) -> StoreResult<bool> {
+        let r = sqlx::query(
+            "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND user_id = ? AND revoked_at IS NULL",
+        )
+        .bind(at)
+        .bind(id)
+        .bind(user)
+        .execute(&self.pool)
+        .await
+        .map_err(map_err)?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn revoke_user_api_keys(&self, user: UserId, at: UnixTime) -> StoreResult<u64> {
+        let r = sqlx::query(
+            "UPDATE api_keys SET revoked_at = ? WHERE user_id = ? AND revoked_at IS NULL",
+        )
+        .bind(at)
+        .bind(user)
+        .execute(&self.pool)
+        .await
+        .map_err(map_err)?;
+        Ok(r.rows_affected())
+    }
+
+    async fn update_api_keys_last_used(&self, uses: &[(i64, UnixTime)]) -> StoreResult<()> {
+        if uses.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        for (id, at) in uses {
+            sqlx::query(
+                "UPDATE api_keys SET last_used_at = ? \
+                 WHERE id = ? AND (last_used_at IS NULL OR last_used_at < ?)",
+            )
+            .bind(at)
+            .bind(id)
+            .bind(at)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        }
+        tx.commit().await.map_err(map_err)
     }
 }
 

@@ -9,6 +9,7 @@
 
 use crate::*;
 use bulwark_core::account::{DisplayName, Email, GroupName, Login};
+use bulwark_core::api_key::{ApiKey, KeyName, Scopes};
 use bulwark_core::password::hash::PasswordHash;
 use bulwark_core::token::TokenHash;
 
@@ -32,7 +33,10 @@ macro_rules! store_contract_tests {
             pending_totp_is_replaced_until_confirmed, totp_step_only_moves_forward, concurrent_totp_use_succeeds_once,
             totp_secret_rotation_checks_the_old_key, recovery_codes_work_once_and_are_replaced,
             concurrent_recovery_code_use_succeeds_once, email_codes_are_single_use_and_expire,
-            trusted_devices_are_listed_touched_and_revoked, second_factors_go_with_the_user);
+            trusted_devices_are_listed_touched_and_revoked, second_factors_go_with_the_user,
+            api_keys_are_found_by_digest_and_listed, api_key_names_are_unique_among_live_keys,
+            api_keys_are_revoked_once, api_key_last_use_moves_forward_in_bulk,
+            api_keys_go_with_the_user);
     };
     (@each $make:expr; $($name:ident),* $(,)?) => {
         $(
@@ -1121,6 +1125,177 @@ pub async fn second_factors_go_with_the_user(s: &dyn Store) {
             .unwrap(),
         None
     );
+}
+
+fn api_key(user: UserId, name: &str, at: i64) -> (ApiKey, NewApiKey) {
+    let key = ApiKey::generate();
+    let new = NewApiKey {
+        user,
+        name: KeyName::parse(name).unwrap(),
+        digest: key.digest(),
+        display_prefix: key.display_prefix(),
+        scopes: Scopes::parse(&["gateway", "api:read"]).unwrap(),
+        created_at: at,
+        expires_at: Some(at + 86_400),
+    };
+    (key, new)
+}
+
+pub async fn api_keys_are_found_by_digest_and_listed(s: &dyn Store) {
+    let u = s.insert_user(&new_user("fay")).await.unwrap();
+    let other = s.insert_user(&new_user("gus")).await.unwrap();
+    let (k1, n1) = api_key(u.id, "nightly sync", T0);
+    let rec = s.insert_api_key(&n1).await.unwrap();
+    assert_eq!(
+        (
+            rec.user,
+            rec.name.as_str(),
+            rec.display_prefix.as_str(),
+            rec.scopes,
+            rec.created_at,
+            rec.expires_at,
+            rec.last_used_at,
+            rec.revoked_at
+        ),
+        (
+            u.id,
+            "nightly sync",
+            k1.display_prefix().as_str(),
+            n1.scopes,
+            T0,
+            Some(T0 + 86_400),
+            None,
+            None
+        )
+    );
+    assert_eq!(
+        s.find_api_key(&k1.digest()).await.unwrap(),
+        Some(rec.clone())
+    );
+    assert_eq!(
+        s.find_api_key(&ApiKey::generate().digest()).await.unwrap(),
+        None
+    );
+    let (_, mut n2) = api_key(u.id, "forever", T0 + 10);
+    n2.expires_at = None;
+    n2.scopes = Scopes::parse(&["api:write"]).unwrap();
+    let rec2 = s.insert_api_key(&n2).await.unwrap();
+    assert_eq!((rec2.expires_at, rec2.scopes), (None, n2.scopes));
+    let (_, n3) = api_key(other.id, "nightly sync", T0 + 5);
+    let rec3 = s.insert_api_key(&n3).await.unwrap();
+    let mine: Vec<i64> = s
+        .list_user_api_keys(u.id)
+        .await
+        .unwrap()
+        .iter()
+        .map(|k| k.id)
+        .collect();
+    assert_eq!(mine, vec![rec2.id, rec.id], "newest first");
+    let all: Vec<i64> = s
+        .list_api_keys()
+        .await
+        .unwrap()
+        .iter()
+        .map(|k| k.id)
+        .collect();
+    assert_eq!(
+        all,
+        vec![rec2.id, rec.id, rec3.id],
+        "by user, then newest first"
+    );
+}
+
+pub async fn api_key_names_are_unique_among_live_keys(s: &dyn Store) {
+    let u = s.insert_user(&new_user("hal")).await.unwrap();
+    let other = s.insert_user(&new_user("ida")).await.unwrap();
+    let (_, n1) = api_key(u.id, "deploy", T0);
+    let rec = s.insert_api_key(&n1).await.unwrap();
+    let (_, twin) = api_key(u.id, "deploy", T0 + 1);
+    let err = s.insert_api_key(&twin).await.unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+    let (_, same_digest) = api_key(u.id, "other", T0 + 1);
+    let same_digest = NewApiKey {
+        digest: n1.digest.clone(),
+        ..same_digest
+    };
+    let err = s.insert_api_key(&same_digest).await.unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+    let (_, theirs) = api_key(other.id, "deploy", T0 + 1);
+    s.insert_api_key(&theirs).await.unwrap();
+    // Once revoked, the name is free again.
+    assert!(s.revoke_api_key(u.id, rec.id, T0 + 2).await.unwrap());
+    s.insert_api_key(&twin).await.unwrap();
+}
+
+pub async fn api_keys_are_revoked_once(s: &dyn Store) {
+    let u = s.insert_user(&new_user("jan")).await.unwrap();
+    let other = s.insert_user(&new_user("kim")).await.unwrap();
+    let (k1, n1) = api_key(u.id, "one", T0);
+    let rec = s.insert_api_key(&n1).await.unwrap();
+    assert!(
+        !s.revoke_api_key(other.id, rec.id, T0 + 1).await.unwrap(),
+        "not theirs"
+    );
+    assert!(!s.revoke_api_key(u.id, 4242, T0 + 1).await.unwrap());
+    assert!(s.revoke_api_key(u.id, rec.id, T0 + 2).await.unwrap());
+    assert!(
+        !s.revoke_api_key(u.id, rec.id, T0 + 3).await.unwrap(),
+        "once"
+    );
+    let found = s.find_api_key(&k1.digest()).await.unwrap().unwrap();
+    assert_eq!(found.revoked_at, Some(T0 + 2), "kept, marked revoked");
+    for name in ["two", "three"] {
+        let (_, n) = api_key(u.id, name, T0 + 4);
+        s.insert_api_key(&n).await.unwrap();
+    }
+    let (_, theirs) = api_key(other.id, "theirs", T0);
+    let theirs = s.insert_api_key(&theirs).await.unwrap();
+    assert_eq!(s.revoke_user_api_keys(u.id, T0 + 5).await.unwrap(), 2);
+    assert_eq!(s.revoke_user_api_keys(u.id, T0 + 6).await.unwrap(), 0);
+    let keys = s.list_user_api_keys(u.id).await.unwrap();
+    assert_eq!(keys.len(), 3);
+    assert!(keys.iter().all(|k| k.revoked_at.is_some()));
+    assert_eq!(
+        keys.iter().find(|k| k.id == rec.id).unwrap().revoked_at,
+        Some(T0 + 2),
+        "an earlier revocation keeps its time"
+    );
+    let theirs_now = s.list_user_api_keys(other.id).await.unwrap();
+    assert_eq!(theirs_now, vec![theirs]);
+}
+
+pub async fn api_key_last_use_moves_forward_in_bulk(s: &dyn Store) {
+    let u = s.insert_user(&new_user("lou")).await.unwrap();
+    let (k1, n1) = api_key(u.id, "a", T0);
+    let (k2, n2) = api_key(u.id, "b", T0);
+    let r1 = s.insert_api_key(&n1).await.unwrap();
+    let r2 = s.insert_api_key(&n2).await.unwrap();
+    s.update_api_keys_last_used(&[]).await.unwrap();
+    s.update_api_keys_last_used(&[(r1.id, T0 + 10), (r2.id, T0 + 5), (4242, T0 + 7)])
+        .await
+        .unwrap();
+    let last = |k: &ApiKey| {
+        let digest = k.digest();
+        async move { s.find_api_key(&digest).await.unwrap().unwrap().last_used_at }
+    };
+    assert_eq!(last(&k1).await, Some(T0 + 10));
+    assert_eq!(last(&k2).await, Some(T0 + 5));
+    // Another node flushing an older use afterwards does not move it back.
+    s.update_api_keys_last_used(&[(r1.id, T0 + 3), (r2.id, T0 + 20)])
+        .await
+        .unwrap();
+    assert_eq!(last(&k1).await, Some(T0 + 10));
+    assert_eq!(last(&k2).await, Some(T0 + 20));
+}
+
+pub async fn api_keys_go_with_the_user(s: &dyn Store) {
+    let u = s.insert_user(&new_user("max")).await.unwrap();
+    let (k1, n1) = api_key(u.id, "a", T0);
+    s.insert_api_key(&n1).await.unwrap();
+    s.delete_user(u.id).await.unwrap();
+    assert_eq!(s.find_api_key(&k1.digest()).await.unwrap(), None);
+    assert!(s.list_user_api_keys(u.id).await.unwrap().is_empty());
+    assert!(s.list_api_keys().await.unwrap().is_empty());
 }
 
 /// Polls futures concurrently without pulling in an executor utility crate.

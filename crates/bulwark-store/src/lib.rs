@@ -11,6 +11,7 @@ pub use records::*;
 
 use async_trait::async_trait;
 use bulwark_core::account::{Email, GroupName, Login};
+use bulwark_core::api_key::ApiKeyDigest;
 use bulwark_core::password::hash::PasswordHash;
 use bulwark_core::token::TokenHash;
 use bulwark_core::UnixTime;
@@ -283,6 +284,27 @@ pub trait MailStore: Send + Sync {
     ) -> StoreResult<()>;
 }
 
+/// API keys, found by the digest of the whole key.
+#[async_trait]
+pub trait ApiKeyStore: Send + Sync {
+    /// Stores a key; `Conflict` if the digest is taken or the user already has a key of that
+    /// name that is not revoked.
+    async fn insert_api_key(&self, key: &NewApiKey) -> StoreResult<ApiKeyRecord>;
+    /// The key with this digest, revoked and expired ones included: one indexed read.
+    async fn find_api_key(&self, digest: &ApiKeyDigest) -> StoreResult<Option<ApiKeyRecord>>;
+    /// A user's keys, newest first, revoked ones included.
+    async fn list_user_api_keys(&self, user: UserId) -> StoreResult<Vec<ApiKeyRecord>>;
+    /// Every key of every user, by user id, then newest first.
+    async fn list_api_keys(&self) -> StoreResult<Vec<ApiKeyRecord>>;
+    /// Revokes one of the user's keys at `at`; false if it is not theirs or already revoked.
+    async fn revoke_api_key(&self, user: UserId, id: i64, at: UnixTime) -> StoreResult<bool>;
+    /// Revokes every key of the user not yet revoked; returns how many.
+    async fn revoke_user_api_keys(&self, user: UserId, at: UnixTime) -> StoreResult<u64>;
+    /// Records the last use of many keys in one write. A time never moves backwards (nodes
+    /// flush in any order); ids that no longer exist are skipped.
+    async fn update_api_keys_last_used(&self, uses: &[(i64, UnixTime)]) -> StoreResult<()>;
+}
+
 /// Everything a Bulwark node needs from its database.
 #[async_trait]
 pub trait Store:
@@ -294,6 +316,7 @@ pub trait Store:
     + MailStore
     + TwoFactorStore
     + TrustedDeviceStore
+    + ApiKeyStore
 {
     /// Brings the schema to the newest version this build knows.
     async fn migrate(&self) -> StoreResult<()>;

@@ -1,6 +1,7 @@
 //! Records read from and written to the store.
 
 use bulwark_core::account::{DisplayName, Email, GroupName, Login};
+use bulwark_core::api_key::{ApiKeyDigest, KeyName, Scopes};
 use bulwark_core::password::hash::PasswordHash;
 use bulwark_core::token::TokenHash;
 use bulwark_core::UnixTime;
@@ -313,4 +314,33 @@ pub struct TrustedDeviceRecord {
     pub last_used_at: UnixTime,
     pub last_ip: Option<String>,
     pub expires_at: UnixTime,
+}
+
+/// An API key to store: only its digest, never the key.
+#[derive(Debug, Clone)]
+pub struct NewApiKey {
+    pub user: UserId,
+    pub name: KeyName,
+    pub digest: ApiKeyDigest,
+    /// `bwk_` and the first symbols of the key, for listings.
+    pub display_prefix: String,
+    pub scopes: Scopes,
+    pub created_at: UnixTime,
+    /// None: never expires.
+    pub expires_at: Option<UnixTime>,
+}
+
+/// A stored API key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKeyRecord {
+    pub id: i64,
+    pub user: UserId,
+    pub name: String,
+    pub display_prefix: String,
+    pub scopes: Scopes,
+    pub created_at: UnixTime,
+    pub expires_at: Option<UnixTime>,
+    /// As last flushed by a node; a node's own recent uses may be newer (see the server).
+    pub last_used_at: Option<UnixTime>,
+    pub revoked_at: Option<UnixTime>,
 }

@@ -695,7 +695,7 @@ impl App {
             .await
     }
 
-    async fn check_own_password(
+    pub(crate) async fn check_own_password(
         &self,
         user: &UserRecord,
         password: String,

@@ -144,8 +144,10 @@ impl App {
         self.store.update_active(user.id, active).await?;
         self.store.delete_user_sessions(user.id, None).await?;
         if !active {
-            // Re-enabling later must not bring back browsers that skip the second step.
+            // Re-enabling later must not bring back browsers that skip the second step, nor
+            // keys that programs (or whoever copied them) still hold.
             self.store.delete_user_trusted_devices(user.id).await?;
+            self.store.revoke_user_api_keys(user.id, now).await?;
         }
         let event = if active {
             "user_enabled"

@@ -17,18 +17,36 @@
 //! session ended on this node stops passing at the next request, one ended on another node
 //! within that bound. It never writes on its own, apart from the throttled `last_seen` touch
 //! every session gets, and never hashes a password.
+//!
+//! API keys. Programs present a key as `Authorization: Bearer bwk_…`, or as the password of
+//! HTTP Basic (any user name) for clients that can only do Basic. A key is looked up only
+//! when the rules may accept one: an `api_key` rule, or a rule for some users (subjects)
+//! when there is no session, to learn who is asking. It is then checked for the `gateway`
+//! scope, and the rules are decided again with its owner as the requester, so subject rules
+//! apply to the key's owner. A key passes only `api_key` rules (and `bypass`): a key is not
+//! a browser session and never satisfies `one_factor` or `two_factor`, whatever second
+//! factor its owner has. Anything wrong with a key (missing, malformed, unknown, revoked,
+//! expired, its owner disabled, no `gateway` scope) gets the same 401 with
+//! `WWW-Authenticate` and no `Location`; the reason is logged, never the key. Checking a key
+//! reads the store twice and writes nothing (its last use is kept in memory, see
+//! `services::api_keys`).
 
 use super::extract::{client_ip, cookie_name, get_cookie};
 use super::pages::url_encode;
 use crate::app::App;
+use crate::services::api_keys::KeyCheck;
 use crate::services::auth::CurrentSession;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
 use bulwark_core::access::{normalize_path, Decision, Identity, Policy, Target};
+use bulwark_core::api_key::{self, Scope};
 use bulwark_core::enforcement::Standing;
 use bulwark_core::redirect::safe_return_url;
 use bulwark_store::SessionStage;
+use bulwark_store::UserRecord;
 use std::net::{IpAddr, SocketAddr};
 
 /// Which proxy convention a request follows.
@@ -152,13 +170,19 @@ async fn check(app: &App, peer: Option<IpAddr>, headers: &HeaderMap, flavor: Fla
     let decision = app.config.gateway.compiled.decide(&t, identity.as_ref());
     let policy = match decision {
         Decision::Apply { policy, .. } => policy,
-        // Only reached without a session: a rule for some users, so log in first.
-        Decision::NeedsIdentity { .. } => Policy::OneFactor,
+        // Only reached without a session: a rule for some users. A program that presents a
+        // key is identified by it; a browser logs in first.
+        Decision::NeedsIdentity { .. } => match credential(headers) {
+            Credential::Key(_) | Credential::Malformed => {
+                return api_key_check(app, headers, &t).await
+            }
+            Credential::None => Policy::OneFactor,
+        },
     };
     match policy {
         Policy::Bypass => StatusCode::OK.into_response(),
         Policy::Deny => forbidden("denied by the access rules"),
-        Policy::ApiKey => unauthorized_api(),
+        Policy::ApiKey => api_key_check(app, headers, &t).await,
         Policy::OneFactor | Policy::TwoFactor => match session {
             None => login_redirect(app, &target, flavor),
             Some(s) => {
@@ -184,8 +208,107 @@ async fn check(app: &App, peer: Option<IpAddr>, headers: &HeaderMap, flavor: Fla
     }
 }
 
-/// 200 with the identity headers.
+/// Longest `Authorization` header read; a key in Basic form needs about 80 bytes.
+const MAX_AUTHORIZATION: usize = 1024;
+
+/// What the request's `Authorization` header offers.
+#[derive(Debug, PartialEq, Eq)]
+enum Credential {
+    /// No header, or a credential that is not meant as an API key (another scheme, another
+    /// kind of token): the request is not asking as an API key holder.
+    None,
+    /// Something with the key prefix, as a Bearer token or a Basic password; not yet checked.
+    Key(String),
+    /// A header that cannot be read (several, not text, too long, bad Basic encoding).
+    Malformed,
+}
+
+/// Reads `Authorization: Bearer bwk_…` or `Authorization: Basic base64(any:bwk_…)`.
+fn credential(headers: &HeaderMap) -> Credential {
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    let Some(value) = values.next() else {
+        return Credential::None;
+    };
+    if values.next().is_some() || value.len() > MAX_AUTHORIZATION {
+        return Credential::Malformed;
+    }
+    let Ok(value) = value.to_str() else {
+        return Credential::Malformed;
+    };
+    let (scheme, rest) = value.trim().split_once(' ').unwrap_or((value.trim(), ""));
+    let rest = rest.trim();
+    let presented = if scheme.eq_ignore_ascii_case("bearer") {
+        rest.to_string()
+    } else if scheme.eq_ignore_ascii_case("basic") {
+        let decoded = STANDARD
+            .decode(rest)
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok());
+        match decoded.as_deref().and_then(|d| d.split_once(':')) {
+            Some((_user, password)) => password.to_string(),
+            None => return Credential::Malformed,
+        }
+    } else {
+        return Credential::None;
+    };
+    if api_key::looks_like_key(&presented) {
+        Credential::Key(presented)
+    } else {
+        Credential::None
+    }
+}
+
+/// An `api_key` rule (or a subject rule met by a program): the key must be valid for the
+/// gateway, and the rules, decided again with its owner, must still ask for a key.
+async fn api_key_check(app: &App, headers: &HeaderMap, t: &Target<'_>) -> Response {
+    let presented = match credential(headers) {
+        Credential::Key(k) => k,
+        Credential::None => return unauthorized_api(),
+        Credential::Malformed => {
+            tracing::info!("forward-auth: unreadable Authorization header");
+            return unauthorized_api();
+        }
+    };
+    let key = match app.authenticate_api_key(&presented, Scope::Gateway).await {
+        Ok(KeyCheck::Valid(k)) => k,
+        Ok(KeyCheck::Refused(why)) => {
+            tracing::info!(reason = why.as_str(), "forward-auth: API key refused");
+            return unauthorized_api();
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "forward-auth: cannot check the API key");
+            return (StatusCode::SERVICE_UNAVAILABLE, "store unavailable\n").into_response();
+        }
+    };
+    let owner = Identity {
+        login: &key.user.login,
+        groups: &key.user.groups,
+    };
+    match app.config.gateway.compiled.decide(t, Some(&owner)) {
+        Decision::Apply {
+            policy: Policy::ApiKey,
+            ..
+        } => identity_headers(&key.user),
+        Decision::Apply {
+            policy: Policy::Bypass,
+            ..
+        } => StatusCode::OK.into_response(),
+        Decision::Apply {
+            policy: Policy::Deny,
+            ..
+        } => forbidden("denied by the access rules"),
+        // A browser rule for this owner: a key is not a session.
+        _ => unauthorized_api(),
+    }
+}
+
+/// 200 with the identity headers of a session.
 fn allowed(s: &CurrentSession) -> Response {
+    identity_headers(&s.user)
+}
+
+/// 200 with the identity headers.
+fn identity_headers(user: &UserRecord) -> Response {
     let mut res = StatusCode::OK.into_response();
     let h = res.headers_mut();
     let mut set = |name: &'static str, value: &str| {
@@ -194,10 +317,10 @@ fn allowed(s: &CurrentSession) -> Response {
             h.insert(HeaderName::from_static(name), v);
         }
     };
-    set("remote-user", &s.user.login);
-    set("remote-groups", &s.user.groups.join(","));
-    set("remote-email", s.user.email.as_deref().unwrap_or(""));
-    set("remote-name", &s.user.display_name);
+    set("remote-user", &user.login);
+    set("remote-groups", &user.groups.join(","));
+    set("remote-email", user.email.as_deref().unwrap_or(""));
+    set("remote-name", &user.display_name);
     res
 }
 
@@ -286,6 +409,66 @@ mod tests {
             (o.host.as_str(), o.path.as_str()),
             ("odoo.example.com", "/web/static/x.css")
         );
+    }
+
+    fn auth(value: &[u8]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_bytes(value).unwrap(),
+        );
+        h
+    }
+
+    #[test]
+    fn credentials_are_read_from_bearer_and_basic() {
+        let key = "bwk_0123456789abcdefghjkmnpqrstvwxyz01234567";
+        let want = Credential::Key(key.into());
+        assert_eq!(credential(&auth(format!("Bearer {key}").as_bytes())), want);
+        assert_eq!(
+            credential(&auth(format!("bearer   {key} ").as_bytes())),
+            want
+        );
+        let basic = |s: &str| format!("Basic {}", STANDARD.encode(s));
+        assert_eq!(
+            credential(&auth(basic(&format!("alice:{key}")).as_bytes())),
+            want
+        );
+        assert_eq!(
+            credential(&auth(basic(&format!(":{key}")).as_bytes())),
+            want
+        );
+        assert_eq!(
+            credential(&auth(basic("x:bwk_short").as_bytes())),
+            Credential::Key("bwk_short".into()),
+            "checked later, refused there"
+        );
+        // Credentials that are not API keys leave the request a browser's.
+        assert_eq!(credential(&HeaderMap::new()), Credential::None);
+        assert_eq!(credential(&auth(b"Bearer eyJhbGciOi")), Credential::None);
+        assert_eq!(
+            credential(&auth(basic("alice:hunter2").as_bytes())),
+            Credential::None
+        );
+        assert_eq!(credential(&auth(b"Digest username=x")), Credential::None);
+        assert_eq!(credential(&auth(b"Bearer")), Credential::None);
+        for bad in [
+            &b"Basic !!!"[..],
+            b"Basic",
+            b"Basic YWxpY2U=",
+            b"Basic /w==",
+            b"Bearer \xff\xfe",
+        ] {
+            assert_eq!(credential(&auth(bad)), Credential::Malformed, "{bad:?}");
+        }
+        let long = format!("Bearer bwk_{}", "a".repeat(2000));
+        assert_eq!(credential(&auth(long.as_bytes())), Credential::Malformed);
+        let mut two = auth(format!("Bearer {key}").as_bytes());
+        two.append(
+            header::AUTHORIZATION,
+            HeaderValue::from_str(&format!("Bearer {key}")).unwrap(),
+        );
+        assert_eq!(credential(&two), Credential::Malformed);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! Handlers translate; services decide.
 
 mod api;
+mod api_keys;
 mod error;
 mod extract;
 mod gateway;
@@ -74,6 +75,14 @@ pub fn router(app: App) -> Router {
             post(security::devices_revoke_all_post),
         )
         .nest("/api/v1", api::routes())
+        .route(
+            "/account/api-keys",
+            get(api_keys::api_keys_get).post(api_keys::api_keys_post),
+        )
+        .route(
+            "/account/api-keys/revoke",
+            post(api_keys::api_key_revoke_post),
+        )
         .fallback(pages::not_found)
         .layer(DefaultBodyLimit::max(limit))
         .layer(middleware::from_fn_with_state(

@@ -1251,3 +1251,178 @@ fn serve_refuses_a_key_file_that_cannot_open_the_stored_secrets() {
     admin_ok(root, &["user", "reset-2fa", "alice"], None);
     drop(Server::start(root, &[]));
 }
+
+// ---------------------------------------------------------------------------------------
+// API keys
+
+/// The proxy on loopback, RPC paths needing a key, last use written every second.
+const API_KEY_CONFIG: &str = r#"
+[server]
+trusted_proxies = ["127.0.0.1"]
+
+[[gateway.rules]]
+hosts = ["odoo.example.com"]
+paths = ["/xmlrpc/*"]
+policy = "api_key"
+
+[api_keys]
+flush_secs = 1
+"#;
+
+/// Asks the running server's `auth-request` endpoint about an XML-RPC call, as nginx does.
+fn ask_gateway(port: u16, authorization: Option<&str>) -> Response {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream.set_read_timeout(Some(DEADLINE)).expect("timeout");
+    let mut req = format!(
+        "GET /api/authz/auth-request HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\
+         X-Original-URL: https://odoo.example.com/xmlrpc/2/object\r\nX-Original-Method: POST\r\n"
+    );
+    if let Some(a) = authorization {
+        req.push_str(&format!("Authorization: {a}\r\n"));
+    }
+    req.push_str("\r\n");
+    stream.write_all(req.as_bytes()).expect("write");
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).expect("read");
+    parse_response(&raw).expect("an HTTP response")
+}
+
+/// Every subject line in the outbox.
+fn outbox_subjects(outbox: &Path) -> Vec<String> {
+    std::fs::read_dir(outbox)
+        .map(|dir| {
+            dir.filter_map(Result::ok)
+                .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+                .filter_map(|m| {
+                    m.lines()
+                        .find_map(|l| l.strip_prefix("Subject: ").map(str::to_string))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn api_keys_from_the_command_line_open_the_gateway_until_revoked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let config = root.join("bulwark.toml");
+    std::fs::write(&config, API_KEY_CONFIG).unwrap();
+    let config = config.to_str().unwrap().to_string();
+    let apikey = |args: &[&str]| {
+        let mut all = vec!["apikey"];
+        all.extend_from_slice(args);
+        run(admin(root, &all).env("BULWARK_CONFIG", &config), None)
+    };
+    add_user(root, "alice", STRONG);
+
+    let r = apikey(&[
+        "create", "alice", "--name", "deploy", "--scope", "gateway", "--days", "30",
+    ]);
+    assert!(r.success(), "{r:?}");
+    let key = r.stdout.trim_end().to_string();
+    assert_eq!(
+        r.stdout,
+        format!("{key}\n"),
+        "the key alone on standard output"
+    );
+    assert!(key.starts_with("bwk_") && key.len() == 44, "{key}");
+    assert!(
+        r.stderr.contains("\"deploy\" for alice") && r.stderr.contains("shown only once"),
+        "{r:?}"
+    );
+    for (args, want) in [
+        (
+            &["create", "nobody", "--name", "x", "--scope", "gateway"][..],
+            "no such user",
+        ),
+        (
+            &["create", "alice", "--name", "x", "--scope", "root"],
+            "is not a scope",
+        ),
+        (
+            &[
+                "create", "alice", "--name", "x", "--scope", "gateway", "--days", "400",
+            ],
+            "at most 365 days",
+        ),
+        (
+            &["create", "alice", "--name", "deploy", "--scope", "gateway"],
+            "already a key named",
+        ),
+        (
+            &["revoke", "alice", "nightly"],
+            "no API key named or numbered `nightly`",
+        ),
+        (&["revoke", "nobody", "deploy"], "no such user"),
+    ] {
+        let r = apikey(args);
+        assert_eq!(r.code, Some(1), "{args:?}: {r:?}");
+        assert!(r.stderr.contains(want), "{args:?}: {r:?}");
+        assert!(!r.stdout.contains("bwk_"), "{args:?}: {r:?}");
+    }
+
+    let server = Server::start(root, &[("BULWARK_CONFIG", &config)]);
+    let res = ask_gateway(server.port, Some(&format!("Bearer {key}")));
+    assert_eq!(res.status, 200, "{res:#?}");
+    assert_eq!(res.header("remote-user"), Some("alice"));
+    let basic = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(format!("odoo-db:{key}"))
+    };
+    let res = ask_gateway(server.port, Some(&format!("Basic {basic}")));
+    assert_eq!(res.status, 200, "{res:#?}");
+    let res = ask_gateway(server.port, None);
+    assert_eq!(res.status, 401);
+    assert_eq!(
+        res.header("www-authenticate"),
+        Some("Bearer realm=\"bulwark\"")
+    );
+
+    // The server writes the last use within a second; the CLI reads it from the database.
+    let started = Instant::now();
+    loop {
+        let r = apikey(&["list", "alice"]);
+        assert!(r.success(), "{r:?}");
+        let line = r
+            .stdout
+            .lines()
+            .find(|l| l.contains("deploy"))
+            .unwrap_or_else(|| panic!("{r:?}"));
+        assert!(
+            line.contains(&key[..12]) && line.contains("active"),
+            "{line}"
+        );
+        assert!(!r.stdout.contains(&key), "never the whole key");
+        if line.matches("UTC").count() == 3 {
+            break; // created, expires and last used
+        }
+        assert!(
+            started.elapsed() < DEADLINE,
+            "last use never written: {line}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    let r = apikey(&["revoke", "alice", "deploy"]);
+    assert!(r.success(), "{r:?}");
+    assert!(
+        r.stdout.contains("revoked API key") && r.stdout.contains("\"deploy\" of alice"),
+        "{r:?}"
+    );
+    let res = ask_gateway(server.port, Some(&format!("Bearer {key}")));
+    assert_eq!(res.status, 401, "revoked: refused at the next request");
+    let r = apikey(&["list"]);
+    assert!(
+        r.stdout
+            .lines()
+            .any(|l| l.contains("deploy") && l.ends_with("revoked")),
+        "{r:?}"
+    );
+    let subjects = outbox_subjects(&data_dir(root).join("outbox"));
+    for want in ["A new API key was created", "An API key was revoked"] {
+        assert!(subjects.iter().any(|s| s == want), "{want}: {subjects:?}");
+    }
+    let logs = server.stderr();
+    assert!(!logs.contains(&key[4..]), "no key in the server's log");
+}

@@ -7,6 +7,7 @@
 )]
 
 mod api;
+mod api_keys;
 mod cli;
 mod gateway;
 mod mail;
