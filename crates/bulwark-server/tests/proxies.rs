@@ -152,6 +152,10 @@ fn run(cmd: &mut Command, stdin: Option<&str>) -> (bool, String, String) {
 struct Bulwark {
     _child: ChildGuard,
     port: u16,
+    dir: PathBuf,
+    config: PathBuf,
+    /// An API key of alice's with the `gateway` scope, made with `bulwark apikey create`.
+    api_key: String,
 }
 
 impl Bulwark {
@@ -224,6 +228,21 @@ policy = "two_factor"
             Some(&format!("{PASSWORD}\n")),
         );
         assert!(ok, "user add failed:\n{out}\n{err}");
+        let (ok, api_key, err) = run(
+            &mut bulwark(&[
+                "apikey",
+                "create",
+                LOGIN,
+                "--name",
+                "odoo-script",
+                "--scope",
+                "gateway",
+            ]),
+            None,
+        );
+        assert!(ok, "apikey create failed:\n{api_key}\n{err}");
+        let api_key = api_key.trim().to_string();
+        assert!(api_key.starts_with("bwk_"), "{api_key}");
 
         let log = dir.join("bulwark.log");
         let mut child = ChildGuard(
@@ -243,7 +262,25 @@ policy = "two_factor"
         Self {
             _child: child,
             port,
+            dir: dir.to_path_buf(),
+            config,
+            api_key,
         }
+    }
+
+    /// Runs a `bulwark` admin command against this server's configuration.
+    fn cli(&self, args: &[&str]) -> (bool, String, String) {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_bulwark"));
+        cmd.current_dir(&self.dir)
+            .arg("--config")
+            .arg(&self.config)
+            .args(args);
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("BULWARK_") {
+                cmd.env_remove(name);
+            }
+        }
+        run(&mut cmd, None)
     }
 
     fn base(&self) -> String {
@@ -869,12 +906,14 @@ fn code(secret: &TotpSecret, offset: u64) -> String {
     )
 }
 
-/// Calls `common.version()` like an Odoo script does, from the source address `source`.
-/// Prints one JSON line: the result, or the HTTP error of the call.
+/// Calls `common.version()` like an Odoo script does, from the source address `source`,
+/// with `Authorization: Bearer KEY` when a key is given. Prints one JSON line: the result,
+/// or the HTTP error of the call.
 const XMLRPC_CLIENT: &str = r#"
 import http.client, json, sys, xmlrpc.client
 
 url, source = sys.argv[1], sys.argv[2]
+key = sys.argv[3] if len(sys.argv) > 3 else ""
 
 class BoundTransport(xmlrpc.client.Transport):
     """Connects from a chosen local address (the office network of the access rules)."""
@@ -885,6 +924,11 @@ class BoundTransport(xmlrpc.client.Transport):
         self._connection = host, http.client.HTTPConnection(
             chost, timeout=10, source_address=(source, 0))
         return self._connection[1]
+
+    def send_headers(self, connection, headers):
+        if key:
+            headers = list(headers) + [("Authorization", "Bearer " + key)]
+        super().send_headers(connection, headers)
 
 common = xmlrpc.client.ServerProxy(url + "/xmlrpc/2/common", transport=BoundTransport())
 try:
@@ -898,12 +942,17 @@ except xmlrpc.client.ProtocolError as e:
 "#;
 
 fn xmlrpc_version_call(proxy_port: u16, source: &str) -> String {
+    xmlrpc_version_call_with_key(proxy_port, source, "")
+}
+
+fn xmlrpc_version_call_with_key(proxy_port: u16, source: &str, key: &str) -> String {
     let (ok, out, err) = run(
         Command::new(tool("python3", "python3"))
             .arg("-c")
             .arg(XMLRPC_CLIENT)
             .arg(format!("http://127.0.0.1:{proxy_port}"))
-            .arg(source),
+            .arg(source)
+            .arg(key),
         None,
     );
     assert!(ok, "the XML-RPC client failed:\n{out}\n{err}");
@@ -1108,6 +1157,32 @@ fn journeys(kind: Proxy) {
     let seen = s.upstream.seen("/xmlrpc/2/common");
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].method, "POST");
+
+    // With alice's API key in an Authorization header, the script gets through from anywhere,
+    // and Odoo is told who it is; a wrong key, or the key once revoked, gets the challenge.
+    let out = xmlrpc_version_call_with_key(app, "127.0.0.1", &s.bulwark.api_key);
+    assert_eq!(
+        out,
+        r#"{"result": {"server_version": "17.0", "server_serie": "17.0", "protocol_version": 1, "remote_user": "alice"}}"#,
+        "{kind:?}"
+    );
+    let challenge =
+        r#"{"status": 401, "www_authenticate": "Bearer realm=\"bulwark\"", "location": null}"#;
+    let mut wrong = s.bulwark.api_key.clone();
+    let last = wrong.pop().unwrap();
+    wrong.push(if last == '0' { '1' } else { '0' });
+    assert_eq!(
+        xmlrpc_version_call_with_key(app, "127.0.0.1", &wrong),
+        challenge
+    );
+    let (ok, out, err) = s.bulwark.cli(&["apikey", "revoke", LOGIN, "odoo-script"]);
+    assert!(ok, "apikey revoke failed:\n{out}\n{err}");
+    assert_eq!(
+        xmlrpc_version_call_with_key(app, "127.0.0.1", &s.bulwark.api_key),
+        challenge,
+        "{kind:?}: a revoked key stops at once"
+    );
+    assert_eq!(s.upstream.seen("/xmlrpc/2/common").len(), 2);
 
     // Logging out at the portal ends access at once: the old cookie, replayed, is sent to
     // log in again.
