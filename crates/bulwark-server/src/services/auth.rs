@@ -468,20 +468,20 @@ impl App {
     /// Ends one of the user's own sessions by id.
     pub async fn revoke_own_session(
         &self,
-        current: &CurrentSession,
+        user: &UserRecord,
         id: i64,
         client: &ClientInfo,
     ) -> Result<(), ServiceError> {
         let now = self.now();
-        let sessions = self.store.list_user_sessions(current.user.id).await?;
+        let sessions = self.store.list_user_sessions(user.id).await?;
         if !sessions.iter().any(|s| s.id == id) {
             return Err(ServiceError::NotFound);
         }
         self.store.delete_session(id).await?;
         self.audit(
             Audit::event("session_revoked", "success")
-                .actor(&current.user.login)
-                .subject(&current.user.login)
+                .actor(&user.login)
+                .subject(&user.login)
                 .client(client),
             now,
         )

@@ -815,27 +815,23 @@ impl App {
     /// Forgets one trusted device of the signed-in user.
     pub async fn revoke_trusted_device(
         &self,
-        current: &CurrentSession,
+        user: &UserRecord,
         id: i64,
         client: &ClientInfo,
     ) -> Result<(), ServiceError> {
         let now = self.now();
-        if !self
-            .store
-            .delete_trusted_device(current.user.id, id)
-            .await?
-        {
+        if !self.store.delete_trusted_device(user.id, id).await? {
             return Err(ServiceError::NotFound);
         }
         self.audit(
             Audit::event("trusted_device_revoked", "success")
-                .actor(&current.user.login)
-                .subject(&current.user.login)
+                .actor(&user.login)
+                .subject(&user.login)
                 .client(client),
             now,
         )
         .await;
-        self.mail_user(&current.user, "A trusted device was removed", &format!("A device was removed from the trusted devices of your account {} at {}. It will be asked for a second factor at its next login.", current.user.login, crate::clock::format_time(now)), now).await;
+        self.mail_user(user, "A trusted device was removed", &format!("A device was removed from the trusted devices of your account {} at {}. It will be asked for a second factor at its next login.", user.login, crate::clock::format_time(now)), now).await;
         Ok(())
     }
 

@@ -1,15 +1,22 @@
 //! The JSON API under `/api/v1`.
 //!
-//! Callers authenticate with the session cookie of a full login; unsafe methods (POST, PUT,
-//! PATCH, DELETE) also need the `X-CSRF-Token` header, whose value `GET /api/v1/me` returns.
-//! Admin routes need a member of `admins` whose session passed a second factor.
+//! Callers authenticate with the session cookie of a full login (unsafe methods also need the
+//! `X-CSRF-Token` header, whose value `GET /api/v1/me` returns), or with an API key as
+//! `Authorization: Bearer` (or the HTTP Basic password) with the `api:read` scope, `api:write`
+//! for unsafe methods. Admin routes need a member of `admins` whose session passed a second
+//! factor; an API key never reaches them, and cannot make API keys.
 //!
 //! Errors are `{"error": {"code": "...", "message": "..."}}` with the stable codes of
 //! [`ErrorCode`]. Every route is declared once in [`api_routes!`], which builds both the router
 //! and the OpenAPI document served at `/api/v1/openapi.json`, so the two cannot disagree.
 
 use super::extract::{cookie_name, get_cookie, Client, CsrfCookie};
+use super::gateway::{credential, Credential};
 use crate::app::App;
+use crate::services::api_keys::{
+    ApiKeyView, AuthenticatedKey, ExpiryChoice, KeyActor, KeyCheck, KeyRef, KeyStatus,
+    NewApiKeyInput,
+};
 use crate::services::auth::CurrentSession;
 use crate::services::ServiceError;
 use axum::extract::{FromRequestParts, Path, Query, State};
@@ -19,7 +26,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use bulwark_core::account::GroupName;
+use bulwark_core::api_key::Scope;
 use bulwark_core::enforcement::Standing;
+use bulwark_core::SecretString;
 use bulwark_store::{SessionStage, UserFilter, UserRecord};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -177,29 +186,79 @@ type ApiResult<T = Json<Value>> = Result<T, ApiError>;
 // ---------------------------------------------------------------------------------------
 // Callers
 
-/// A signed-in caller with a full, unrestricted session. Unsafe methods are CSRF-checked.
-pub struct Caller(pub CurrentSession);
+/// Who is calling: a browser session or an API key.
+pub enum Principal {
+    Session(Box<CurrentSession>),
+    Key(Box<AuthenticatedKey>),
+}
 
-/// A signed-in caller who may still owe a password change or an enrolment (`GET /me`, so a
-/// client can tell the user what to do).
-pub struct AnyCaller(pub CurrentSession);
+impl Principal {
+    fn user(&self) -> &UserRecord {
+        match self {
+            Self::Session(s) => &s.user,
+            Self::Key(k) => &k.user,
+        }
+    }
 
-async fn caller(parts: &Parts, app: &App) -> Result<CurrentSession, ApiError> {
-    let unauthorized = || {
-        ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            ErrorCode::Unauthorized,
-            "sign in first (session cookie)",
-        )
-    };
-    let cookie = get_cookie(&parts.headers, &cookie_name(app, "bulwark_session"))
-        .ok_or_else(unauthorized)?;
+    fn session_id(&self) -> Option<i64> {
+        match self {
+            Self::Session(s) => Some(s.session.id),
+            Self::Key(_) => None,
+        }
+    }
+
+    fn key_actor(&self) -> KeyActor<'_> {
+        match self {
+            Self::Session(s) => KeyActor::Session(s),
+            Self::Key(k) => KeyActor::Key(k),
+        }
+    }
+}
+
+/// A caller with a full, unrestricted session, or an API key with the `api:read` scope
+/// (`api:write` for unsafe methods). Unsafe methods by session are CSRF-checked.
+pub struct Caller(pub Principal);
+
+/// Like [`Caller`], but a session that still owes a password change or an enrolment is let
+/// through (`GET /me`, so a client can tell the user what to do).
+pub struct AnyCaller(pub Principal);
+
+fn unauthorized(message: &str) -> ApiError {
+    ApiError::new(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, message)
+}
+
+async fn caller(parts: &Parts, app: &App) -> Result<Principal, ApiError> {
+    let safe = matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
+    match credential(&parts.headers) {
+        Credential::Key(presented) => {
+            let needed = if safe {
+                Scope::ApiRead
+            } else {
+                Scope::ApiWrite
+            };
+            return match app.authenticate_api_key(&presented, needed).await? {
+                KeyCheck::Valid(k) => Ok(Principal::Key(k)),
+                KeyCheck::Refused(why) => {
+                    tracing::info!(reason = why.as_str(), "API: key refused");
+                    Err(unauthorized(&format!(
+                        "the API key is not valid for this call (it needs the {} scope, and must \
+                         be current and not revoked)",
+                        needed.as_str()
+                    )))
+                }
+            };
+        }
+        Credential::Malformed => return Err(unauthorized("unreadable Authorization header")),
+        Credential::None => {}
+    }
+    let no_session = || unauthorized("sign in first (session cookie) or send an API key");
+    let cookie =
+        get_cookie(&parts.headers, &cookie_name(app, "bulwark_session")).ok_or_else(no_session)?;
     let current = app
         .authenticate(cookie)
         .await?
         .filter(|s| s.session.stage == SessionStage::Full)
-        .ok_or_else(unauthorized)?;
-    let safe = matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
+        .ok_or_else(no_session)?;
     if !safe {
         let csrf = parts.extensions.get::<CsrfCookie>().cloned();
         let submitted = parts
@@ -215,7 +274,7 @@ async fn caller(parts: &Parts, app: &App) -> Result<CurrentSession, ApiError> {
             ));
         }
     }
-    Ok(current)
+    Ok(Principal::Session(Box::new(current)))
 }
 
 impl FromRequestParts<App> for AnyCaller {
@@ -230,22 +289,24 @@ impl FromRequestParts<App> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self, Self::Rejection> {
-        let current = caller(parts, app).await?;
-        if current.change_required.is_some() {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                ErrorCode::PasswordChangeRequired,
-                "the password must be changed first",
-            ));
+        let principal = caller(parts, app).await?;
+        if let Principal::Session(current) = &principal {
+            if current.change_required.is_some() {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    ErrorCode::PasswordChangeRequired,
+                    "the password must be changed first",
+                ));
+            }
+            if current.standing == Standing::EnrolmentRequired {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    ErrorCode::EnrolmentRequired,
+                    "two-factor authentication must be set up first",
+                ));
+            }
         }
-        if current.standing == Standing::EnrolmentRequired {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                ErrorCode::EnrolmentRequired,
-                "two-factor authentication must be set up first",
-            ));
-        }
-        Ok(Self(current))
+        Ok(Self(principal))
     }
 }
 
@@ -256,7 +317,15 @@ impl FromRequestParts<App> for Admin {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self, Self::Rejection> {
-        let Caller(current) = Caller::from_request_parts(parts, app).await?;
+        let current =
+            match Caller::from_request_parts(parts, app).await?.0 {
+                Principal::Session(s) => *s,
+                Principal::Key(_) => return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    ErrorCode::Forbidden,
+                    "administration needs a session that passed a second factor, not an API key",
+                )),
+            };
         if !current.user.in_group(GroupName::ADMINS) {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
@@ -328,6 +397,9 @@ api_routes! {
     DELETE "/me/sessions/{id}" => my_session_delete, User, "Done", "Ends one of the caller's sessions.";
     GET "/me/trusted-devices" => my_devices_get, User, "TrustedDeviceList", "Browsers the caller trusts for the second factor.";
     DELETE "/me/trusted-devices/{id}" => my_device_delete, User, "Done", "Forgets one trusted browser.";
+    GET "/me/api-keys" => my_keys_get, User, "ApiKeyList", "The caller's API keys (never the keys themselves).";
+    POST "/me/api-keys" => my_keys_post, User, "CreatedApiKey", "Makes an API key and returns it, once. Needs a session and the password; an API key cannot make keys.";
+    DELETE "/me/api-keys/{id}" => my_key_delete, User, "Done", "Revokes one of the caller's API keys.";
     GET "/users" => users_get, Admin, "UserList", "Users, filtered by `search` and `group`, paged by `limit` (at most 500) and `offset`.";
     GET "/users/{login}" => user_get, Admin, "User", "One user.";
     POST "/users/{login}/unlock" => user_unlock_post, Admin, "Done", "Clears the user's failed-login lock.";
@@ -368,24 +440,31 @@ async fn openapi_get(State(app): State<App>) -> Json<Value> {
 }
 
 async fn me_get(State(app): State<App>, csrf: CsrfCookie, AnyCaller(me): AnyCaller) -> ApiResult {
-    let status = app.two_factor_status(&me.user).await?;
-    let mut body = user_json(&me.user);
+    let user = me.user();
+    let status = app.two_factor_status(user).await?;
+    let mut body = user_json(user);
+    let (session_two_factor, change_required) = match &me {
+        Principal::Session(s) => (s.session.two_factor, s.change_required.is_some()),
+        Principal::Key(_) => (false, false),
+    };
     body["two_factor"] = json!({
         "active": status.active,
         "required": status.required,
         "standing": standing_json(status.standing),
         "recovery_codes_left": status.recovery_codes_left,
-        "session_passed_second_factor": me.session.two_factor,
+        "session_passed_second_factor": session_two_factor,
     });
-    body["password_change_required"] = json!(me.change_required.is_some());
-    body["csrf_token"] = json!(csrf.form_token(&app));
+    body["password_change_required"] = json!(change_required);
+    if let Principal::Session(_) = me {
+        body["csrf_token"] = json!(csrf.form_token(&app));
+    }
     Ok(Json(body))
 }
 
 async fn my_sessions_get(State(app): State<App>, Caller(me): Caller) -> ApiResult {
     let sessions = app
         .store
-        .list_user_sessions(me.user.id)
+        .list_user_sessions(me.user().id)
         .await
         .map_err(ServiceError::from)?;
     let items: Vec<Value> = sessions
@@ -399,7 +478,7 @@ async fn my_sessions_get(State(app): State<App>, Caller(me): Caller) -> ApiResul
                 "ip": s.ip,
                 "user_agent": s.user_agent,
                 "two_factor": s.two_factor,
-                "current": s.id == me.session.id,
+                "current": Some(s.id) == me.session_id(),
             })
         })
         .collect();
@@ -416,12 +495,13 @@ async fn my_session_delete(
     Caller(me): Caller,
     Path(id): Path<String>,
 ) -> ApiResult {
-    app.revoke_own_session(&me, id_param(&id)?, &client).await?;
+    app.revoke_own_session(me.user(), id_param(&id)?, &client)
+        .await?;
     Ok(Json(json!({"done": true})))
 }
 
 async fn my_devices_get(State(app): State<App>, Caller(me): Caller) -> ApiResult {
-    let status = app.two_factor_status(&me.user).await?;
+    let status = app.two_factor_status(me.user()).await?;
     let items: Vec<Value> = status
         .trusted_devices
         .iter()
@@ -445,7 +525,98 @@ async fn my_device_delete(
     Caller(me): Caller,
     Path(id): Path<String>,
 ) -> ApiResult {
-    app.revoke_trusted_device(&me, id_param(&id)?, &client)
+    app.revoke_trusted_device(me.user(), id_param(&id)?, &client)
+        .await?;
+    Ok(Json(json!({"done": true})))
+}
+
+fn key_json(k: &ApiKeyView) -> Value {
+    json!({
+        "id": k.record.id,
+        "name": k.record.name,
+        "prefix": k.record.display_prefix,
+        "scopes": k.record.scopes.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
+        "created_at": k.record.created_at,
+        "expires_at": k.record.expires_at,
+        "last_used_at": k.last_used_at,
+        "revoked_at": k.record.revoked_at,
+        "status": match k.status {
+            KeyStatus::Active => "active",
+            KeyStatus::Expired => "expired",
+            KeyStatus::Revoked => "revoked",
+        },
+    })
+}
+
+async fn my_keys_get(State(app): State<App>, Caller(me): Caller) -> ApiResult {
+    let keys = app.list_api_keys(me.key_actor(), None).await?;
+    Ok(Json(
+        json!({ "items": keys.iter().map(key_json).collect::<Vec<_>>() }),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewKeyBody {
+    name: String,
+    scopes: Vec<String>,
+    /// Lifetime in days; absent: the configured default.
+    #[serde(default)]
+    days: Option<u32>,
+    password: String,
+}
+
+async fn my_keys_post(
+    State(app): State<App>,
+    Client(client): Client,
+    Caller(me): Caller,
+    body: Result<Json<NewKeyBody>, axum::extract::rejection::JsonRejection>,
+) -> ApiResult {
+    if let Principal::Key(_) = me {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            ErrorCode::Forbidden,
+            "an API key cannot make API keys: sign in with a session",
+        ));
+    }
+    let Json(b) = body.map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidInput,
+            e.body_text(),
+        )
+    })?;
+    let owner = me.user().login.clone();
+    let created = app
+        .create_api_key(
+            me.key_actor(),
+            &owner,
+            NewApiKeyInput {
+                name: b.name,
+                scopes: b.scopes,
+                expiry: b.days.map_or(ExpiryChoice::Default, ExpiryChoice::Days),
+                password: Some(SecretString::new(b.password)),
+            },
+            &client,
+        )
+        .await?;
+    Ok(Json(json!({
+        "key": created.key.expose(),
+        "id": created.record.id,
+        "name": created.record.name,
+        "prefix": created.record.display_prefix,
+        "expires_at": created.record.expires_at,
+    })))
+}
+
+async fn my_key_delete(
+    State(app): State<App>,
+    Client(client): Client,
+    Caller(me): Caller,
+    Path(id): Path<String>,
+) -> ApiResult {
+    let owner = me.user().login.clone();
+    app.revoke_api_key(me.key_actor(), &owner, &KeyRef::Id(id_param(&id)?), &client)
         .await?;
     Ok(Json(json!({"done": true})))
 }
@@ -570,15 +741,8 @@ fn schemas() -> Value {
         },
     });
     let mut me = user.clone();
-    me["required"] = json!([
-        "login",
-        "display_name",
-        "groups",
-        "csrf_token",
-        "two_factor"
-    ]);
-    me["properties"]["csrf_token"] =
-        json!({"type": "string", "description": "Send it as X-CSRF-Token on POST and DELETE."});
+    me["required"] = json!(["login", "display_name", "groups", "two_factor"]);
+    me["properties"]["csrf_token"] = json!({"type": "string", "description": "Send it as X-CSRF-Token on POST and DELETE (sessions only; absent for an API key)."});
     me["properties"]["password_change_required"] = json!({"type": "boolean"});
     let list = |item: &str| {
         json!({
@@ -660,6 +824,44 @@ fn schemas() -> Value {
             "properties": {"name": {"type": "string"}, "active_members": {"type": "integer"}},
         },
         "GroupList": list("Group"),
+        "ApiKey": {
+            "type": "object",
+            "required": ["id", "name", "prefix", "scopes", "created_at", "status"],
+            "properties": {
+                "id": {"type": "integer"},
+                "name": {"type": "string"},
+                "prefix": {"type": "string", "description": "The first characters of the key, to recognise it"},
+                "scopes": {"type": "array", "items": {"type": "string", "enum": ["gateway", "api:read", "api:write"]}},
+                "created_at": {"type": "integer"},
+                "expires_at": {"type": ["integer", "null"]},
+                "last_used_at": {"type": ["integer", "null"]},
+                "revoked_at": {"type": ["integer", "null"]},
+                "status": {"type": "string", "enum": ["active", "expired", "revoked"]},
+            },
+        },
+        "ApiKeyList": list("ApiKey"),
+        "NewApiKey": {
+            "type": "object",
+            "required": ["name", "scopes", "password"],
+            "additionalProperties": false,
+            "properties": {
+                "name": {"type": "string"},
+                "scopes": {"type": "array", "items": {"type": "string", "enum": ["gateway", "api:read", "api:write"]}},
+                "days": {"type": "integer", "minimum": 1, "description": "Lifetime; absent: the configured default"},
+                "password": {"type": "string", "description": "The caller's password, checked again"},
+            },
+        },
+        "CreatedApiKey": {
+            "type": "object",
+            "required": ["key", "id", "name", "prefix"],
+            "properties": {
+                "key": {"type": "string", "description": "The key: shown this once, stored only as a digest"},
+                "id": {"type": "integer"},
+                "name": {"type": "string"},
+                "prefix": {"type": "string"},
+                "expires_at": {"type": ["integer", "null"]},
+            },
+        },
     })
 }
 
@@ -668,6 +870,11 @@ fn error_response(description: &str) -> Value {
         "description": description,
         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
     })
+}
+
+/// The request body schema of the routes that take one.
+fn request_schema(e: &Endpoint) -> Option<&'static str> {
+    (e.method == "POST" && e.path == "/me/api-keys").then_some("NewApiKey")
 }
 
 /// The OpenAPI 3.1 document of every route in [`ENDPOINTS`].
@@ -733,6 +940,13 @@ pub fn openapi(server_url: &str) -> Value {
         if !parameters.is_empty() {
             operation["parameters"] = Value::Array(parameters);
         }
+        if let Some(schema) = request_schema(e) {
+            operation["requestBody"] = json!({
+                "required": true,
+                "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{schema}")}}},
+            });
+            operation["responses"]["400"] = error_response("Malformed body or invalid values");
+        }
         match e.access {
             Access::Public => operation["security"] = json!([]),
             Access::User | Access::Admin => {}
@@ -748,12 +962,13 @@ pub fn openapi(server_url: &str) -> Value {
             "description": "Errors are {\"error\": {\"code\", \"message\"}} with stable codes. Unsafe methods need the X-CSRF-Token header returned by GET /me.",
         },
         "servers": [{"url": format!("{server_url}/api/v1")}],
-        "security": [{"session": []}],
+        "security": [{"session": []}, {"apiKey": []}],
         "paths": paths,
         "components": {
             "schemas": schemas(),
             "securitySchemes": {
                 "session": {"type": "apiKey", "in": "cookie", "name": "bulwark_session", "description": "The session cookie of a full login (named __Host-bulwark_session or __Secure-bulwark_session when cookies are Secure)."},
+                "apiKey": {"type": "http", "scheme": "bearer", "description": "An API key (bwk_...) with the api:read scope, or api:write for POST and DELETE. Not accepted by admin routes. HTTP Basic with the key as the password works too."},
             },
         },
     })

@@ -213,7 +213,7 @@ const MAX_AUTHORIZATION: usize = 1024;
 
 /// What the request's `Authorization` header offers.
 #[derive(Debug, PartialEq, Eq)]
-enum Credential {
+pub(super) enum Credential {
     /// No header, or a credential that is not meant as an API key (another scheme, another
     /// kind of token): the request is not asking as an API key holder.
     None,
@@ -224,7 +224,7 @@ enum Credential {
 }
 
 /// Reads `Authorization: Bearer bwk_…` or `Authorization: Basic base64(any:bwk_…)`.
-fn credential(headers: &HeaderMap) -> Credential {
+pub(super) fn credential(headers: &HeaderMap) -> Credential {
     let mut values = headers.get_all(header::AUTHORIZATION).iter();
     let Some(value) = values.next() else {
         return Credential::None;

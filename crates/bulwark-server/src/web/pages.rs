@@ -484,7 +484,7 @@ pub async fn session_revoke_post(
 ) -> Result<Response, PageError> {
     let f = form(body)?;
     csrf.verify(&app, &f.csrf_token)?;
-    app.revoke_own_session(&current, f.session_id, &client)
+    app.revoke_own_session(&current.user, f.session_id, &client)
         .await?;
     Ok(see_other("/account?done=session", Vec::new()))
 }

@@ -519,7 +519,7 @@ pub async fn device_revoke_post(
 ) -> Result<Response, PageError> {
     let f = form(body)?;
     csrf.verify(&app, &f.csrf_token)?;
-    app.revoke_trusted_device(&current, f.device_id, &client)
+    app.revoke_trusted_device(&current.user, f.device_id, &client)
         .await?;
     Ok(see_other("/account/security?done=device", Vec::new()))
 }

@@ -280,3 +280,149 @@ async fn the_openapi_document_lists_every_route_the_router_serves() {
     let res = a.request(Method::PUT, "/api/v1/me", None, Vec::new()).await;
     assert_eq!(res.status, StatusCode::METHOD_NOT_ALLOWED);
 }
+
+async fn post_json(b: &Browser, path: &str, body: &serde_json::Value) -> Response {
+    b.request(
+        Method::POST,
+        path,
+        Some("application/json"),
+        body.to_string().into_bytes(),
+    )
+    .await
+}
+
+fn with_key(t: &TestApp, key: &str) -> Browser {
+    t.browser()
+        .with_header("authorization", &format!("Bearer {key}"))
+}
+
+#[tokio::test]
+async fn api_keys_through_the_api_by_scope() {
+    let t = TestApp::new().await;
+    t.add_user("alice", PW, &["internal"]).await;
+    let b = t.browser();
+    b.login("alice", PW).await;
+    let b = api_client(b).await;
+
+    // Made by a session, with the password; shown once.
+    let make = |name: &str, scopes: &[&str]| serde_json::json!({"name": name, "scopes": scopes, "days": 30, "password": PW});
+    let res = post_json(&b, "/api/v1/me/api-keys", &make("reader", &["api:read"])).await;
+    assert_eq!(res.status, StatusCode::OK, "{}", res.body);
+    let reader = json(&res)["key"].as_str().unwrap().to_string();
+    assert!(reader.starts_with("bwk_"));
+    let writer = json(&post_json(&b, "/api/v1/me/api-keys", &make("writer", &["api:write"])).await)
+        ["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let gateway = json(&post_json(&b, "/api/v1/me/api-keys", &make("proxy", &["gateway"])).await)
+        ["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // A wrong password, a bad body, an unknown scope: 4xx with a code, never a key.
+    let mut wrong = make("x", &["api:read"]);
+    wrong["password"] = "Wrong-Password-1234".into();
+    let res = post_json(&b, "/api/v1/me/api-keys", &wrong).await;
+    assert!(res.status.is_client_error(), "{}", res.body);
+    assert!(json(&res)["key"].is_null());
+    for body in [
+        serde_json::json!({"name": "x"}),
+        serde_json::json!({"name": "x", "scopes": ["root"], "password": PW}),
+        serde_json::json!({"name": "x", "scopes": ["api:read"], "password": PW, "admin": true}),
+    ] {
+        let res = post_json(&b, "/api/v1/me/api-keys", &body).await;
+        assert_eq!(res.status, StatusCode::BAD_REQUEST, "{body}: {}", res.body);
+        assert_eq!(error_code(&res), "invalid_input", "{body}");
+    }
+    let res = b
+        .request(
+            Method::POST,
+            "/api/v1/me/api-keys",
+            Some("application/json"),
+            b"{not json".to_vec(),
+        )
+        .await;
+    assert_eq!(res.status, StatusCode::BAD_REQUEST);
+
+    // api:read reads, without a CSRF header (no cookie is involved)...
+    let r = with_key(&t, &reader);
+    let me = r.get("/api/v1/me").await;
+    assert_eq!(me.status, StatusCode::OK, "{}", me.body);
+    assert_eq!(json(&me)["login"], "alice");
+    assert!(json(&me)["csrf_token"].is_null());
+    let keys = json(&r.get("/api/v1/me/api-keys").await);
+    let items = keys["items"].as_array().unwrap();
+    assert_eq!(items.len(), 3);
+    assert!(
+        !keys.to_string().contains(&reader[8..]),
+        "keys are never shown again"
+    );
+    let writer_id = items.iter().find(|k| k["name"] == "writer").unwrap()["id"].clone();
+    // ...but cannot change anything.
+    let res = delete(&r, &format!("/api/v1/me/api-keys/{writer_id}")).await;
+    assert_eq!(res.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(error_code(&res), "unauthorized");
+
+    // A gateway-only key is not an API credential; junk in the header is refused plainly.
+    for key in [gateway.as_str(), "bwk_nonsense"] {
+        let res = with_key(&t, key).get("/api/v1/me").await;
+        assert_eq!(res.status, StatusCode::UNAUTHORIZED, "{key}");
+    }
+    let res = t
+        .browser()
+        .with_header("authorization", "Basic !!!")
+        .get("/api/v1/me")
+        .await;
+    assert_eq!(res.status, StatusCode::UNAUTHORIZED);
+
+    // api:write changes, but a key never makes keys and never administers.
+    let w = with_key(&t, &writer);
+    let res = post_json(&w, "/api/v1/me/api-keys", &make("child", &["api:read"])).await;
+    assert_eq!(res.status, StatusCode::FORBIDDEN, "{}", res.body);
+    assert_eq!(error_code(&res), "forbidden");
+    let reader_id = items.iter().find(|k| k["name"] == "reader").unwrap()["id"].clone();
+    let res = delete(&w, &format!("/api/v1/me/api-keys/{reader_id}")).await;
+    assert_eq!(res.status, StatusCode::OK, "{}", res.body);
+    assert_eq!(
+        r.get("/api/v1/me").await.status,
+        StatusCode::UNAUTHORIZED,
+        "revoked at once"
+    );
+    // HTTP Basic with the key as the password works too.
+    let basic = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        format!("script:{writer}"),
+    );
+    let res = t
+        .browser()
+        .with_header("authorization", &format!("Basic {basic}"))
+        .get("/api/v1/me/sessions")
+        .await;
+    assert_eq!(res.status, StatusCode::OK, "{}", res.body);
+}
+
+#[tokio::test]
+async fn an_admins_api_key_does_not_administer() {
+    let t = TestApp::new().await;
+    let a = admin(&t).await;
+    let res = post_json(
+        &a,
+        "/api/v1/me/api-keys",
+        &serde_json::json!({"name": "ops", "scopes": ["api:write"], "days": 7, "password": PW}),
+    )
+    .await;
+    assert_eq!(res.status, StatusCode::OK, "{}", res.body);
+    let key = json(&res)["key"].as_str().unwrap().to_string();
+    assert_eq!(a.get("/api/v1/users").await.status, StatusCode::OK);
+    let k = with_key(&t, &key);
+    for (method, path) in [
+        (Method::GET, "/api/v1/users"),
+        (Method::GET, "/api/v1/groups"),
+        (Method::POST, "/api/v1/users/root/reset-2fa"),
+    ] {
+        let res = k.request(method.clone(), path, None, Vec::new()).await;
+        assert_eq!(res.status, StatusCode::FORBIDDEN, "{method} {path}");
+        assert_eq!(error_code(&res), "forbidden");
+    }
+}
