@@ -14,7 +14,8 @@
 //!   the cookie of a valid session, through the full router with every middleware (the rules
 //!   ask for one factor, so every request reads the session and the user from SQLite);
 //! - (c) `nginx → bulwark`: nginx with `auth_request` to Bulwark, then `proxy_pass` to hello;
-//! - (d) `nginx → hello`: the same nginx server block, with the auth subrequest sent to hello.
+//! - (d) `nginx → hello`: the same nginx server block, with the auth subrequest sent to hello
+//!   (through its own upstream pool, as (c)'s goes to Bulwark's).
 //!
 //! Ratios: (b)/(a) (target ≥ 0.8) and (c)/(d) (target ≥ 0.9). nginx is Debian's, started by
 //! the benchmark on a free loopback port with a config in a temporary directory; without it
@@ -318,7 +319,14 @@ async fn load(t: &Target, args: &Args) -> Res<Stats> {
 async fn start_hello() -> Res<SocketAddr> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    let router = axum::Router::new().fallback(|| async { "hello" });
+    // The auth answer is an empty 200, like Bulwark's: nginx keeps an auth upstream
+    // connection alive only when the answer has no body to discard.
+    let router = axum::Router::new()
+        .route(
+            "/api/authz/auth-request",
+            axum::routing::get(|| async { axum::http::StatusCode::OK }),
+        )
+        .fallback(|| async { "hello" });
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, router).await {
             eprintln!("hello server error: {e}");
@@ -419,16 +427,17 @@ impl Nginx {
         let conf = format!(
             "worker_processes auto;\nerror_log {log} warn;\npid {pid};\n\
              events {{ worker_connections 4096; }}\n\
-             http {{\n  access_log off;\n  client_body_temp_path {tmp}/body;\n  proxy_temp_path {tmp}/proxy;\n\
+             http {{\n  access_log off;\n  keepalive_requests 10000000;\n  client_body_temp_path {tmp}/body;\n  proxy_temp_path {tmp}/proxy;\n\
              fastcgi_temp_path {tmp}/fastcgi;\n  uwsgi_temp_path {tmp}/uwsgi;\n  scgi_temp_path {tmp}/scgi;\n\
              upstream hello {{ server {hello}; keepalive 64; }}\n\
              upstream bulwark {{ server {bulwark}; keepalive 64; }}\n\
+             upstream hello_auth {{ server {hello}; keepalive 64; }}\n\
              {a}{b}}}\n",
             log = prefix.join("logs/error.log").display(),
             pid = prefix.join("nginx.pid").display(),
             tmp = prefix.display(),
             a = server(protected, "http://bulwark/api/authz/auth-request"),
-            b = server(baseline, "http://hello/"),
+            b = server(baseline, "http://hello_auth/api/authz/auth-request"),
         );
         let file = prefix.join("nginx.conf");
         std::fs::write(&file, conf)?;

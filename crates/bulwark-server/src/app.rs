@@ -11,9 +11,21 @@ use bulwark_core::password::hash::PasswordHasher;
 use bulwark_store::Store;
 use std::sync::{Arc, RwLock};
 
-/// Cheap to clone; every handler and the CLI work through it.
+/// Cheap to clone (one reference count: it is cloned for every request); every handler and
+/// the CLI work through it. Its parts are reached through `Deref` to [`AppParts`].
 #[derive(Clone)]
-pub struct App {
+pub struct App(Arc<AppParts>);
+
+impl std::ops::Deref for App {
+    type Target = AppParts;
+
+    fn deref(&self) -> &AppParts {
+        &self.0
+    }
+}
+
+/// What an [`App`] holds.
+pub struct AppParts {
     pub config: Arc<Config>,
     pub store: Arc<dyn Store>,
     pub hashes: HashPool,
@@ -65,7 +77,7 @@ impl App {
             config.gateway.cache_seconds,
             config.gateway.cache_entries,
         ));
-        Ok(Self {
+        Ok(Self(Arc::new(AppParts {
             config: Arc::new(config),
             store,
             hashes,
@@ -74,7 +86,7 @@ impl App {
             session_cache,
             keys: Arc::new(RwLock::new(keys)),
             key_usage: Arc::new(KeyUsage::default()),
-        })
+        })))
     }
 
     /// The current time, read once per request by services.

@@ -42,12 +42,12 @@ impl Conn {
     }
 
     async fn fill(&mut self) -> std::io::Result<()> {
-        let mut chunk = [0u8; 16 * 1024];
-        let n = self.stream.read(&mut chunk).await?;
+        // Read into the buffer's spare room: no zeroed scratch array per read.
+        self.buf.reserve(16 * 1024);
+        let n = self.stream.read_buf(&mut self.buf).await?;
         if n == 0 {
             return Err(std::io::ErrorKind::UnexpectedEof.into());
         }
-        self.buf.extend_from_slice(&chunk[..n]);
         Ok(())
     }
 
