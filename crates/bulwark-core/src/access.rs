@@ -76,6 +76,11 @@ impl HostPattern {
     /// Parses a host pattern; `None` if it is not a host name or `*.` pattern.
     pub fn parse(s: &str) -> Option<Self> {
         let s = s.trim().to_ascii_lowercase();
+        // `[::1]` is written with brackets in URLs; targets carry the bare address.
+        let s = match s.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
+            Some(inner) if inner.parse::<std::net::Ipv6Addr>().is_ok() => inner.to_string(),
+            _ => s,
+        };
         let (wild, name) = match s.strip_prefix("*.") {
             Some(rest) => (true, rest.to_string()),
             None => (false, s),
@@ -412,7 +417,11 @@ mod tests {
         assert!(!wild.matches("example.com"), "not the domain itself");
         assert!(!wild.matches("evilexample.com"));
         assert!(!wild.matches("example.com.evil"));
-        assert!(HostPattern::parse("127.0.0.1").is_some());
+        assert!(HostPattern::parse("127.0.0.1")
+            .unwrap()
+            .matches("127.0.0.1"));
+        assert!(HostPattern::parse("[::1]").unwrap().matches("::1"));
+        assert!(HostPattern::parse("::1").unwrap().matches("::1"));
         for bad in [
             "",
             "*.",

@@ -24,6 +24,13 @@ impl fmt::Debug for SecretString {
     }
 }
 
+/// Read straight from a request body into a secret, so the value is never in a plain field.
+impl<'de> serde::Deserialize<'de> for SecretString {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(Self)
+    }
+}
+
 impl From<String> for SecretString {
     fn from(value: String) -> Self {
         Self(value)

@@ -126,9 +126,9 @@ impl Audit {
 }
 
 impl App {
-    /// Appends an audit event. A failure to write is logged: it must not turn a login into an error.
-    /// Records a security event. Every change to a user or a session is audited, so this is
-    /// also where the gateway's session cache is invalidated.
+    /// Appends an audit event. A failure to write is logged: it must not turn a login into an
+    /// error. Every change to a user or a session is audited, so this is also where the
+    /// gateway's session cache is invalidated.
     pub async fn audit(&self, audit: Audit, now: UnixTime) {
         self.session_cache.invalidate_all();
         let mut event = audit.0;

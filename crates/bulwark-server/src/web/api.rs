@@ -555,7 +555,8 @@ async fn my_keys_get(State(app): State<App>, Caller(me): Caller) -> ApiResult {
     ))
 }
 
-#[derive(Debug, Deserialize)]
+/// No `Debug`: it carries a password.
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct NewKeyBody {
     name: String,
@@ -563,7 +564,7 @@ struct NewKeyBody {
     /// Lifetime in days; absent: the configured default.
     #[serde(default)]
     days: Option<u32>,
-    password: String,
+    password: SecretString,
 }
 
 async fn my_keys_post(
@@ -595,7 +596,7 @@ async fn my_keys_post(
                 name: b.name,
                 scopes: b.scopes,
                 expiry: b.days.map_or(ExpiryChoice::Default, ExpiryChoice::Days),
-                password: Some(SecretString::new(b.password)),
+                password: Some(b.password),
             },
             &client,
         )

@@ -216,14 +216,35 @@ async fn admin_routes_need_an_admin_with_a_second_factor() {
     assert_eq!(count("admins"), Some(1));
     assert_eq!(count("internal"), Some(3));
     assert_eq!(count("portal"), Some(0));
+}
 
-    // An admin whose session has one factor only is refused.
+#[tokio::test]
+async fn an_admin_session_without_a_second_factor_does_not_administer() {
+    // Admins are under enforcement; within the grace period, without codes by mail, an admin
+    // with no authenticator yet logs in with the password alone.
+    let t = TestApp::with_config(
+        "[two_factor]\nenforcement = \"admins\"\nemail_codes = false\ngrace_days = 7\n",
+    )
+    .await;
     t.add_user("deputy", PW, &["admins"]).await;
     let d = t.browser();
     let res = d.login("deputy", PW).await;
     assert_eq!(res.status, StatusCode::SEE_OTHER);
-    if res.location() != "/login/2fa" {
-        assert_eq!(d.get("/api/v1/users").await.status, StatusCode::FORBIDDEN);
+    assert!(
+        res.location().starts_with("/account/security?prompt=grace"),
+        "{}",
+        res.location()
+    );
+    let me = json(&d.get("/api/v1/me").await);
+    assert_eq!(me["two_factor"]["session_passed_second_factor"], false);
+    for path in ["/api/v1/users", "/api/v1/groups", "/api/v1/users/deputy"] {
+        let res = d.get(path).await;
+        assert_eq!(res.status, StatusCode::FORBIDDEN, "{path}");
+        assert_eq!(error_code(&res), "forbidden");
+        assert!(json(&res)["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("second factor"));
     }
 }
 
