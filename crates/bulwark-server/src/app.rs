@@ -38,6 +38,8 @@ pub struct AppParts {
     pub(crate) session_cache: Arc<SessionCache>,
     /// API key uses not yet written to the store (flushed every `api_keys.flush_secs`).
     pub key_usage: Arc<KeyUsage>,
+    /// The session cookie's name, computed once: the gateway reads it on every check.
+    pub(crate) session_cookie_name: String,
 }
 
 impl std::fmt::Debug for App {
@@ -77,6 +79,7 @@ impl App {
             config.gateway.cache_seconds,
             config.gateway.cache_entries,
         ));
+        let session_cookie_name = crate::web::session_cookie_name_for(&config);
         Ok(Self(Arc::new(AppParts {
             config: Arc::new(config),
             store,
@@ -86,6 +89,7 @@ impl App {
             session_cache,
             keys: Arc::new(RwLock::new(keys)),
             key_usage: Arc::new(KeyUsage::default()),
+            session_cookie_name,
         })))
     }
 

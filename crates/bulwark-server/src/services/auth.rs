@@ -422,26 +422,25 @@ impl App {
     pub async fn authenticate_cached(
         &self,
         cookie: &str,
-    ) -> Result<Option<CurrentSession>, ServiceError> {
+    ) -> Result<Option<std::sync::Arc<CurrentSession>>, ServiceError> {
         if !self.session_cache.enabled() {
-            return self.authenticate(cookie).await;
+            return Ok(self.authenticate(cookie).await?.map(std::sync::Arc::new));
         }
         if !token::looks_like_token(cookie) {
             return Ok(None);
         }
         let now = self.now();
-        let digest = TokenHash::of(cookie);
-        if let Some(s) = self.session_cache.get(digest.as_str(), now) {
+        let digest: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(cookie.as_bytes()).into();
+        if let Some(s) = self.session_cache.get(&digest, now) {
             let policy = self.config.sessions.policy();
             if policy.is_live(s.session.created_at, s.session.last_seen_at, now) {
                 return Ok(Some(s));
             }
         }
         let epoch = self.session_cache.epoch();
-        let found = self.authenticate(cookie).await?;
+        let found = self.authenticate(cookie).await?.map(std::sync::Arc::new);
         if let Some(s) = &found {
-            self.session_cache
-                .put(digest.as_str().to_string(), epoch, now, s.clone());
+            self.session_cache.put(digest, epoch, now, s.clone());
         }
         Ok(found)
     }

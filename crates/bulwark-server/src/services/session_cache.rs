@@ -13,12 +13,13 @@ use super::auth::CurrentSession;
 use bulwark_core::UnixTime;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 struct Entry {
     epoch: u64,
     at: UnixTime,
-    session: CurrentSession,
+    /// Shared with every check that hits it: no copy of the user's fields per request.
+    session: Arc<CurrentSession>,
 }
 
 /// Bounded, time-limited, epoch-invalidated map from token digest to session.
@@ -26,7 +27,7 @@ pub struct SessionCache {
     ttl_secs: i64,
     max_entries: usize,
     epoch: AtomicU64,
-    entries: Mutex<HashMap<String, Entry>>,
+    entries: Mutex<HashMap<[u8; 32], Entry>>,
 }
 
 impl std::fmt::Debug for SessionCache {
@@ -58,14 +59,14 @@ impl SessionCache {
         self.epoch.fetch_add(1, Ordering::SeqCst);
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Entry>> {
         // A panic while holding the lock cannot leave the map half-updated in a way that
         // matters: at worst an entry is missing.
         self.entries.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The cached session for a token digest, if fresh and of the current epoch.
-    pub fn get(&self, digest: &str, now: UnixTime) -> Option<CurrentSession> {
+    pub fn get(&self, digest: &[u8; 32], now: UnixTime) -> Option<Arc<CurrentSession>> {
         let epoch = self.epoch.load(Ordering::SeqCst);
         let map = self.lock();
         let e = map.get(digest)?;
@@ -73,7 +74,7 @@ impl SessionCache {
     }
 
     /// Remembers a session read at `now`, under the epoch current before it was read.
-    pub fn put(&self, digest: String, epoch: u64, now: UnixTime, session: CurrentSession) {
+    pub fn put(&self, digest: [u8; 32], epoch: u64, now: UnixTime, session: Arc<CurrentSession>) {
         if !self.enabled() {
             return;
         }

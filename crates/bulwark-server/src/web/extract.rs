@@ -2,6 +2,7 @@
 
 use super::error::PageError;
 use crate::app::App;
+use crate::config::Config;
 use crate::services::auth::CurrentSession;
 use crate::services::ClientInfo;
 use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
@@ -19,20 +20,29 @@ use std::net::{IpAddr, SocketAddr};
 const SHARED_COOKIE: &str = "bulwark_session";
 
 /// The domain a cookie is set for: only the session cookie, only with `gateway.cookie_domain`.
-fn cookie_domain<'a>(app: &'a App, base: &str) -> Option<&'a str> {
+fn cookie_domain<'a>(config: &'a Config, base: &str) -> Option<&'a str> {
     (base == SHARED_COOKIE)
-        .then_some(app.config.gateway.cookie_domain.as_deref())
+        .then_some(config.gateway.cookie_domain.as_deref())
         .flatten()
 }
 
 /// Name of a cookie: `__Host-` prefixed when cookies are Secure, so no subdomain can set it;
 /// `__Secure-` for a session cookie shared with a parent domain (`__Host-` forbids a domain).
 pub fn cookie_name(app: &App, base: &str) -> String {
-    match (app.config.server.secure_cookies, cookie_domain(app, base)) {
+    cookie_name_for(&app.config, base)
+}
+
+fn cookie_name_for(config: &Config, base: &str) -> String {
+    match (config.server.secure_cookies, cookie_domain(config, base)) {
         (true, None) => format!("__Host-{base}"),
         (true, Some(_)) => format!("__Secure-{base}"),
         (false, _) => base.to_string(),
     }
+}
+
+/// The session cookie's name under a configuration (kept in `App`, read on every check).
+pub fn session_cookie_name_for(config: &Config) -> String {
+    cookie_name_for(config, SHARED_COOKIE)
 }
 
 /// A `Set-Cookie` value: HttpOnly, SameSite=Lax, Path=/, Secure when configured.
@@ -46,7 +56,7 @@ pub fn set_cookie(app: &App, base: &str, value: &str, max_age: Option<i64>) -> H
     if app.config.server.secure_cookies {
         c.push_str("; Secure");
     }
-    if let Some(domain) = cookie_domain(app, base) {
+    if let Some(domain) = cookie_domain(&app.config, base) {
         c.push_str(&format!("; Domain={domain}"));
     }
     if let Some(age) = max_age {

@@ -31,7 +31,7 @@
 //! reads the store twice and writes nothing (its last use is kept in memory, see
 //! `services::api_keys`).
 
-use super::extract::{client_ip, cookie_name, get_cookie};
+use super::extract::{client_ip, get_cookie};
 use super::pages::url_encode;
 use crate::app::App;
 use crate::services::api_keys::KeyCheck;
@@ -41,12 +41,13 @@ use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
-use bulwark_core::access::{normalize_path, Decision, Identity, Policy, Target};
+use bulwark_core::access::{normalized_path, Decision, Identity, Policy, Target};
 use bulwark_core::api_key::{self, Scope};
 use bulwark_core::enforcement::Standing;
 use bulwark_core::redirect::safe_return_url;
 use bulwark_store::SessionStage;
 use bulwark_store::UserRecord;
+use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
 
 /// Which proxy convention a request follows.
@@ -58,22 +59,72 @@ enum Flavor {
     ForwardAuth,
 }
 
-/// The request the proxy asks about.
+/// The request the proxy asks about, borrowed from its headers.
 #[derive(Debug)]
-struct Original {
-    /// `https://host[:port]/path?query`, as the browser asked for it.
-    url: String,
-    host: String,
-    path: String,
-    method: String,
+struct Original<'a> {
+    /// `http` or `https`, any case.
+    scheme: &'a str,
+    /// `host[:port]` as sent.
+    authority: &'a str,
+    /// The path and query as sent.
+    uri: &'a str,
+    /// Host name without port or brackets (compared without case).
+    host: &'a str,
+    /// The normalised path (see `access::normalize_path`).
+    path: Cow<'a, str>,
+    /// As sent (compared without case).
+    method: &'a str,
+}
+
+impl Original<'_> {
+    /// `https://host[:port]/path?query`, as the browser asked for it (built only when needed:
+    /// for a return URL).
+    fn url(&self) -> String {
+        format!(
+            "{}://{}{}",
+            self.scheme.to_ascii_lowercase(),
+            self.authority.to_ascii_lowercase(),
+            self.uri
+        )
+    }
 }
 
 pub async fn auth_request(State(app): State<App>, req: Request) -> Response {
-    check(&app, peer(&req), req.headers(), Flavor::AuthRequest).await
+    finish(check(&app, peer(&req), req.headers(), Flavor::AuthRequest).await)
 }
 
 pub async fn forward_auth(State(app): State<App>, req: Request) -> Response {
-    check(&app, peer(&req), req.headers(), Flavor::ForwardAuth).await
+    finish(check(&app, peer(&req), req.headers(), Flavor::ForwardAuth).await)
+}
+
+/// What every answer gets: never cached (a cached "yes" would outlive a revocation), a log
+/// line at debug level (the proxy logs requests), and for a refusal (which Caddy and
+/// Traefik show to the browser) the headers of Bulwark's other pages.
+fn finish(mut res: Response) -> Response {
+    let status = res.status();
+    let h = res.headers_mut();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if !status.is_success() {
+        h.insert(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        );
+        h.insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
+        );
+        h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+        h.insert(
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
+        );
+    }
+    if status.is_server_error() {
+        tracing::error!(status = status.as_u16(), "forward-auth check failed");
+    } else {
+        tracing::debug!(status = status.as_u16(), "forward-auth check");
+    }
+    res
 }
 
 fn peer(req: &Request) -> Option<IpAddr> {
@@ -91,7 +142,7 @@ fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 }
 
 /// Reads the target from the proxy's headers; `None` if missing or malformed.
-fn original(headers: &HeaderMap, flavor: Flavor) -> Option<Original> {
+fn original(headers: &HeaderMap, flavor: Flavor) -> Option<Original<'_>> {
     let (scheme, authority, uri, method) = match flavor {
         Flavor::AuthRequest => {
             let url = header_str(headers, "x-original-url")?;
@@ -109,8 +160,7 @@ fn original(headers: &HeaderMap, flavor: Flavor) -> Option<Original> {
             header_str(headers, "x-forwarded-method").unwrap_or("GET"),
         ),
     };
-    let scheme = scheme.to_ascii_lowercase();
-    if scheme != "https" && scheme != "http" {
+    if !scheme.eq_ignore_ascii_case("https") && !scheme.eq_ignore_ascii_case("http") {
         return None;
     }
     if authority.is_empty()
@@ -122,15 +172,17 @@ fn original(headers: &HeaderMap, flavor: Flavor) -> Option<Original> {
         return None;
     }
     let host = match authority.strip_prefix('[') {
-        Some(v6) => v6.split(']').next()?.to_string(),
-        None => authority.split(':').next()?.to_ascii_lowercase(),
+        Some(v6) => v6.split(']').next()?,
+        None => authority.split(':').next()?,
     };
-    let path = normalize_path(uri).ok()?;
+    let path = normalized_path(uri).ok()?;
     Some(Original {
-        url: format!("{scheme}://{}{uri}", authority.to_ascii_lowercase()),
+        scheme,
+        authority,
+        uri,
         host,
         path,
-        method: method.to_ascii_uppercase(),
+        method,
     })
 }
 
@@ -147,7 +199,7 @@ async fn check(app: &App, peer: Option<IpAddr>, headers: &HeaderMap, flavor: Fla
         return forbidden("the proxy sent no readable target (see docs/gateway.md)");
     };
     let ip = client_ip(peer, headers, trusted);
-    let session = match get_cookie(headers, &cookie_name(app, "bulwark_session")) {
+    let session = match get_cookie(headers, &app.session_cookie_name) {
         Some(cookie) => match app.authenticate_cached(cookie).await {
             Ok(s) => s.filter(|s| s.session.stage == SessionStage::Full),
             Err(e) => {
@@ -158,9 +210,9 @@ async fn check(app: &App, peer: Option<IpAddr>, headers: &HeaderMap, flavor: Fla
         None => None,
     };
     let t = Target {
-        host: &target.host,
+        host: target.host,
         path: &target.path,
-        method: &target.method,
+        method: target.method,
         ip,
     };
     let identity = session.as_ref().map(|s| Identity {
@@ -193,7 +245,7 @@ async fn check(app: &App, peer: Option<IpAddr>, headers: &HeaderMap, flavor: Fla
                     return portal_redirect(app, "/account/security", flavor);
                 }
                 if policy == Policy::TwoFactor && !s.session.two_factor {
-                    let next = safe_return_url(&target.url, &app.config.gateway.origins)
+                    let next = safe_return_url(&target.url(), &app.config.gateway.origins)
                         .map(|u| format!("&next={}", url_encode(&u)))
                         .unwrap_or_default();
                     return portal_redirect(
@@ -344,7 +396,7 @@ fn unauthorized_api() -> Response {
 /// Sends a browser to the portal's login, returning to the original URL afterwards when it
 /// belongs to a protected application.
 fn login_redirect(app: &App, target: &Original, flavor: Flavor) -> Response {
-    let path = match safe_return_url(&target.url, &app.config.gateway.origins) {
+    let path = match safe_return_url(&target.url(), &app.config.gateway.origins) {
         Some(url) => format!("/login?next={}", url_encode(&url)),
         None => "/login".to_string(),
     };
@@ -380,33 +432,28 @@ mod tests {
 
     #[test]
     fn targets_are_read_from_either_convention() {
-        let o = original(
-            &headers(&[
-                (
-                    "x-original-url",
-                    "https://Odoo.Example.com:8443/web/../jsonrpc?x=1",
-                ),
-                ("x-original-method", "post"),
-            ]),
-            Flavor::AuthRequest,
-        )
-        .unwrap();
-        assert_eq!(o.host, "odoo.example.com");
+        let nginx = headers(&[
+            (
+                "x-original-url",
+                "https://Odoo.Example.com:8443/web/../jsonrpc?x=1",
+            ),
+            ("x-original-method", "post"),
+        ]);
+        let o = original(&nginx, Flavor::AuthRequest).unwrap();
+        // Kept as sent; rules compare hosts and methods without case.
+        assert_eq!(o.host, "Odoo.Example.com");
         assert_eq!(o.path, "/jsonrpc");
-        assert_eq!(o.method, "POST");
-        assert_eq!(o.url, "https://odoo.example.com:8443/web/../jsonrpc?x=1");
-        let o = original(
-            &headers(&[
-                ("x-forwarded-proto", "https"),
-                ("x-forwarded-host", "odoo.example.com"),
-                ("x-forwarded-uri", "/web/static/x.css"),
-                ("x-forwarded-method", "GET"),
-            ]),
-            Flavor::ForwardAuth,
-        )
-        .unwrap();
+        assert_eq!(o.method, "post");
+        assert_eq!(o.url(), "https://odoo.example.com:8443/web/../jsonrpc?x=1");
+        let caddy = headers(&[
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "odoo.example.com"),
+            ("x-forwarded-uri", "/web/static/x.css"),
+            ("x-forwarded-method", "GET"),
+        ]);
+        let o = original(&caddy, Flavor::ForwardAuth).unwrap();
         assert_eq!(
-            (o.host.as_str(), o.path.as_str()),
+            (o.host, o.path.as_ref()),
             ("odoo.example.com", "/web/static/x.css")
         );
     }

@@ -11,7 +11,7 @@ mod security;
 
 pub use api::{openapi, ENDPOINTS};
 pub use error::PageError;
-pub use extract::{client_ip, Client, CsrfCookie};
+pub use extract::{client_ip, session_cookie_name_for, Client, CsrfCookie};
 
 use crate::app::App;
 use axum::extract::{DefaultBodyLimit, Request, State};
@@ -94,36 +94,17 @@ pub fn router(app: App) -> Router {
             security_headers,
         ))
         .layer(middleware::from_fn(request_log))
-        .merge(gateway_routes(app.clone()))
+        .merge(gateway_routes())
         .with_state(app)
 }
 
 /// The forward-auth endpoints, asked about every request to every protected application:
-/// no CSRF cookie (no browser reads these answers as pages) and a log line per check only at
-/// debug level (the proxy logs the requests).
-fn gateway_routes(app: App) -> Router<App> {
+/// no CSRF cookie (no browser reads these answers as pages), no middleware at all. The
+/// handlers log and set their few headers themselves (see `gateway::finish`).
+fn gateway_routes() -> Router<App> {
     Router::new()
         .route("/api/authz/auth-request", get(gateway::auth_request))
         .route("/api/authz/forward-auth", get(gateway::forward_auth))
-        .layer(middleware::from_fn_with_state(app, security_headers))
-        .layer(middleware::from_fn(check_log))
-}
-
-/// Like [`request_log`] for the gateway checks, at debug level; failures still at error.
-async fn check_log(req: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let res = next.run(req).await;
-    let status = res.status();
-    if status.is_server_error() {
-        tracing::error!(
-            status = status.as_u16(),
-            ms = started.elapsed().as_millis(),
-            "forward-auth check failed"
-        );
-    } else {
-        tracing::debug!(status = status.as_u16(), "forward-auth check");
-    }
-    res
 }
 
 async fn healthz(State(app): State<App>) -> Response {
