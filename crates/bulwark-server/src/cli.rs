@@ -17,6 +17,19 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+/// `println!` for command output, except that a reader who stops early (`| head`) ends the
+/// command quietly instead of a panic on the broken pipe.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout().lock(), $($arg)*) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+        }
+    }};
+}
+
 /// Bulwark: account security (passwords, two-factor, lockout) for Odoo and any web app.
 #[derive(Debug, Parser)]
 #[command(name = "bulwark", version, about)]
@@ -364,7 +377,7 @@ async fn dispatch(command: Command, config: Config) -> Result<ExitCode, CliError
         Command::Migrate => {
             let store = open_store(&config).await?;
             store.migrate().await?;
-            println!("database is up to date");
+            say!("database is up to date");
             Ok(ExitCode::SUCCESS)
         }
         Command::Config(ConfigCommand::Check) => {
@@ -393,7 +406,7 @@ async fn dispatch(command: Command, config: Config) -> Result<ExitCode, CliError
             let hash = hasher
                 .hash(&password)
                 .map_err(|e| CliError::Message(e.to_string()))?;
-            println!("{}", hash.as_str());
+            say!("{}", hash.as_str());
             Ok(ExitCode::SUCCESS)
         }
         Command::Healthcheck => healthcheck(&config).await,
@@ -403,7 +416,7 @@ async fn dispatch(command: Command, config: Config) -> Result<ExitCode, CliError
                 KeyCommand::Rotate => app.rotate_keys().await?,
                 KeyCommand::Reseal => app.reseal_secrets().await?,
             };
-            println!(
+            say!(
                 "current key: {}; {n} secrets re-encrypted",
                 app.key_ring().current_id()
             );
@@ -467,12 +480,12 @@ fn print_two_factor(u: &UserRecord, s: &crate::services::two_factor::TwoFactorSt
         }
         Standing::EnrolmentRequired => "required, overdue: may only enrol".to_string(),
     };
-    println!("two-factor:       {factor}; {rule}");
+    say!("two-factor:       {factor}; {rule}");
     if s.active {
-        println!("recovery codes:   {} left", s.recovery_codes_left);
+        say!("recovery codes:   {} left", s.recovery_codes_left);
     }
-    println!("trusted devices:  {}", s.trusted_devices.len());
-    println!(
+    say!("trusted devices:  {}", s.trusted_devices.len());
+    say!(
         "device account:   {}",
         if u.device_account {
             format!("yes, from {}", u.allowed_networks.join(", "))
@@ -483,10 +496,10 @@ fn print_two_factor(u: &UserRecord, s: &crate::services::two_factor::TwoFactorSt
 }
 
 fn print_user(u: &UserRecord, locked_until: Option<i64>) {
-    println!("login:            {}", u.login);
-    println!("name:             {}", u.display_name);
-    println!("email:            {}", u.email.as_deref().unwrap_or("-"));
-    println!(
+    say!("login:            {}", u.login);
+    say!("name:             {}", u.display_name);
+    say!("email:            {}", u.email.as_deref().unwrap_or("-"));
+    say!(
         "groups:           {}",
         if u.groups.is_empty() {
             "-".into()
@@ -494,28 +507,28 @@ fn print_user(u: &UserRecord, locked_until: Option<i64>) {
             u.groups.join(",")
         }
     );
-    println!(
+    say!(
         "active:           {}",
         if u.active { "yes" } else { "no (disabled)" }
     );
-    println!("created:          {}", format_time(u.created_at));
-    println!(
+    say!("created:          {}", format_time(u.created_at));
+    say!(
         "last login:       {}",
         u.last_login_at
             .map(format_time)
             .unwrap_or_else(|| "never".into())
     );
-    println!(
+    say!(
         "password changed: {}",
         u.password_changed_at
             .map(format_time)
             .unwrap_or_else(|| "no password set".into())
     );
-    println!(
+    say!(
         "must change:      {}",
         if u.must_change_password { "yes" } else { "no" }
     );
-    println!(
+    say!(
         "locked:           {}",
         locked_until
             .map(|t| format!("until {}", format_time(t)))
@@ -562,7 +575,7 @@ async fn user_command(app: &App, cmd: UserCommand) -> Result<(), CliError> {
                     &client,
                 )
                 .await?;
-            println!(
+            say!(
                 "created user {} (groups: {})",
                 user.login,
                 if user.groups.is_empty() {
@@ -573,7 +586,7 @@ async fn user_command(app: &App, cmd: UserCommand) -> Result<(), CliError> {
             );
             if invite {
                 let until = app.invite_user(&user.login, actor, &client).await?;
-                println!(
+                say!(
                     "invitation mailed to {}; the link works until {}",
                     user.email.as_deref().unwrap_or("-"),
                     format_time(until)
@@ -627,11 +640,11 @@ async fn user_command(app: &App, cmd: UserCommand) -> Result<(), CliError> {
         }
         UserCommand::Disable { login } => {
             let u = app.set_user_active(&login, false, actor, &client).await?;
-            println!("disabled {} and ended their sessions", u.login);
+            say!("disabled {} and ended their sessions", u.login);
         }
         UserCommand::Enable { login } => {
             let u = app.set_user_active(&login, true, actor, &client).await?;
-            println!("enabled {}", u.login);
+            say!("enabled {}", u.login);
         }
         UserCommand::Delete { login, yes } => {
             if !yes {
@@ -640,7 +653,7 @@ async fn user_command(app: &App, cmd: UserCommand) -> Result<(), CliError> {
                 )));
             }
             app.delete_user(&login, actor, &client).await?;
-            println!("deleted {login}");
+            say!("deleted {login}");
         }
         UserCommand::SetPassword {
             login,
@@ -657,40 +670,40 @@ async fn user_command(app: &App, cmd: UserCommand) -> Result<(), CliError> {
                 &client,
             )
             .await?;
-            println!("password of {} set; their sessions were ended", user.login);
+            say!("password of {} set; their sessions were ended", user.login);
         }
         UserCommand::ForcePasswordChange { login } => {
             app.force_password_change(&login, true, actor, &client)
                 .await?;
-            println!("{login} must choose a new password at next login");
+            say!("{login} must choose a new password at next login");
         }
         UserCommand::Invite { login } => {
             let until = app.invite_user(&login, actor, &client).await?;
-            println!(
+            say!(
                 "invitation mailed; the link works until {}",
                 format_time(until)
             );
         }
         UserCommand::Unlock { login } => {
             app.unlock_user(&login, actor, &client).await?;
-            println!("unlocked {login}");
+            say!("unlocked {login}");
         }
         UserCommand::Reset2fa { login } => {
             app.admin_reset_two_factor(&login, actor, &client).await?;
-            println!("two-factor authentication of {login} was reset; they were mailed and logged out everywhere");
+            say!("two-factor authentication of {login} was reset; they were mailed and logged out everywhere");
         }
         UserCommand::Device { login, networks } => {
             let u = app
                 .set_device_account(&login, &networks, actor, &client)
                 .await?;
             if u.device_account {
-                println!(
+                say!(
                     "{} is a device account; it may log in only from {}",
                     u.login,
                     u.allowed_networks.join(", ")
                 );
             } else {
-                println!("{} is a normal account", u.login);
+                say!("{} is a normal account", u.login);
             }
         }
         UserCommand::Groups {
@@ -705,7 +718,7 @@ async fn user_command(app: &App, cmd: UserCommand) -> Result<(), CliError> {
                 app.update_user_groups(&login, &add, &remove, set.as_deref(), actor, &client)
                     .await?
             };
-            println!(
+            say!(
                 "{}: {}",
                 user.login,
                 if user.groups.is_empty() {
@@ -754,7 +767,7 @@ async fn api_key_command(app: &App, cmd: ApiKeyCommand) -> Result<(), CliError> 
                 .await
                 .map_err(|e| no_such(e, "no such user"))?;
             // The key alone on standard output, so `KEY=$(bulwark apikey create …)` works.
-            println!("{}", created.key.expose());
+            say!("{}", created.key.expose());
             eprintln!(
                 "created API key {} \"{}\" for {} (scopes {}, expires {}); it is shown only once",
                 created.record.id,
@@ -810,9 +823,10 @@ async fn api_key_command(app: &App, cmd: ApiKeyCommand) -> Result<(), CliError> 
                         &format!("{login} has no API key named or numbered `{key}` that is not already revoked"),
                     )
                 })?;
-            println!(
+            say!(
                 "revoked API key {} \"{}\" of {login}",
-                revoked.id, revoked.name
+                revoked.id,
+                revoked.name
             );
         }
     }
@@ -865,21 +879,21 @@ async fn serve(config: Config) -> Result<ExitCode, CliError> {
         CliError::Message(format!("cannot listen on {listen} (`server.listen`): {e}"))
     })?;
     let url = &app.config.server.public_url;
-    println!("Bulwark is running: open {url}");
+    say!("Bulwark is running: open {url}");
     match app.setup_link_if_needed().await? {
         Some(link) => {
-            println!();
-            println!("No administrator exists yet. Create the first one with this one-time link");
-            println!(
+            say!();
+            say!("No administrator exists yet. Create the first one with this one-time link");
+            say!(
                 "(valid {} minutes; restart Bulwark for a new one):",
                 app.config.links.setup_minutes
             );
-            println!();
-            println!("    {link}");
-            println!();
-            println!("Or from a shell: bulwark user add LOGIN --email you@example.com --group admins --group internal");
+            say!();
+            say!("    {link}");
+            say!();
+            say!("Or from a shell: bulwark user add LOGIN --email you@example.com --group admins --group internal");
         }
-        None => println!("Log in at {url}/login"),
+        None => say!("Log in at {url}/login"),
     }
     let _ = std::io::stdout().flush();
     let router = crate::web::router(app);
@@ -961,19 +975,19 @@ async fn healthcheck(config: &Config) -> Result<ExitCode, CliError> {
     };
     match tokio::time::timeout(std::time::Duration::from_secs(5), attempt).await {
         Ok(Ok(r)) if r.starts_with("HTTP/1.1 200") => {
-            println!("healthy: {addr}");
+            say!("healthy: {addr}");
             Ok(ExitCode::SUCCESS)
         }
         Ok(Ok(r)) => {
-            println!("unhealthy: {}", r.lines().next().unwrap_or("no response"));
+            say!("unhealthy: {}", r.lines().next().unwrap_or("no response"));
             Ok(ExitCode::FAILURE)
         }
         Ok(Err(e)) => {
-            println!("unhealthy: cannot reach {addr}: {e}");
+            say!("unhealthy: cannot reach {addr}: {e}");
             Ok(ExitCode::FAILURE)
         }
         Err(_) => {
-            println!("unhealthy: {addr} did not answer within 5 seconds");
+            say!("unhealthy: {addr} did not answer within 5 seconds");
             Ok(ExitCode::FAILURE)
         }
     }
