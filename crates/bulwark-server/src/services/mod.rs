@@ -130,7 +130,7 @@ impl App {
     /// error. Every change to a user or a session is audited, so this is also where the
     /// gateway's session cache is invalidated.
     pub async fn audit(&self, audit: Audit, now: UnixTime) {
-        self.session_cache.invalidate_all();
+        self.session_cache.invalidate(audit.0.subject.as_deref());
         let mut event = audit.0;
         event.at = now;
         if let Err(e) = self.store.append_audit(&event).await {

@@ -606,3 +606,36 @@ async fn junk_in_forwarded_for_cannot_borrow_the_proxys_address() {
         assert_eq!(res.status, StatusCode::UNAUTHORIZED, "{xff:?}");
     }
 }
+
+#[tokio::test]
+async fn events_drop_only_the_cached_sessions_of_their_user() {
+    let t = TestApp::with_config(ODOO).await;
+    t.add_user("alice", PW, &["internal"]).await;
+    t.add_user("bob", PW, &["internal"]).await;
+    let b = t.browser();
+    b.login("alice", PW).await;
+    let ask = Ask::get("https://odoo.example.com/shop").by(&b);
+    assert_eq!(ask.nginx(&t).await.status, StatusCode::OK);
+    // Alice's session is ended behind the cache's back (as another node would)...
+    let id = t
+        .store
+        .list_user_sessions(t.app.user_by_login("alice").await.unwrap().id)
+        .await
+        .unwrap()[0]
+        .id;
+    t.store.delete_session(id).await.unwrap();
+    // ...then bob logs in on this node: an audited event about bob, not alice. Her cached
+    // session survives it (a busy login page does not empty the cache)...
+    t.browser().login("bob", PW).await;
+    assert_eq!(ask.nginx(&t).await.status, StatusCode::OK);
+    // ...and the first event about alice drops it.
+    t.app
+        .unlock_user(
+            "alice",
+            "test",
+            &bulwark_server::services::ClientInfo::cli(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(ask.nginx(&t).await.status, StatusCode::UNAUTHORIZED);
+}
