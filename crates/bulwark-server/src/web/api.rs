@@ -10,7 +10,7 @@
 //! [`ErrorCode`]. Every route is declared once in [`api_routes!`], which builds both the router
 //! and the OpenAPI document served at `/api/v1/openapi.json`, so the two cannot disagree.
 
-use super::extract::{cookie_name, get_cookie, Client, CsrfCookie};
+use super::extract::{get_cookie, Client, CsrfCookie};
 use super::gateway::{credential, Credential};
 use crate::app::App;
 use crate::services::api_keys::{
@@ -252,8 +252,7 @@ async fn caller(parts: &Parts, app: &App) -> Result<Principal, ApiError> {
         Credential::None => {}
     }
     let no_session = || unauthorized("sign in first (session cookie) or send an API key");
-    let cookie =
-        get_cookie(&parts.headers, &cookie_name(app, "bulwark_session")).ok_or_else(no_session)?;
+    let cookie = get_cookie(&parts.headers, &app.session_cookie_name).ok_or_else(no_session)?;
     let current = app
         .authenticate(cookie)
         .await?

@@ -206,8 +206,7 @@ impl FromRequestParts<App> for MaybeSession {
     type Rejection = PageError;
 
     async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self, Self::Rejection> {
-        let name = cookie_name(app, "bulwark_session");
-        match get_cookie(&parts.headers, &name) {
+        match get_cookie(&parts.headers, &app.session_cookie_name) {
             Some(value) => Ok(Self(app.authenticate(value).await?)),
             None => Ok(Self(None)),
         }
