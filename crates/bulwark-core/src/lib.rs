@@ -7,6 +7,7 @@
 pub mod access;
 pub mod account;
 pub mod api_key;
+pub mod audit;
 pub mod enforcement;
 pub mod lockout;
 pub mod password;

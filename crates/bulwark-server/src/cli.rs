@@ -74,6 +74,9 @@ enum Command {
     /// Manage users' API keys.
     #[command(subcommand)]
     Apikey(ApiKeyCommand),
+    /// The tamper-evident audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// Ask the running server whether it is healthy (exit 0 if so).
     Healthcheck,
     /// Print the OpenAPI document of the JSON API (the one served at /api/v1/openapi.json).
@@ -92,6 +95,66 @@ enum KeyCommand {
     Rotate,
     /// Re-encrypt every TOTP secret under the current key (after changing an inline key ring).
     Reseal,
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Check the hash chain and the checkpoints' signatures; exit 1 at the first broken link.
+    Verify,
+    /// Print events as JSON lines, oldest first, with their hashes.
+    Export {
+        #[command(flatten)]
+        filter: AuditFilterArgs,
+    },
+    /// Show events, newest first.
+    List {
+        #[command(flatten)]
+        filter: AuditFilterArgs,
+        /// How many events to show.
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+        limit: u32,
+    },
+    /// Remove events older than the retention (audit.retention_days, or --older-than-days)
+    /// behind a checkpoint signed with the current key.
+    Prune {
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=36_500))]
+        older_than_days: Option<u32>,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct AuditFilterArgs {
+    /// Only events about this login.
+    #[arg(long)]
+    subject: Option<String>,
+    /// Only events of this kind, e.g. login, password_changed.
+    #[arg(long)]
+    event: Option<String>,
+    /// Events at or after this time: 2026-11-23, 2026-11-23T19:02 (UTC) or Unix seconds.
+    #[arg(long, value_parser = parse_time_arg)]
+    since: Option<i64>,
+    /// Events before this time (same forms as --since).
+    #[arg(long, value_parser = parse_time_arg)]
+    until: Option<i64>,
+}
+
+impl AuditFilterArgs {
+    fn filter(self, limit: u32) -> bulwark_store::AuditFilter {
+        bulwark_store::AuditFilter {
+            subject: self.subject,
+            event: self.event,
+            since: self.since,
+            until: self.until,
+            before_id: None,
+            limit,
+        }
+    }
+}
+
+fn parse_time_arg(text: &str) -> Result<i64, String> {
+    crate::clock::parse_time(text).ok_or_else(|| {
+        format!("`{text}` is not a time: use 2026-11-23, 2026-11-23T19:02 (UTC) or Unix seconds")
+    })
 }
 
 #[derive(Debug, Subcommand)]
@@ -429,6 +492,10 @@ async fn dispatch(command: Command, config: Config) -> Result<ExitCode, CliError
             app.mailer.deliver_due(&transport, app.now()).await;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Audit(cmd) => {
+            let app = build_app(config).await?;
+            audit_command(&app, cmd).await
+        }
         Command::User(cmd) => {
             let app = build_app(config).await?;
             user_command(&app, cmd).await?;
@@ -732,6 +799,99 @@ async fn user_command(app: &App, cmd: UserCommand) -> Result<(), CliError> {
     Ok(())
 }
 
+async fn audit_command(app: &App, cmd: AuditCommand) -> Result<ExitCode, CliError> {
+    use crate::services::audit::{event_json, ChainStart};
+    match cmd {
+        AuditCommand::Verify => {
+            let report = app.verify_audit().await?;
+            let start = match report.start {
+                ChainStart::Genesis => "from the first event".to_string(),
+                ChainStart::Checkpoint { last_id, at } => format!(
+                    "from the checkpoint after event {last_id} (pruned {})",
+                    crate::clock::format_time(at)
+                ),
+            };
+            if let Some(problem) = &report.problem {
+                say!("audit log BROKEN: {problem}");
+                say!(
+                    "{} events {start} are intact up to there; {} checkpoint signatures checked",
+                    report.checked,
+                    report.checkpoints
+                );
+                return Ok(ExitCode::FAILURE);
+            }
+            say!(
+                "audit log intact: {} events checked {start}; {} checkpoint signatures checked",
+                report.checked,
+                report.checkpoints
+            );
+            if let Some((id, hash)) = &report.head {
+                say!("head: event {id}, hash {hash}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        AuditCommand::Export { filter } => {
+            let mut out = std::io::stdout().lock();
+            let mut failure = None;
+            app.export_audit(&filter.filter(0), |r| {
+                match writeln!(out, "{}", event_json(r)) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        if e.kind() != std::io::ErrorKind::BrokenPipe {
+                            failure = Some(e);
+                        }
+                        false
+                    }
+                }
+            })
+            .await?;
+            match failure {
+                Some(e) => Err(CliError::Message(format!(
+                    "cannot write to standard output: {e}"
+                ))),
+                None => Ok(ExitCode::SUCCESS),
+            }
+        }
+        AuditCommand::List { filter, limit } => {
+            for r in app.search_audit(&filter.filter(limit)).await? {
+                say!(
+                    "{:>8}  {}  {:<22} {:<8} subject={} actor={} ip={}{}",
+                    r.id,
+                    crate::clock::format_time(r.at),
+                    r.event,
+                    r.outcome,
+                    r.subject.as_deref().unwrap_or("-"),
+                    r.actor.as_deref().unwrap_or("-"),
+                    r.ip.as_deref().unwrap_or("-"),
+                    r.detail.map(|d| format!("  ({d})")).unwrap_or_default()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        AuditCommand::Prune { older_than_days } => {
+            let Some(keep) = older_than_days
+                .map(|d| i64::from(d) * 86_400)
+                .or(app.config.audit.retention_secs())
+            else {
+                return Err(CliError::Message(
+                    "audit.retention_days is 0 (keep forever): set it, or give --older-than-days"
+                        .into(),
+                ));
+            };
+            match app.prune_audit(keep).await? {
+                Some(c) => say!(
+                    "pruned {} events up to event {}, behind a checkpoint signed by key {}",
+                    c.pruned,
+                    c.last_id,
+                    c.key_id
+                ),
+                None => say!("nothing to prune"),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
 async fn api_key_command(app: &App, cmd: ApiKeyCommand) -> Result<(), CliError> {
     use crate::services::api_keys::{ExpiryChoice, KeyActor, KeyRef, NewApiKeyInput};
     let client = ClientInfo::cli();
@@ -871,7 +1031,7 @@ async fn serve(config: Config) -> Result<ExitCode, CliError> {
     }
     let transport = Transport::from_config(&app.config.mail)?;
     app.mailer.spawn_worker(transport, app.clock.clone());
-    spawn_session_pruner(app.clone());
+    spawn_maintenance(app.clone());
     crate::services::api_keys::spawn_usage_flusher(app.clone());
     let flush_at_exit = app.clone();
 
@@ -911,7 +1071,7 @@ async fn serve(config: Config) -> Result<ExitCode, CliError> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn spawn_session_pruner(app: App) {
+fn spawn_maintenance(app: App) {
     tokio::spawn(async move {
         let policy = app.config.sessions.policy();
         loop {
@@ -924,6 +1084,17 @@ fn spawn_session_pruner(app: App) {
                 Ok(n) if n > 0 => tracing::info!(sessions = n, "pruned expired sessions"),
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "cannot prune expired sessions"),
+            }
+            if let Some(keep) = app.config.audit.retention_secs() {
+                match app.prune_audit(keep).await {
+                    Ok(Some(c)) => tracing::info!(
+                        events = c.pruned,
+                        up_to = c.last_id,
+                        "pruned the audit log behind a signed checkpoint"
+                    ),
+                    Ok(None) => {}
+                    Err(e) => tracing::error!(error = %e, "cannot prune the audit log"),
+                }
             }
             tokio::time::sleep(std::time::Duration::from_secs(600)).await;
         }

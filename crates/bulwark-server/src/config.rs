@@ -17,8 +17,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 mod api_keys;
+mod audit;
 mod gateway;
 pub use api_keys::ApiKeysConfig;
+pub use audit::AuditConfig;
 pub use gateway::{GatewayConfig, RawRule};
 
 /// A configuration problem, naming the key and what is allowed.
@@ -89,6 +91,8 @@ struct RawConfig {
     gateway: gateway::RawGateway,
     #[serde(default)]
     api_keys: api_keys::RawApiKeys,
+    #[serde(default)]
+    audit: audit::RawAudit,
     secret_key: Option<String>,
 }
 
@@ -261,6 +265,7 @@ pub struct Config {
     pub two_factor: TwoFactorConfig,
     pub gateway: GatewayConfig,
     pub api_keys: ApiKeysConfig,
+    pub audit: AuditConfig,
     /// Key ring given inline (`BULWARK_SECRET_KEY`) instead of `secret_key_file`.
     #[serde(serialize_with = "redacted")]
     pub secret_key: Option<SecretString>,
@@ -638,6 +643,7 @@ impl Config {
         let two_factor = validate_two_factor(raw.two_factor)?;
         let gateway = gateway::validate(raw.gateway, &public_host)?;
         let api_keys = api_keys::validate(raw.api_keys)?;
+        let audit = audit::validate(raw.audit)?;
         let secret_key = raw.secret_key.map(SecretString::new);
         if let Some(k) = &secret_key {
             crate::keys::KeyRing::parse(k.expose())
@@ -648,6 +654,7 @@ impl Config {
             two_factor,
             gateway,
             api_keys,
+            audit,
             secret_key,
             data_dir,
             secret_key_file,
@@ -1472,5 +1479,21 @@ mod tests {
         }
         let err = load("", &[("BULWARK_API_KEYS__FLUSH_SECS", "soon")]).unwrap_err();
         assert_eq!(err.key, "api_keys.flush_secs");
+    }
+
+    #[test]
+    fn audit_retention_is_off_by_default_and_checked() {
+        let c = load("", &[]).unwrap();
+        assert_eq!(c.audit.retention_secs(), None, "events are kept forever");
+        let c = load("[audit]\nretention_days = 400\n", &[]).unwrap();
+        assert_eq!(c.audit.retention_secs(), Some(400 * 86_400));
+        for (text, key) in [
+            ("[audit]\nretention_days = 40000\n", "audit.retention_days"),
+            ("[audit]\nretention_days = -1\n", "audit.retention_days"),
+            ("[audit]\nkeep = 1\n", "audit.keep"),
+        ] {
+            let err = load(text, &[]).unwrap_err();
+            assert_eq!(err.key, key, "{text}: {err}");
+        }
     }
 }

@@ -159,6 +159,20 @@ impl KeyRing {
             .unwrap_or([0; 32])
     }
 
+    /// The id and key that sign audit checkpoints now (derived from the current key).
+    pub fn audit_signing_key(&self) -> Result<(&str, [u8; 32]), KeyError> {
+        let k = self.current()?;
+        Ok((&k.id, derive(&k.bytes, "bulwark audit checkpoint v1")))
+    }
+
+    /// The key that signed an audit checkpoint with key id `id`, if the ring still has it.
+    pub fn audit_verifying_key(&self, id: &str) -> Option<[u8; 32]> {
+        self.keys
+            .iter()
+            .find(|k| k.id == id)
+            .map(|k| derive(&k.bytes, "bulwark audit checkpoint v1"))
+    }
+
     /// Encrypts `plaintext` under the current key, bound to `aad` (e.g. the user id), and
     /// returns (key id, sealed text).
     pub fn seal(&self, plaintext: &[u8], aad: &[u8]) -> Result<(String, String), KeyError> {

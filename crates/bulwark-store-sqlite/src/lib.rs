@@ -3,6 +3,7 @@
 use async_trait::async_trait;
 use bulwark_core::account::{Email, GroupName, Login};
 use bulwark_core::api_key::{ApiKeyDigest, Scopes};
+use bulwark_core::audit;
 use bulwark_core::password::hash::PasswordHash;
 use bulwark_core::token::TokenHash;
 use bulwark_core::UnixTime;
@@ -74,6 +75,87 @@ fn create_private_file(path: &Path) -> StoreResult<()> {
             "cannot create database file {}: {e}",
             path.display()
         ))),
+    }
+}
+
+const AUDIT_COLUMNS: &str =
+    "id, at, actor, subject, event, outcome, detail, ip, user_agent, prev_hash, hash";
+
+fn audit_record(r: &SqliteRow) -> StoreResult<AuditRecord> {
+    (|| -> Result<AuditRecord, sqlx::Error> {
+        Ok(AuditRecord {
+            id: r.try_get("id")?,
+            at: r.try_get("at")?,
+            actor: r.try_get("actor")?,
+            subject: r.try_get("subject")?,
+            event: r.try_get("event")?,
+            outcome: r.try_get("outcome")?,
+            detail: r.try_get("detail")?,
+            ip: r.try_get("ip")?,
+            user_agent: r.try_get("user_agent")?,
+            prev_hash: r.try_get("prev_hash")?,
+            hash: r.try_get("hash")?,
+        })
+    })()
+    .map_err(map_err)
+}
+
+/// The id and hash the next audit event follows: the newest event, else the newest
+/// checkpoint (everything was pruned), else the genesis.
+async fn chain_head(conn: &mut sqlx::SqliteConnection) -> StoreResult<(i64, String)> {
+    let last: Option<(i64, Option<String>)> =
+        sqlx::query_as("SELECT id, hash FROM audit_log ORDER BY id DESC LIMIT 1")
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(map_err)?;
+    if let Some((id, hash)) = last {
+        return Ok((id, hash.unwrap_or_default()));
+    }
+    let checkpoint: Option<(i64, String)> = sqlx::query_as(
+        "SELECT last_id, last_hash FROM audit_checkpoints ORDER BY last_id DESC LIMIT 1",
+    )
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(map_err)?;
+    Ok(checkpoint.unwrap_or_else(|| (0, audit::GENESIS.to_string())))
+}
+
+/// Seals events written before the chain existed (migration 0005) into it, in id order.
+async fn seal_audit_backlog(pool: &SqlitePool) -> StoreResult<()> {
+    loop {
+        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.map_err(map_err)?;
+        let rows = sqlx::query(&format!(
+            "SELECT {AUDIT_COLUMNS} FROM audit_log WHERE hash IS NULL ORDER BY id LIMIT 500"
+        ))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        let Some(first) = rows.first() else {
+            return Ok(());
+        };
+        let first_id: i64 = first.try_get("id").map_err(map_err)?;
+        let before: Option<Option<String>> =
+            sqlx::query_scalar("SELECT hash FROM audit_log WHERE id < ? ORDER BY id DESC LIMIT 1")
+                .bind(first_id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(map_err)?;
+        let mut prev = before
+            .flatten()
+            .unwrap_or_else(|| audit::GENESIS.to_string());
+        for row in &rows {
+            let record = audit_record(row)?;
+            let hash = audit::link_hash(&prev, &record.link_fields());
+            sqlx::query("UPDATE audit_log SET prev_hash = ?, hash = ? WHERE id = ?")
+                .bind(&prev)
+                .bind(&hash)
+                .bind(record.id)
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err)?;
+            prev = hash;
+        }
+        tx.commit().await.map_err(map_err)?;
     }
 }
 
@@ -718,10 +800,35 @@ impl ThrottleStore for SqliteStore {
 #[async_trait]
 impl AuditStore for SqliteStore {
     async fn append_audit(&self, e: &NewAuditEvent) -> StoreResult<i64> {
-        sqlx::query_scalar(
-            "INSERT INTO audit_log (at, actor, subject, event, outcome, detail, ip, user_agent) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+        // BEGIN IMMEDIATE takes the write lock before reading the head, so appends from any
+        // number of connections and processes form one chain.
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(map_err)?;
+        let (last_id, last_hash) = chain_head(&mut tx).await?;
+        let id = last_id + 1;
+        let hash = audit::link_hash(
+            &last_hash,
+            &audit::LinkFields {
+                id,
+                at: e.at,
+                actor: e.actor.as_deref(),
+                subject: e.subject.as_deref(),
+                event: &e.event,
+                outcome: &e.outcome,
+                detail: e.detail.as_deref(),
+                ip: e.ip.as_deref(),
+                user_agent: e.user_agent.as_deref(),
+            },
+        );
+        sqlx::query(
+            "INSERT INTO audit_log \
+             (id, at, actor, subject, event, outcome, detail, ip, user_agent, prev_hash, hash) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
+        .bind(id)
         .bind(e.at)
         .bind(&e.actor)
         .bind(&e.subject)
@@ -730,27 +837,48 @@ impl AuditStore for SqliteStore {
         .bind(&e.detail)
         .bind(&e.ip)
         .bind(&e.user_agent)
-        .fetch_one(&self.pool)
+        .bind(&last_hash)
+        .bind(&hash)
+        .execute(&mut *tx)
         .await
-        .map_err(map_err)
+        .map_err(map_err)?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(id)
     }
 
     async fn list_audit(&self, f: &AuditFilter) -> StoreResult<Vec<AuditRecord>> {
-        // One statement per filter shape: `(? IS NULL OR subject = ?)` would keep SQLite from
-        // using the (subject, id) index and scan the whole log. With a subject, the event is
-        // checked on that subject's rows (`+event` keeps the planner on the subject index).
-        let mut sql = String::from(
-            "SELECT id, at, actor, subject, event, outcome, detail, ip, user_agent FROM audit_log",
-        );
-        match (&f.subject, &f.event) {
-            (Some(_), Some(_)) => sql.push_str(" WHERE subject = ? AND +event = ?"),
-            (Some(_), None) => sql.push_str(" WHERE subject = ?"),
-            (None, Some(_)) => sql.push_str(" WHERE event = ?"),
-            (None, None) => {}
+        // Conditions are added only when set: `(? IS NULL OR subject = ?)` would keep SQLite
+        // from using the (subject, id) index and scan the whole log. With a subject, the other
+        // conditions are checked on that subject's rows (`+event`, `+at` keep the planner on
+        // the subject index); without one, on the event index, else on the time index.
+        let mut sql = format!("SELECT {AUDIT_COLUMNS} FROM audit_log WHERE 1 = 1");
+        let indexed = if f.subject.is_some() { "+" } else { "" };
+        if f.subject.is_some() {
+            sql.push_str(" AND subject = ?");
+        }
+        if f.event.is_some() {
+            sql.push_str(if f.subject.is_some() {
+                " AND +event = ?"
+            } else {
+                " AND event = ?"
+            });
+        }
+        let indexed = if f.event.is_some() { "+" } else { indexed };
+        if f.since.is_some() {
+            sql.push_str(&format!(" AND {indexed}at >= ?"));
+        }
+        if f.until.is_some() {
+            sql.push_str(&format!(" AND {indexed}at < ?"));
+        }
+        if f.before_id.is_some() {
+            sql.push_str(" AND id < ?");
         }
         sql.push_str(" ORDER BY id DESC LIMIT ?");
         let mut query = sqlx::query(&sql);
         for value in [&f.subject, &f.event].into_iter().flatten() {
+            query = query.bind(value);
+        }
+        for value in [f.since, f.until, f.before_id].into_iter().flatten() {
             query = query.bind(value);
         }
         let rows = query
@@ -758,18 +886,90 @@ impl AuditStore for SqliteStore {
             .fetch_all(&self.pool)
             .await
             .map_err(map_err)?;
+        rows.iter().map(audit_record).collect()
+    }
+
+    async fn audit_chain(&self, after_id: i64, limit: u32) -> StoreResult<Vec<AuditRecord>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {AUDIT_COLUMNS} FROM audit_log WHERE id > ? ORDER BY id LIMIT ?"
+        ))
+        .bind(after_id)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err)?;
+        rows.iter().map(audit_record).collect()
+    }
+
+    async fn last_audit_before(&self, time: UnixTime) -> StoreResult<Option<AuditRecord>> {
+        let row = sqlx::query(&format!(
+            "SELECT {AUDIT_COLUMNS} FROM audit_log \
+             WHERE id = (SELECT max(id) FROM audit_log WHERE at < ?)"
+        ))
+        .bind(time)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(map_err)?;
+        row.as_ref().map(audit_record).transpose()
+    }
+
+    async fn prune_audit(&self, c: &AuditCheckpoint) -> StoreResult<u64> {
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(map_err)?;
+        let hash: Option<Option<String>> =
+            sqlx::query_scalar("SELECT hash FROM audit_log WHERE id = ?")
+                .bind(c.last_id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(map_err)?;
+        if hash.flatten().as_deref() != Some(c.last_hash.as_str()) {
+            return Err(StoreError::Conflict(
+                "the checkpoint does not name an audit event of the chain",
+            ));
+        }
+        sqlx::query(
+            "INSERT INTO audit_checkpoints (at, last_id, last_hash, pruned, key_id, signature) \
+             VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(c.at)
+        .bind(c.last_id)
+        .bind(&c.last_hash)
+        .bind(c.pruned)
+        .bind(&c.key_id)
+        .bind(&c.signature)
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        let removed = sqlx::query("DELETE FROM audit_log WHERE id <= ?")
+            .bind(c.last_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?
+            .rows_affected();
+        tx.commit().await.map_err(map_err)?;
+        Ok(removed)
+    }
+
+    async fn list_audit_checkpoints(&self) -> StoreResult<Vec<AuditCheckpoint>> {
+        let rows = sqlx::query(
+            "SELECT at, last_id, last_hash, pruned, key_id, signature \
+             FROM audit_checkpoints ORDER BY last_id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err)?;
         rows.iter()
-            .map(|r| -> Result<AuditRecord, sqlx::Error> {
-                Ok(AuditRecord {
-                    id: r.try_get("id")?,
+            .map(|r| -> Result<AuditCheckpoint, sqlx::Error> {
+                Ok(AuditCheckpoint {
                     at: r.try_get("at")?,
-                    actor: r.try_get("actor")?,
-                    subject: r.try_get("subject")?,
-                    event: r.try_get("event")?,
-                    outcome: r.try_get("outcome")?,
-                    detail: r.try_get("detail")?,
-                    ip: r.try_get("ip")?,
-                    user_agent: r.try_get("user_agent")?,
+                    last_id: r.try_get("last_id")?,
+                    last_hash: r.try_get("last_hash")?,
+                    pruned: r.try_get("pruned")?,
+                    key_id: r.try_get("key_id")?,
+                    signature: r.try_get("signature")?,
                 })
             })
             .collect::<Result<_, _>>()
@@ -1336,7 +1536,8 @@ impl Store for SqliteStore {
         MIGRATOR
             .run(&self.pool)
             .await
-            .map_err(|e| StoreError::Backend(format!("migration failed: {e}")))
+            .map_err(|e| StoreError::Backend(format!("migration failed: {e}")))?;
+        seal_audit_backlog(&self.pool).await
     }
 
     async fn ping(&self) -> StoreResult<()> {

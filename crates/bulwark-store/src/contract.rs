@@ -28,7 +28,9 @@ macro_rules! store_contract_tests {
             one_time_token_is_consumed_once, one_time_token_expires_and_purpose_matters, revoking_user_tokens_voids_them,
             concurrent_consumption_succeeds_once,
             throttle_counts_failures_and_restarts_after_window, throttle_block_never_shortens, concurrent_failures_are_all_counted,
-            audit_is_appended_and_filtered, recent_login_clients_are_distinct_and_recent, mail_queue_retries_and_deletes, ping_and_migrate_are_idempotent,
+            audit_is_appended_and_filtered, audit_events_form_a_hash_chain, concurrent_audit_appends_stay_one_chain,
+            audit_search_by_time_and_page, audit_pruning_leaves_a_checkpoint_the_chain_starts_from,
+            recent_login_clients_are_distinct_and_recent, mail_queue_retries_and_deletes, ping_and_migrate_are_idempotent,
             session_stage_is_stored, device_account_and_grace_are_recorded,
             pending_totp_is_replaced_until_confirmed, totp_step_only_moves_forward, concurrent_totp_use_succeeds_once,
             totp_secret_rotation_checks_the_old_key, recovery_codes_work_once_and_are_replaced,
@@ -671,11 +673,194 @@ pub async fn audit_is_appended_and_filtered(s: &dyn Store) {
             subject: Some("alice".into()),
             event: Some("login".into()),
             limit: 10,
+            ..Default::default()
         })
         .await
         .unwrap();
     assert_eq!(alice_logins.len(), 1);
     assert_eq!(alice_logins[0].event, "login");
+}
+
+fn audit_event(at: i64, subject: &str, event: &str) -> NewAuditEvent {
+    NewAuditEvent {
+        at,
+        actor: Some("admin".into()),
+        subject: Some(subject.into()),
+        event: event.into(),
+        outcome: "success".into(),
+        detail: Some(format!("{event} of {subject}")),
+        ip: None,
+        user_agent: Some("ua".into()),
+    }
+}
+
+/// Walks the whole stored chain from its checkpoint (or the genesis) and returns how many
+/// events it checked.
+async fn verify_chain(s: &dyn Store) -> Result<u64, bulwark_core::audit::ChainBreak> {
+    use bulwark_core::audit::ChainVerifier;
+    let checkpoints = s.list_audit_checkpoints().await.unwrap();
+    let mut v = match checkpoints.last() {
+        Some(c) => ChainVerifier::from_checkpoint(c.last_id, &c.last_hash),
+        None => ChainVerifier::from_genesis(),
+    };
+    let mut after = checkpoints.last().map_or(0, |c| c.last_id);
+    loop {
+        let page = s.audit_chain(after, 3).await.unwrap();
+        let Some(last) = page.last() else {
+            return Ok(v.checked());
+        };
+        after = last.id;
+        for r in &page {
+            v.push(&r.link_fields(), r.prev_hash.as_deref(), r.hash.as_deref())?;
+        }
+    }
+}
+
+pub async fn audit_events_form_a_hash_chain(s: &dyn Store) {
+    for i in 0..7 {
+        s.append_audit(&audit_event(T0 + i, "alice", "login"))
+            .await
+            .unwrap();
+    }
+    assert_eq!(verify_chain(s).await.unwrap(), 7);
+    let chain = s.audit_chain(0, 100).await.unwrap();
+    assert_eq!(chain.len(), 7);
+    assert_eq!(
+        chain[0].prev_hash.as_deref(),
+        Some(bulwark_core::audit::GENESIS)
+    );
+    for pair in chain.windows(2) {
+        assert!(pair[0].id < pair[1].id);
+        assert_eq!(pair[1].prev_hash, pair[0].hash);
+    }
+    assert_eq!(s.audit_chain(chain[5].id, 100).await.unwrap().len(), 1);
+}
+
+pub async fn concurrent_audit_appends_stay_one_chain(s: &dyn Store) {
+    let events: Vec<NewAuditEvent> = (0..20)
+        .map(|i| audit_event(T0, &format!("u{i}"), "login"))
+        .collect();
+    let appends = events.iter().map(|e| s.append_audit(e));
+    let ids: Vec<i64> = join_all(appends)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap())
+        .collect();
+    let mut sorted = ids.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    assert_eq!(sorted.len(), 20);
+    assert_eq!(verify_chain(s).await.unwrap(), 20);
+}
+
+pub async fn audit_search_by_time_and_page(s: &dyn Store) {
+    for i in 0..6 {
+        let subject = if i % 2 == 0 { "alice" } else { "bob" };
+        s.append_audit(&audit_event(T0 + i * 100, subject, "login"))
+            .await
+            .unwrap();
+    }
+    let window = s
+        .list_audit(&AuditFilter {
+            since: Some(T0 + 100),
+            until: Some(T0 + 400),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let times: Vec<i64> = window.iter().map(|r| r.at - T0).collect();
+    assert_eq!(
+        times,
+        vec![300, 200, 100],
+        "newest first, until is exclusive"
+    );
+    let alice_late = s
+        .list_audit(&AuditFilter {
+            subject: Some("alice".into()),
+            event: Some("login".into()),
+            since: Some(T0 + 150),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let times: Vec<i64> = alice_late.iter().map(|r| r.at - T0).collect();
+    assert_eq!(times, vec![400, 200]);
+    let first_page = s
+        .list_audit(&AuditFilter {
+            limit: 4,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let next_page = s
+        .list_audit(&AuditFilter {
+            before_id: Some(first_page[3].id),
+            limit: 4,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(next_page.len(), 2);
+    assert!(next_page[0].id < first_page[3].id);
+}
+
+pub async fn audit_pruning_leaves_a_checkpoint_the_chain_starts_from(s: &dyn Store) {
+    for i in 0..6 {
+        s.append_audit(&audit_event(T0 + i * 100, "alice", "login"))
+            .await
+            .unwrap();
+    }
+    assert!(s.last_audit_before(T0).await.unwrap().is_none());
+    let last = s.last_audit_before(T0 + 250).await.unwrap().unwrap();
+    assert_eq!(last.at, T0 + 200);
+    let forged = AuditCheckpoint {
+        at: T0 + 1000,
+        last_id: last.id,
+        last_hash: "0".repeat(64),
+        pruned: 3,
+        key_id: "k1".into(),
+        signature: "ab".into(),
+    };
+    assert!(matches!(
+        s.prune_audit(&forged).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(
+        s.audit_chain(0, 100).await.unwrap().len(),
+        6,
+        "nothing pruned"
+    );
+    let checkpoint = AuditCheckpoint {
+        last_hash: last.hash.clone().unwrap(),
+        ..forged
+    };
+    assert_eq!(s.prune_audit(&checkpoint).await.unwrap(), 3);
+    assert_eq!(s.list_audit_checkpoints().await.unwrap(), vec![checkpoint]);
+    assert_eq!(verify_chain(s).await.unwrap(), 3);
+    // The chain goes on from the remaining events, and after everything was pruned, from
+    // the checkpoint.
+    s.append_audit(&audit_event(T0 + 900, "bob", "login"))
+        .await
+        .unwrap();
+    let last = s.last_audit_before(T0 + 10_000).await.unwrap().unwrap();
+    let all = AuditCheckpoint {
+        at: T0 + 2000,
+        last_id: last.id,
+        last_hash: last.hash.clone().unwrap(),
+        pruned: 4,
+        key_id: "k1".into(),
+        signature: "cd".into(),
+    };
+    assert_eq!(s.prune_audit(&all).await.unwrap(), 4);
+    assert_eq!(verify_chain(s).await.unwrap(), 0);
+    let id = s
+        .append_audit(&audit_event(T0 + 3000, "carol", "login"))
+        .await
+        .unwrap();
+    assert!(id > last.id, "ids are never reused");
+    assert_eq!(verify_chain(s).await.unwrap(), 1);
 }
 
 pub async fn recent_login_clients_are_distinct_and_recent(s: &dyn Store) {

@@ -250,13 +250,24 @@ pub trait ThrottleStore: Send + Sync {
     async fn delete_throttle(&self, key: &str) -> StoreResult<()>;
 }
 
-/// The append-only audit trail.
+/// The append-only audit trail, a hash chain (see `bulwark_core::audit`).
 #[async_trait]
 pub trait AuditStore: Send + Sync {
-    /// Appends an event and returns its id.
+    /// Appends an event as the next link of the chain and returns its id. Concurrent appends
+    /// (from any number of processes) still form one line: each sees the one before.
     async fn append_audit(&self, event: &NewAuditEvent) -> StoreResult<i64>;
     /// Events newest first, filtered.
     async fn list_audit(&self, filter: &AuditFilter) -> StoreResult<Vec<AuditRecord>>;
+    /// Up to `limit` events with an id above `after_id`, oldest first (for walking the chain).
+    async fn audit_chain(&self, after_id: i64, limit: u32) -> StoreResult<Vec<AuditRecord>>;
+    /// The newest event before `time`, if any: where a pruning up to `time` would end.
+    async fn last_audit_before(&self, time: UnixTime) -> StoreResult<Option<AuditRecord>>;
+    /// Stores the checkpoint and removes every event up to its `last_id`, atomically; returns
+    /// how many were removed. Refused (`Conflict`) unless the event `last_id` exists with the
+    /// checkpoint's `last_hash`.
+    async fn prune_audit(&self, checkpoint: &AuditCheckpoint) -> StoreResult<u64>;
+    /// Every checkpoint, oldest first.
+    async fn list_audit_checkpoints(&self) -> StoreResult<Vec<AuditCheckpoint>>;
     /// The distinct (IP, user agent) pairs of the subject's last `limit` successful `login`
     /// events, for telling a new device from a known one without loading whole records.
     async fn recent_login_clients(

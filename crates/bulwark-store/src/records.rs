@@ -209,14 +209,55 @@ pub struct AuditRecord {
     pub detail: Option<String>,
     pub ip: Option<String>,
     pub user_agent: Option<String>,
+    /// The hash of the record before this one (see `bulwark_core::audit`).
+    pub prev_hash: Option<String>,
+    /// This record's hash.
+    pub hash: Option<String>,
 }
 
-/// Filter for listing audit events.
+impl AuditRecord {
+    /// The fields the record's hash covers.
+    pub fn link_fields(&self) -> bulwark_core::audit::LinkFields<'_> {
+        bulwark_core::audit::LinkFields {
+            id: self.id,
+            at: self.at,
+            actor: self.actor.as_deref(),
+            subject: self.subject.as_deref(),
+            event: &self.event,
+            outcome: &self.outcome,
+            detail: self.detail.as_deref(),
+            ip: self.ip.as_deref(),
+            user_agent: self.user_agent.as_deref(),
+        }
+    }
+}
+
+/// Filter for listing audit events, newest first. Every set field must match.
 #[derive(Debug, Clone, Default)]
 pub struct AuditFilter {
     pub subject: Option<String>,
     pub event: Option<String>,
+    /// Events at or after this time.
+    pub since: Option<UnixTime>,
+    /// Events before this time.
+    pub until: Option<UnixTime>,
+    /// Events with a smaller id (the next page after the last id seen).
+    pub before_id: Option<i64>,
     pub limit: u32,
+}
+
+/// A signed record of pruned audit events: every event up to `last_id` was removed, and the
+/// last of them hashed to `last_hash` (see `bulwark_core::audit`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditCheckpoint {
+    pub at: UnixTime,
+    pub last_id: i64,
+    pub last_hash: String,
+    /// How many events this pruning removed (informational, not signed).
+    pub pruned: i64,
+    /// The server key that signed it.
+    pub key_id: String,
+    pub signature: String,
 }
 
 /// A message to queue.

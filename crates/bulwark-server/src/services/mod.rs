@@ -2,6 +2,7 @@
 //! rules of `bulwark-core` and persists through the store traits.
 
 pub mod api_keys;
+pub mod audit;
 pub mod auth;
 pub mod passwords;
 pub mod session_cache;

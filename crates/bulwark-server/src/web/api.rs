@@ -29,7 +29,7 @@ use bulwark_core::account::GroupName;
 use bulwark_core::api_key::Scope;
 use bulwark_core::enforcement::Standing;
 use bulwark_core::SecretString;
-use bulwark_store::{SessionStage, UserFilter, UserRecord};
+use bulwark_store::{AuditFilter, SessionStage, UserFilter, UserRecord};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -403,6 +403,8 @@ api_routes! {
     GET "/users/{login}" => user_get, Admin, "User", "One user.";
     POST "/users/{login}/unlock" => user_unlock_post, Admin, "Done", "Clears the user's failed-login lock.";
     POST "/users/{login}/reset-2fa" => user_reset_2fa_post, Admin, "Done", "Removes the user's authenticator, recovery codes, trusted devices and sessions; mails the user.";
+    GET "/audit" => audit_get, Admin, "AuditEventList", "Audit events, newest first, filtered by `subject`, `event`, `since` and `until` (Unix seconds, 2026-11-23 or 2026-11-23T19:02 UTC), paged by `limit` (at most 500) and `before` (the previous page's `next_before`).";
+    GET "/audit/verify" => audit_verify_get, Admin, "AuditVerification", "Checks the audit log's hash chain and checkpoint signatures; `intact: false` comes with the first broken link.";
     GET "/groups" => groups_get, Admin, "GroupList", "The built-in groups and how many active members each has.";
 }
 
@@ -623,6 +625,76 @@ async fn my_key_delete(
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
+struct AuditQuery {
+    subject: Option<String>,
+    event: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
+    before: Option<i64>,
+    limit: Option<u32>,
+}
+
+async fn audit_get(
+    State(app): State<App>,
+    _: Admin,
+    query: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult {
+    let invalid = |m: String| ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidInput, m);
+    let Query(q) = query.map_err(|e| invalid(e.body_text()))?;
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=500).contains(&limit) {
+        return Err(invalid("limit must be between 1 and 500".into()));
+    }
+    let time = |name: &str, v: Option<String>| -> Result<Option<i64>, ApiError> {
+        v.filter(|v| !v.trim().is_empty())
+            .map(|v| {
+                crate::clock::parse_time(&v).ok_or_else(|| {
+                    invalid(format!(
+                        "{name} must be Unix seconds, 2026-11-23 or 2026-11-23T19:02 (UTC)"
+                    ))
+                })
+            })
+            .transpose()
+    };
+    let filter = AuditFilter {
+        subject: q.subject.filter(|s| !s.trim().is_empty()),
+        event: q.event.filter(|s| !s.trim().is_empty()),
+        since: time("since", q.since)?,
+        until: time("until", q.until)?,
+        before_id: q.before,
+        limit,
+    };
+    let events = app.search_audit(&filter).await?;
+    let next_before = (events.len() == limit as usize)
+        .then(|| events.last().map(|e| e.id))
+        .flatten();
+    Ok(Json(json!({
+        "items": events.iter().map(crate::services::audit::event_json).collect::<Vec<_>>(),
+        "next_before": next_before,
+    })))
+}
+
+async fn audit_verify_get(State(app): State<App>, _: Admin) -> ApiResult {
+    use crate::services::audit::ChainStart;
+    let r = app.verify_audit().await?;
+    let start = match r.start {
+        ChainStart::Genesis => json!({"from": "genesis"}),
+        ChainStart::Checkpoint { last_id, at } => {
+            json!({"from": "checkpoint", "after_id": last_id, "pruned_at": at})
+        }
+    };
+    Ok(Json(json!({
+        "intact": r.intact(),
+        "problem": r.problem,
+        "checked": r.checked,
+        "checkpoints": r.checkpoints,
+        "start": start,
+        "head": r.head.map(|(id, hash)| json!({"id": id, "hash": hash})),
+    })))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
 struct UsersQuery {
     search: Option<String>,
     group: Option<String>,
@@ -824,6 +896,47 @@ fn schemas() -> Value {
             "properties": {"name": {"type": "string"}, "active_members": {"type": "integer"}},
         },
         "GroupList": list("Group"),
+        "AuditEvent": {
+            "type": "object",
+            "required": ["id", "at", "event", "outcome", "prev_hash", "hash"],
+            "properties": {
+                "id": {"type": "integer"},
+                "at": {"type": "integer", "description": "Unix time"},
+                "actor": {"type": ["string", "null"], "description": "Who acted: a login, `cli` or `system`"},
+                "subject": {"type": ["string", "null"], "description": "Whom it concerned (a login)"},
+                "event": {"type": "string"},
+                "outcome": {"type": "string", "enum": ["success", "failure", "denied"]},
+                "detail": {"type": ["string", "null"]},
+                "ip": {"type": ["string", "null"]},
+                "user_agent": {"type": ["string", "null"]},
+                "prev_hash": {"type": ["string", "null"], "description": "SHA-256 (hex) of the event before"},
+                "hash": {"type": ["string", "null"], "description": "SHA-256 (hex) of this event and prev_hash"},
+            },
+        },
+        "AuditEventList": {
+            "type": "object",
+            "required": ["items"],
+            "properties": {
+                "items": {"type": "array", "items": {"$ref": "#/components/schemas/AuditEvent"}},
+                "next_before": {"type": ["integer", "null"], "description": "Pass as `before` for the next page; null on the last"},
+            },
+        },
+        "AuditVerification": {
+            "type": "object",
+            "required": ["intact", "checked", "checkpoints", "start"],
+            "properties": {
+                "intact": {"type": "boolean"},
+                "problem": {"type": ["string", "null"], "description": "The first broken link"},
+                "checked": {"type": "integer", "description": "Events checked"},
+                "checkpoints": {"type": "integer", "description": "Checkpoint signatures checked"},
+                "start": {"type": "object", "properties": {
+                    "from": {"type": "string", "enum": ["genesis", "checkpoint"]},
+                    "after_id": {"type": "integer"},
+                    "pruned_at": {"type": "integer"},
+                }},
+                "head": {"type": ["object", "null"], "properties": {"id": {"type": "integer"}, "hash": {"type": "string"}}},
+            },
+        },
         "ApiKey": {
             "type": "object",
             "required": ["id", "name", "prefix", "scopes", "created_at", "status"],

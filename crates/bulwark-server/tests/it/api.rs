@@ -9,11 +9,11 @@ use serde_json::Value;
 
 const PW: &str = "Correct-Horse-Battery-Staple-42";
 
-fn json(res: &Response) -> Value {
+pub(crate) fn json(res: &Response) -> Value {
     serde_json::from_str(&res.body).unwrap_or_else(|e| panic!("{e}: {}", res.body))
 }
 
-fn error_code(res: &Response) -> String {
+pub(crate) fn error_code(res: &Response) -> String {
     json(res)["error"]["code"]
         .as_str()
         .unwrap_or_default()
@@ -37,7 +37,7 @@ async fn api_client(b: Browser) -> Browser {
 }
 
 /// An admin whose session passed a second factor.
-async fn admin(t: &TestApp) -> Browser {
+pub(crate) async fn admin(t: &TestApp) -> Browser {
     let (b, secret, _) = user_with_totp(t, "root", &["internal"]).await;
     t.app
         .update_user_groups(

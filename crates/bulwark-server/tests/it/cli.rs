@@ -1426,3 +1426,82 @@ fn api_keys_from_the_command_line_open_the_gateway_until_revoked() {
     let logs = server.stderr();
     assert!(!logs.contains(&key[4..]), "no key in the server's log");
 }
+
+/// Alters a stored audit event as an attacker with the database file would.
+fn tamper_with_audit(root: &Path, sql: &str) {
+    let path = data_dir(root).join("bulwark.db");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let pool = sqlx::SqlitePool::connect_with(
+            sqlx::sqlite::SqliteConnectOptions::new().filename(&path),
+        )
+        .await
+        .unwrap();
+        for statement in ["DROP TRIGGER audit_log_no_update", sql] {
+            sqlx::query(statement).execute(&pool).await.unwrap();
+        }
+        pool.close().await;
+    });
+}
+
+#[test]
+fn audit_verify_and_export_from_the_command_line() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    add_user(root, "alice", STRONG);
+    add_user(root, "bob", STRONG);
+    admin_ok(root, &["user", "disable", "bob"], None);
+
+    let out = admin_ok(root, &["audit", "verify"], None);
+    assert!(out.starts_with("audit log intact: "), "{out}");
+    assert!(out.contains("from the first event"), "{out}");
+    assert!(out.contains("\nhead: event "), "{out}");
+
+    let export = admin_ok(root, &["audit", "export"], None);
+    let events: Vec<serde_json::Value> = export
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(events.len() >= 3, "{export}");
+    assert!(events
+        .windows(2)
+        .all(|w| w[0]["id"].as_i64() < w[1]["id"].as_i64()));
+    assert!(events.windows(2).all(|w| w[0]["hash"] == w[1]["prev_hash"]));
+    let bobs = admin_ok(root, &["audit", "export", "--subject", "bob"], None);
+    assert!(bobs.lines().count() >= 2 && bobs.lines().all(|l| l.contains("\"subject\":\"bob\"")));
+    let list = admin_ok(root, &["audit", "list", "--event", "user_disabled"], None);
+    assert!(list.contains("subject=bob"), "{list}");
+    let bad = run(
+        &mut admin(root, &["audit", "list", "--since", "last week"]),
+        None,
+    );
+    assert_eq!(bad.code, Some(2), "{bad:?}");
+    assert!(bad.stderr.contains("is not a time"), "{bad:?}");
+    let off = run(&mut admin(root, &["audit", "prune"]), None);
+    assert!(
+        !off.success() && off.stderr.contains("audit.retention_days"),
+        "{off:?}"
+    );
+
+    // Undo the disabling of bob in the log: verify names the event and fails.
+    let disabled = events
+        .iter()
+        .find(|e| e["event"] == "user_disabled")
+        .unwrap_or_else(|| panic!("no user_disabled event in {export}"));
+    let id = disabled["id"].as_i64().unwrap();
+    tamper_with_audit(
+        root,
+        &format!("UPDATE audit_log SET subject = 'carol' WHERE id = {id}"),
+    );
+    let broken = run(&mut admin(root, &["audit", "verify"]), None);
+    assert_eq!(broken.code, Some(1), "{broken:?}");
+    assert!(
+        broken
+            .stdout
+            .starts_with(&format!("audit log BROKEN: record {id} was altered")),
+        "{broken:?}"
+    );
+}

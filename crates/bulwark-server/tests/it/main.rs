@@ -8,6 +8,7 @@
 
 mod api;
 mod api_keys;
+mod audit;
 mod cli;
 mod gateway;
 mod mail;

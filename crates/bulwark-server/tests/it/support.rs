@@ -88,6 +88,11 @@ impl TestApp {
         }
     }
 
+    /// The SQLite file behind the app, for tests that play an attacker with database access.
+    pub fn database_path(&self) -> PathBuf {
+        self._dir.path().join("bulwark.db")
+    }
+
     pub fn browser(&self) -> Browser {
         self.browser_from("192.0.2.10")
     }
