@@ -53,6 +53,16 @@ pub fn format_time(t: UnixTime) -> String {
         .unwrap_or_else(|| t.to_string())
 }
 
+/// Formats a Unix time for machines (ISO 8601, UTC): `2026-11-23T19:02:05Z`.
+pub fn format_iso(t: UnixTime) -> String {
+    let format =
+        time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
+    time::OffsetDateTime::from_unix_timestamp(t)
+        .ok()
+        .and_then(|dt| dt.format(&format).ok())
+        .unwrap_or_else(|| t.to_string())
+}
+
 /// Reads a time given by a person or a form: `2026-11-23` (midnight UTC),
 /// `2026-11-23T19:02` / `2026-11-23 19:02` / `…:05` (UTC, an optional trailing `Z`), or Unix
 /// seconds. `None` when it is none of these.
@@ -111,6 +121,7 @@ mod tests {
         );
         assert_eq!(parse_time("1795392000"), Some(day));
         assert_eq!(format_time(day), "2026-11-23 00:00 UTC");
+        assert_eq!(format_iso(day + 125), "2026-11-23T00:02:05Z");
         for bad in [
             "",
             "yesterday",

@@ -370,6 +370,38 @@ impl UserStore for SqliteStore {
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
+    async fn list_user_security(
+        &self,
+        after_id: UserId,
+        limit: u32,
+    ) -> StoreResult<Vec<UserSecurity>> {
+        let sql = format!(
+            "SELECT {USER_COLUMNS}, \
+             EXISTS (SELECT 1 FROM totp_factors t \
+                     WHERE t.user_id = users.id AND t.confirmed_at IS NOT NULL) AS totp_active, \
+             (SELECT count(*) FROM recovery_codes r \
+              WHERE r.user_id = users.id AND r.used_at IS NULL) AS codes_left \
+             FROM users WHERE id > ? ORDER BY id LIMIT ?"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(after_id)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(map_err)?;
+        rows.iter()
+            .map(|r| -> Result<UserSecurity, sqlx::Error> {
+                let codes: i64 = r.try_get("codes_left")?;
+                Ok(UserSecurity {
+                    user: user_from_row(r)?,
+                    totp_active: r.try_get("totp_active")?,
+                    recovery_codes_left: u32::try_from(codes).unwrap_or(0),
+                })
+            })
+            .collect::<Result<_, _>>()
+            .map_err(map_err)
+    }
+
     async fn update_profile(
         &self,
         id: UserId,
@@ -951,6 +983,17 @@ impl AuditStore for SqliteStore {
             .rows_affected();
         tx.commit().await.map_err(map_err)?;
         Ok(removed)
+    }
+
+    async fn count_audit_events(&self, event: &str, since: UnixTime) -> StoreResult<u64> {
+        let n: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM audit_log WHERE event = ? AND +at >= ?")
+                .bind(event)
+                .bind(since)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(map_err)?;
+        Ok(u64::try_from(n).unwrap_or(0))
     }
 
     async fn list_audit_checkpoints(&self) -> StoreResult<Vec<AuditCheckpoint>> {

@@ -34,7 +34,8 @@ macro_rules! store_contract_tests {
             session_stage_is_stored, device_account_and_grace_are_recorded,
             pending_totp_is_replaced_until_confirmed, totp_step_only_moves_forward, concurrent_totp_use_succeeds_once,
             totp_secret_rotation_checks_the_old_key, recovery_codes_work_once_and_are_replaced,
-            concurrent_recovery_code_use_succeeds_once, email_codes_are_single_use_and_expire,
+            concurrent_recovery_code_use_succeeds_once, user_security_lists_second_factors_page_by_page,
+            audit_events_are_counted_by_kind_since_a_time, email_codes_are_single_use_and_expire,
             trusted_devices_are_listed_touched_and_revoked, second_factors_go_with_the_user,
             api_keys_are_found_by_digest_and_listed, api_key_names_are_unique_among_live_keys,
             api_keys_are_revoked_once, api_key_last_use_moves_forward_in_bulk,
@@ -1183,6 +1184,59 @@ pub async fn recovery_codes_work_once_and_are_replaced(s: &dyn Store) {
     assert_eq!(s.count_recovery_codes(u.id).await.unwrap(), 2);
     s.delete_recovery_codes(u.id).await.unwrap();
     assert_eq!(s.count_recovery_codes(u.id).await.unwrap(), 0);
+}
+
+pub async fn user_security_lists_second_factors_page_by_page(s: &dyn Store) {
+    let a = s.insert_user(&new_user("ann")).await.unwrap();
+    let b = s.insert_user(&new_user("ben")).await.unwrap();
+    let c = s.insert_user(&new_user("cal")).await.unwrap();
+    // ann: confirmed authenticator, 3 codes of which 1 used; ben: pending only; cal: nothing.
+    s.upsert_pending_totp(&factor(a.id, "sa")).await.unwrap();
+    assert!(s.confirm_totp(a.id, T0, 1).await.unwrap());
+    let codes: Vec<String> = (0..3).map(|i| format!("c{i}")).collect();
+    s.replace_recovery_codes(a.id, &codes, T0).await.unwrap();
+    assert!(s.use_recovery_code(a.id, "c1", T0 + 1).await.unwrap());
+    s.upsert_pending_totp(&factor(b.id, "sb")).await.unwrap();
+    s.update_active(c.id, false).await.unwrap();
+
+    let first = s.list_user_security(0, 2).await.unwrap();
+    assert_eq!(first.len(), 2);
+    assert_eq!(first[0].user.login, "ann");
+    assert!(first[0].totp_active);
+    assert_eq!(first[0].recovery_codes_left, 2);
+    assert_eq!(first[1].user.login, "ben");
+    assert!(!first[1].totp_active, "a pending factor is not active");
+    let rest = s.list_user_security(first[1].user.id, 2).await.unwrap();
+    assert_eq!(rest.len(), 1);
+    assert_eq!(rest[0].user.id, c.id);
+    assert!(!rest[0].user.active, "inactive users are listed too");
+    assert!(s.list_user_security(c.id, 2).await.unwrap().is_empty());
+}
+
+pub async fn audit_events_are_counted_by_kind_since_a_time(s: &dyn Store) {
+    for (at, event) in [
+        (T0, "account_locked"),
+        (T0 + 10, "account_locked"),
+        (T0 + 20, "totp_reset_by_admin"),
+        (T0 + 30, "account_locked"),
+    ] {
+        s.append_audit(&audit_event(at, "alice", event))
+            .await
+            .unwrap();
+    }
+    assert_eq!(s.count_audit_events("account_locked", T0).await.unwrap(), 3);
+    assert_eq!(
+        s.count_audit_events("account_locked", T0 + 10)
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(
+        s.count_audit_events("totp_reset_by_admin", T0 + 21)
+            .await
+            .unwrap(),
+        0
+    );
 }
 
 pub async fn concurrent_recovery_code_use_succeeds_once(s: &dyn Store) {

@@ -51,6 +51,13 @@ pub trait UserStore: Send + Sync {
     async fn list_users(&self, filter: &UserFilter) -> StoreResult<Vec<UserRecord>>;
     /// Number of active users in a group.
     async fn count_active_in_group(&self, group: &GroupName) -> StoreResult<u64>;
+    /// Up to `limit` users with an id above `after_id`, in id order, each with the state of
+    /// their second factors (one query per page, for reports over every user).
+    async fn list_user_security(
+        &self,
+        after_id: UserId,
+        limit: u32,
+    ) -> StoreResult<Vec<UserSecurity>>;
     /// Changes e-mail and display name.
     async fn update_profile(
         &self,
@@ -268,6 +275,8 @@ pub trait AuditStore: Send + Sync {
     async fn prune_audit(&self, checkpoint: &AuditCheckpoint) -> StoreResult<u64>;
     /// Every checkpoint, oldest first.
     async fn list_audit_checkpoints(&self) -> StoreResult<Vec<AuditCheckpoint>>;
+    /// How many `event` events (any outcome) happened at or after `since`.
+    async fn count_audit_events(&self, event: &str, since: UnixTime) -> StoreResult<u64>;
     /// The distinct (IP, user agent) pairs of the subject's last `limit` successful `login`
     /// events, for telling a new device from a known one without loading whole records.
     async fn recent_login_clients(

@@ -65,6 +65,16 @@ pub struct UserFilter {
     pub offset: u32,
 }
 
+/// A user with the state of their second factors, for reports over every user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserSecurity {
+    pub user: UserRecord,
+    /// The user has a confirmed authenticator.
+    pub totp_active: bool,
+    /// Recovery codes not used yet.
+    pub recovery_codes_left: u32,
+}
+
 /// A new password for a user.
 #[derive(Debug, Clone)]
 pub struct PasswordChange {

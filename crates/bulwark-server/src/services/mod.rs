@@ -4,6 +4,7 @@
 pub mod api_keys;
 pub mod audit;
 pub mod auth;
+pub mod compliance;
 pub mod passwords;
 pub mod session_cache;
 pub mod two_factor;

@@ -405,6 +405,7 @@ api_routes! {
     POST "/users/{login}/reset-2fa" => user_reset_2fa_post, Admin, "Done", "Removes the user's authenticator, recovery codes, trusted devices and sessions; mails the user.";
     GET "/audit" => audit_get, Admin, "AuditEventList", "Audit events, newest first, filtered by `subject`, `event`, `since` and `until` (Unix seconds, 2026-11-23 or 2026-11-23T19:02 UTC), paged by `limit` (at most 500) and `before` (the previous page's `next_before`).";
     GET "/audit/verify" => audit_verify_get, Admin, "AuditVerification", "Checks the audit log's hash chain and checkpoint signatures; `intact: false` comes with the first broken link.";
+    GET "/reports/compliance" => compliance_get, Admin, "ComplianceReport", "Two-factor coverage per group, users without two-factor, expired passwords, stale accounts (`stale_days`, default 90), users with two or fewer recovery codes, 2FA resets and lockouts. `format=csv` gives one line per active user instead (streamed).";
     GET "/groups" => groups_get, Admin, "GroupList", "The built-in groups and how many active members each has.";
 }
 
@@ -621,6 +622,31 @@ async fn my_key_delete(
     app.revoke_api_key(me.key_actor(), &owner, &KeyRef::Id(id_param(&id)?), &client)
         .await?;
     Ok(Json(json!({"done": true})))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct FormatQuery {
+    format: Option<String>,
+}
+
+async fn compliance_get(
+    State(app): State<App>,
+    _: Admin,
+    format: Result<Query<FormatQuery>, axum::extract::rejection::QueryRejection>,
+    options: Result<Query<super::admin::ComplianceQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let invalid = |m: String| ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidInput, m);
+    let Query(format) = format.map_err(|e| invalid(e.body_text()))?;
+    let options = super::admin::ComplianceQuery::options(options).map_err(invalid)?;
+    match format.format.as_deref().unwrap_or("json") {
+        "json" => {
+            let report = app.compliance_report(options, None).await?;
+            Ok(Json(crate::services::compliance::report_json(&report)).into_response())
+        }
+        "csv" => Ok(super::admin::compliance_csv(app, options)),
+        _ => Err(invalid("format must be json or csv".into())),
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -896,6 +922,63 @@ fn schemas() -> Value {
             "properties": {"name": {"type": "string"}, "active_members": {"type": "integer"}},
         },
         "GroupList": list("Group"),
+        "ComplianceReport": {
+            "type": "object",
+            "required": ["generated_at", "stale_days", "totals", "groups", "counts", "events"],
+            "properties": {
+                "generated_at": {"type": "integer"},
+                "stale_days": {"type": "integer"},
+                "totals": {"$ref": "#/components/schemas/Coverage"},
+                "groups": {"type": "array", "items": {"$ref": "#/components/schemas/Coverage"}},
+                "counts": {"type": "object", "properties": {
+                    "without_two_factor": {"type": "integer"},
+                    "password_expired": {"type": "integer"},
+                    "stale": {"type": "integer"},
+                    "few_recovery_codes": {"type": "integer"},
+                }},
+                "events": {"type": "object", "properties": {
+                    "two_factor_resets": {"$ref": "#/components/schemas/Last30And90"},
+                    "lockouts": {"$ref": "#/components/schemas/Last30And90"},
+                }},
+                "without_two_factor": {"type": "array", "items": {"$ref": "#/components/schemas/UserCompliance"}},
+                "password_expired": {"type": "array", "items": {"$ref": "#/components/schemas/UserCompliance"}},
+                "stale": {"type": "array", "items": {"$ref": "#/components/schemas/UserCompliance"}},
+                "few_recovery_codes": {"type": "array", "items": {"$ref": "#/components/schemas/UserCompliance"}},
+                "truncated": {"type": "boolean"},
+            },
+        },
+        "Coverage": {
+            "type": "object",
+            "required": ["active", "with_two_factor", "exempt", "percent"],
+            "properties": {
+                "name": {"type": "string", "description": "The group (absent in totals)"},
+                "two_factor_required": {"type": "boolean"},
+                "active": {"type": "integer"},
+                "with_two_factor": {"type": "integer"},
+                "exempt": {"type": "integer", "description": "Device accounts, left out of the share"},
+                "percent": {"type": "number", "description": "with_two_factor / (active - exempt), one decimal"},
+            },
+        },
+        "Last30And90": {"type": "object", "properties": {"last_30_days": {"type": "integer"}, "last_90_days": {"type": "integer"}}},
+        "UserCompliance": {
+            "type": "object",
+            "required": ["login", "groups", "two_factor", "standing"],
+            "properties": {
+                "login": {"type": "string"},
+                "email": {"type": ["string", "null"]},
+                "display_name": {"type": "string"},
+                "groups": {"type": "array", "items": {"type": "string"}},
+                "two_factor": {"type": "boolean"},
+                "standing": {"type": "string", "enum": ["optional", "exempt", "satisfied", "grace", "enrolment_required"]},
+                "grace_deadline": {"type": ["integer", "null"]},
+                "recovery_codes_left": {"type": "integer"},
+                "last_login_at": {"type": ["integer", "null"]},
+                "password_changed_at": {"type": ["integer", "null"]},
+                "password_expires_at": {"type": ["integer", "null"]},
+                "password_expired": {"type": "boolean"},
+                "stale": {"type": "boolean"},
+            },
+        },
         "AuditEvent": {
             "type": "object",
             "required": ["id", "at", "event", "outcome", "prev_hash", "hash"],

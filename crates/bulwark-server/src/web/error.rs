@@ -15,6 +15,8 @@ pub enum PageError {
     Rejected(StatusCode, String),
     /// Missing or wrong CSRF token.
     Csrf,
+    /// Signed in, but not allowed here; the message says why.
+    Forbidden(String),
     NotFound,
     /// Throttled: 429 with `Retry-After`.
     TooMany {
@@ -102,6 +104,7 @@ impl IntoResponse for PageError {
                 "The form was not sent from this site, or your browser blocked its cookie. Go back, reload the page and try again.",
                 Some(("/login", "Go to log in")),
             ),
+            Self::Forbidden(m) => message_page(StatusCode::FORBIDDEN, "Not allowed", &m, Some(("/account", "Go to my account"))),
             Self::NotFound => message_page(StatusCode::NOT_FOUND, "Page not found", "There is nothing at this address.", Some(("/account", "Go to my account"))),
             Self::TooMany { retry_after, locked } => with_retry_after(
                 message_page(StatusCode::TOO_MANY_REQUESTS, "Too many attempts", &throttle_message(retry_after, locked), None),

@@ -1,6 +1,7 @@
 //! The HTTP layer: routes, extractors (client, session, CSRF), security headers.
 //! Handlers translate; services decide.
 
+mod admin;
 mod api;
 mod api_keys;
 mod error;
@@ -33,6 +34,9 @@ pub fn router(app: App) -> Router {
         .route("/login", get(pages::login_get).post(pages::login_post))
         .route("/logout", post(pages::logout_post))
         .route("/account", get(pages::account_get))
+        .route("/admin/compliance", get(admin::compliance_get))
+        .route("/admin/compliance.csv", get(admin::compliance_csv_get))
+        .route("/admin/compliance.json", get(admin::compliance_json_get))
         .route("/account/sessions/revoke", post(pages::session_revoke_post))
         .route(
             "/account/sessions/revoke-all",

@@ -1505,3 +1505,39 @@ fn audit_verify_and_export_from_the_command_line() {
         "{broken:?}"
     );
 }
+
+#[test]
+fn compliance_report_from_the_command_line() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    add_user(root, "alice", STRONG);
+    add_user(root, "bob", STRONG);
+    add_user(root, "carol", STRONG);
+    admin_ok(root, &["user", "disable", "carol"], None);
+
+    let json: serde_json::Value =
+        serde_json::from_str(&admin_ok(root, &["report", "compliance"], None)).unwrap();
+    assert_eq!(json["totals"]["active"], 2, "{json}");
+    assert_eq!(json["totals"]["with_two_factor"], 0);
+    assert_eq!(json["counts"]["without_two_factor"], 2);
+    assert_eq!(json["groups"][0]["name"], "internal");
+    let logins: Vec<&str> = json["without_two_factor"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["login"].as_str().unwrap())
+        .collect();
+    assert_eq!(logins, ["alice", "bob"], "disabled users are left out");
+
+    let csv = admin_ok(root, &["report", "compliance", "--format", "csv"], None);
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines.len(), 3, "{csv}");
+    assert!(lines[1].starts_with("alice,alice@example.com,"), "{csv}");
+    assert!(lines[2].contains(",no,grace,"), "{csv}");
+
+    let bad = run(
+        &mut admin(root, &["report", "compliance", "--format", "xml"]),
+        None,
+    );
+    assert_eq!(bad.code, Some(2), "{bad:?}");
+}

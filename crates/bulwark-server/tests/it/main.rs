@@ -10,6 +10,7 @@ mod api;
 mod api_keys;
 mod audit;
 mod cli;
+mod compliance;
 mod gateway;
 mod mail;
 mod pages;
