@@ -385,6 +385,16 @@ impl PolicyConfig {
             .filter_map(|g| self.groups.get(g.as_ref()))
             .fold(self.base.clone(), |acc, p| acc.strictest(p))
     }
+
+    /// The shortest password expiry (days) any user can have; `None` if passwords never
+    /// expire under any policy.
+    pub fn shortest_expiry_days(&self) -> Option<u32> {
+        std::iter::once(&self.base)
+            .chain(self.groups.values())
+            .map(|p| p.expiry_days)
+            .filter(|&d| d > 0)
+            .min()
+    }
 }
 
 /// Session timeouts.

@@ -236,6 +236,7 @@ fn session_from_row(row: &SqliteRow) -> Result<SessionRecord, sqlx::Error> {
         last_seen_at: row.try_get("last_seen_at")?,
         ip: row.try_get("ip")?,
         user_agent: row.try_get("user_agent")?,
+        password_checked_at: row.try_get("password_checked_at")?,
     })
 }
 
@@ -386,6 +387,93 @@ impl UserStore for SqliteStore {
         let rows = sqlx::query(&sql)
             .bind(after_id)
             .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(map_err)?;
+        rows.iter()
+            .map(|r| -> Result<UserSecurity, sqlx::Error> {
+                let codes: i64 = r.try_get("codes_left")?;
+                Ok(UserSecurity {
+                    user: user_from_row(r)?,
+                    totp_active: r.try_get("totp_active")?,
+                    recovery_codes_left: u32::try_from(codes).unwrap_or(0),
+                })
+            })
+            .collect::<Result<_, _>>()
+            .map_err(map_err)
+    }
+
+    async fn list_users_for_admin(&self, f: &AdminUserFilter) -> StoreResult<Vec<UserSecurity>> {
+        let mut sql = format!(
+            "SELECT {USER_COLUMNS}, \
+             EXISTS (SELECT 1 FROM totp_factors t \
+                     WHERE t.user_id = users.id AND t.confirmed_at IS NOT NULL) AS totp_active, \
+             (SELECT count(*) FROM recovery_codes r \
+              WHERE r.user_id = users.id AND r.used_at IS NULL) AS codes_left \
+             FROM users WHERE 1 = 1"
+        );
+        let mut text: Vec<String> = Vec::new();
+        let mut numbers: Vec<i64> = Vec::new();
+        if let Some(search) = &f.search {
+            sql.push_str(
+                " AND (login LIKE ? ESCAPE '\\' OR email_lower LIKE ? ESCAPE '\\' \
+                 OR lower(display_name) LIKE ? ESCAPE '\\')",
+            );
+            let pattern = like_pattern(search);
+            text.extend([pattern.clone(), pattern.clone(), pattern]);
+        }
+        if let Some(group) = &f.group {
+            sql.push_str(
+                " AND EXISTS (SELECT 1 FROM user_groups g \
+                 WHERE g.user_id = users.id AND g.group_name = ?)",
+            );
+            text.push(group.clone());
+        }
+        if let Some(after) = &f.after_login {
+            sql.push_str(" AND login > ?");
+            text.push(after.clone());
+        }
+        if let Some(on) = f.two_factor {
+            sql.push_str(if on {
+                " AND EXISTS (SELECT 1 FROM totp_factors t \
+                 WHERE t.user_id = users.id AND t.confirmed_at IS NOT NULL)"
+            } else {
+                " AND NOT EXISTS (SELECT 1 FROM totp_factors t \
+                 WHERE t.user_id = users.id AND t.confirmed_at IS NOT NULL)"
+            });
+        }
+        if let Some(active) = f.active {
+            sql.push_str(if active {
+                " AND active"
+            } else {
+                " AND NOT active"
+            });
+        }
+        if let Some(now) = f.locked_at {
+            sql.push_str(
+                " AND EXISTS (SELECT 1 FROM throttles th \
+                 WHERE th.key = 'login:' || users.login AND th.blocked_until > ?)",
+            );
+            numbers.push(now);
+        }
+        if let Some(since) = f.idle_since {
+            sql.push_str(" AND coalesce(last_login_at, created_at) < ?");
+            numbers.push(since);
+        }
+        if let Some(before) = f.password_changed_before {
+            sql.push_str(" AND password_hash IS NOT NULL AND password_changed_at < ?");
+            numbers.push(before);
+        }
+        sql.push_str(" ORDER BY login LIMIT ?");
+        let mut query = sqlx::query(&sql);
+        for t in &text {
+            query = query.bind(t);
+        }
+        for n in numbers {
+            query = query.bind(n);
+        }
+        let rows = query
+            .bind(i64::from(f.limit))
             .fetch_all(&self.pool)
             .await
             .map_err(map_err)?;
@@ -599,7 +687,7 @@ impl SessionStore for SqliteStore {
     async fn insert_session(&self, s: &NewSession) -> StoreResult<SessionRecord> {
         let row = sqlx::query(
             "INSERT INTO sessions (token_hash, user_id, stage, two_factor, created_at, last_seen_at, ip, user_agent) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id, user_id, stage, two_factor, created_at, last_seen_at, ip, user_agent",
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id, user_id, stage, two_factor, created_at, last_seen_at, ip, user_agent, coalesce(password_checked_at, created_at) AS password_checked_at",
         )
         .bind(s.token_hash.as_str())
         .bind(s.user)
@@ -615,8 +703,22 @@ impl SessionStore for SqliteStore {
         session_from_row(&row).map_err(map_err)
     }
 
+    async fn update_session_password_checked(
+        &self,
+        id: SessionId,
+        at: UnixTime,
+    ) -> StoreResult<()> {
+        let r = sqlx::query("UPDATE sessions SET password_checked_at = ? WHERE id = ?")
+            .bind(at)
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(map_err)?;
+        found(r.rows_affected())
+    }
+
     async fn find_session(&self, hash: &TokenHash) -> StoreResult<Option<SessionRecord>> {
-        let row = sqlx::query("SELECT id, user_id, stage, two_factor, created_at, last_seen_at, ip, user_agent FROM sessions WHERE token_hash = ?")
+        let row = sqlx::query("SELECT id, user_id, stage, two_factor, created_at, last_seen_at, ip, user_agent, coalesce(password_checked_at, created_at) AS password_checked_at FROM sessions WHERE token_hash = ?")
             .bind(hash.as_str())
             .fetch_optional(&self.pool)
             .await
@@ -663,7 +765,7 @@ impl SessionStore for SqliteStore {
 
     async fn list_user_sessions(&self, user: UserId) -> StoreResult<Vec<SessionRecord>> {
         let rows = sqlx::query(
-            "SELECT id, user_id, stage, two_factor, created_at, last_seen_at, ip, user_agent FROM sessions WHERE user_id = ? \
+            "SELECT id, user_id, stage, two_factor, created_at, last_seen_at, ip, user_agent, coalesce(password_checked_at, created_at) AS password_checked_at FROM sessions WHERE user_id = ? \
              ORDER BY created_at DESC, id DESC",
         )
         .bind(user)

@@ -12,6 +12,7 @@ use bulwark_core::account::{DisplayName, Email, GroupName, Login};
 use bulwark_core::api_key::{ApiKey, KeyName, Scopes};
 use bulwark_core::password::hash::PasswordHash;
 use bulwark_core::token::TokenHash;
+use std::collections::BTreeMap;
 
 /// Generates one test per contract function. `$make` is an expression that evaluates to a
 /// future yielding a fresh, migrated store.
@@ -35,7 +36,8 @@ macro_rules! store_contract_tests {
             pending_totp_is_replaced_until_confirmed, totp_step_only_moves_forward, concurrent_totp_use_succeeds_once,
             totp_secret_rotation_checks_the_old_key, recovery_codes_work_once_and_are_replaced,
             concurrent_recovery_code_use_succeeds_once, user_security_lists_second_factors_page_by_page,
-            audit_events_are_counted_by_kind_since_a_time, email_codes_are_single_use_and_expire,
+            audit_events_are_counted_by_kind_since_a_time, admin_user_list_filters_and_pages_by_login,
+            session_password_check_time_is_recorded, email_codes_are_single_use_and_expire,
             trusted_devices_are_listed_touched_and_revoked, second_factors_go_with_the_user,
             api_keys_are_found_by_digest_and_listed, api_key_names_are_unique_among_live_keys,
             api_keys_are_revoked_once, api_key_last_use_moves_forward_in_bulk,
@@ -1211,6 +1213,168 @@ pub async fn user_security_lists_second_factors_page_by_page(s: &dyn Store) {
     assert_eq!(rest[0].user.id, c.id);
     assert!(!rest[0].user.active, "inactive users are listed too");
     assert!(s.list_user_security(c.id, 2).await.unwrap().is_empty());
+}
+
+pub async fn admin_user_list_filters_and_pages_by_login(s: &dyn Store) {
+    let mut ids = BTreeMap::new();
+    for login in ["amy", "bea", "cyd", "dan", "eve"] {
+        let mut u = new_user(login);
+        u.created_at = T0 - 1000;
+        ids.insert(login, s.insert_user(&u).await.unwrap().id);
+    }
+    s.upsert_pending_totp(&factor(ids["bea"], "x"))
+        .await
+        .unwrap();
+    assert!(s.confirm_totp(ids["bea"], T0, 1).await.unwrap());
+    s.upsert_pending_totp(&factor(ids["cyd"], "y"))
+        .await
+        .unwrap();
+    s.update_active(ids["dan"], false).await.unwrap();
+    s.update_last_login(ids["amy"], T0).await.unwrap();
+    s.update_groups(ids["eve"], &[group("portal")])
+        .await
+        .unwrap();
+    s.record_failure("login:cyd", T0, 60).await.unwrap();
+    s.update_blocked_until("login:cyd", T0 + 300).await.unwrap();
+    s.record_failure("login:eve", T0 - 900, 60).await.unwrap();
+    s.update_blocked_until("login:eve", T0 - 600).await.unwrap();
+
+    let logins = |list: Vec<UserSecurity>| -> Vec<String> {
+        list.into_iter().map(|u| u.user.login).collect()
+    };
+    let filter = |f: AdminUserFilter| AdminUserFilter { limit: 10, ..f };
+    let all = s
+        .list_users_for_admin(&filter(AdminUserFilter::default()))
+        .await
+        .unwrap();
+    assert_eq!(logins(all.clone()), ["amy", "bea", "cyd", "dan", "eve"]);
+    assert!(
+        all[1].totp_active && !all[2].totp_active,
+        "pending is not active"
+    );
+    for (f, want) in [
+        (
+            AdminUserFilter {
+                two_factor: Some(true),
+                ..Default::default()
+            },
+            vec!["bea"],
+        ),
+        (
+            AdminUserFilter {
+                two_factor: Some(false),
+                active: Some(true),
+                ..Default::default()
+            },
+            vec!["amy", "cyd", "eve"],
+        ),
+        (
+            AdminUserFilter {
+                active: Some(false),
+                ..Default::default()
+            },
+            vec!["dan"],
+        ),
+        (
+            AdminUserFilter {
+                locked_at: Some(T0),
+                ..Default::default()
+            },
+            vec!["cyd"],
+        ),
+        (
+            AdminUserFilter {
+                idle_since: Some(T0 - 10),
+                ..Default::default()
+            },
+            vec!["bea", "cyd", "dan", "eve"],
+        ),
+        (
+            AdminUserFilter {
+                password_changed_before: Some(T0),
+                ..Default::default()
+            },
+            vec!["amy", "bea", "cyd", "dan", "eve"],
+        ),
+        (
+            AdminUserFilter {
+                password_changed_before: Some(T0 - 2000),
+                ..Default::default()
+            },
+            vec![],
+        ),
+        (
+            AdminUserFilter {
+                group: Some("portal".into()),
+                ..Default::default()
+            },
+            vec!["eve"],
+        ),
+        (
+            AdminUserFilter {
+                search: Some("Y".into()),
+                ..Default::default()
+            },
+            vec!["amy", "cyd"],
+        ),
+        (
+            AdminUserFilter {
+                search: Some("%".into()),
+                ..Default::default()
+            },
+            vec![],
+        ),
+    ] {
+        let what = format!("{f:?}");
+        assert_eq!(
+            logins(s.list_users_for_admin(&filter(f)).await.unwrap()),
+            want,
+            "{what}"
+        );
+    }
+    // Pages of two by login.
+    let page = |after: Option<&str>| AdminUserFilter {
+        after_login: after.map(Into::into),
+        limit: 2,
+        ..Default::default()
+    };
+    assert_eq!(
+        logins(s.list_users_for_admin(&page(None)).await.unwrap()),
+        ["amy", "bea"]
+    );
+    assert_eq!(
+        logins(s.list_users_for_admin(&page(Some("bea"))).await.unwrap()),
+        ["cyd", "dan"]
+    );
+    assert_eq!(
+        logins(s.list_users_for_admin(&page(Some("dan"))).await.unwrap()),
+        ["eve"]
+    );
+}
+
+pub async fn session_password_check_time_is_recorded(s: &dyn Store) {
+    let u = s.insert_user(&new_user("pat")).await.unwrap();
+    let created = session(s, u.id, "tok-pat", T0).await;
+    assert_eq!(created.password_checked_at, T0, "checked at login");
+    s.update_session_password_checked(created.id, T0 + 700)
+        .await
+        .unwrap();
+    let found = s
+        .find_session(&TokenHash::of("tok-pat"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(found.password_checked_at, T0 + 700);
+    assert_eq!(found.created_at, T0);
+    assert_eq!(
+        s.list_user_sessions(u.id).await.unwrap()[0].password_checked_at,
+        T0 + 700
+    );
+    s.delete_session(created.id).await.unwrap();
+    assert!(matches!(
+        s.update_session_password_checked(created.id, T0).await,
+        Err(StoreError::NotFound)
+    ));
 }
 
 pub async fn audit_events_are_counted_by_kind_since_a_time(s: &dyn Store) {

@@ -58,6 +58,11 @@ pub trait UserStore: Send + Sync {
         after_id: UserId,
         limit: u32,
     ) -> StoreResult<Vec<UserSecurity>>;
+    /// The admin console's filtered list, ordered by login, with second-factor state.
+    async fn list_users_for_admin(
+        &self,
+        filter: &AdminUserFilter,
+    ) -> StoreResult<Vec<UserSecurity>>;
     /// Changes e-mail and display name.
     async fn update_profile(
         &self,
@@ -197,6 +202,9 @@ pub trait SessionStore: Send + Sync {
     async fn insert_session(&self, session: &NewSession) -> StoreResult<SessionRecord>;
     /// The session whose token hashes to `hash`.
     async fn find_session(&self, hash: &TokenHash) -> StoreResult<Option<SessionRecord>>;
+    /// Records that the session's user proved their password again at `at`.
+    async fn update_session_password_checked(&self, id: SessionId, at: UnixTime)
+        -> StoreResult<()>;
     /// Records use of a session.
     async fn touch_session(&self, id: SessionId, at: UnixTime) -> StoreResult<()>;
     /// Ends one session (no error if already gone).

@@ -65,6 +65,28 @@ pub struct UserFilter {
     pub offset: u32,
 }
 
+/// The admin console's user list: every set field must match; ordered by login.
+#[derive(Debug, Clone, Default)]
+pub struct AdminUserFilter {
+    /// Substring of login, e-mail or display name (case-insensitive).
+    pub search: Option<String>,
+    /// Only members of this group.
+    pub group: Option<String>,
+    /// Only users with (true) or without (false) a confirmed authenticator.
+    pub two_factor: Option<bool>,
+    /// Only active (true) or disabled (false) accounts.
+    pub active: Option<bool>,
+    /// Only accounts whose login lock lasts beyond this time.
+    pub locked_at: Option<UnixTime>,
+    /// Only accounts with no login since this time (never: created before it).
+    pub idle_since: Option<UnixTime>,
+    /// Only accounts with a password changed before this time.
+    pub password_changed_before: Option<UnixTime>,
+    /// The next page: logins after this one.
+    pub after_login: Option<String>,
+    pub limit: u32,
+}
+
 /// A user with the state of their second factors, for reports over every user.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UserSecurity {
@@ -138,6 +160,9 @@ pub struct SessionRecord {
     pub last_seen_at: UnixTime,
     pub ip: Option<String>,
     pub user_agent: Option<String>,
+    /// When the user last proved their password in this session (at login, or again for a
+    /// sensitive act).
+    pub password_checked_at: UnixTime,
 }
 
 /// What a one-time token is for.

@@ -1,6 +1,7 @@
 //! Services: where decisions are made. Each public method reads the clock once, applies the
 //! rules of `bulwark-core` and persists through the store traits.
 
+pub mod admin;
 pub mod api_keys;
 pub mod audit;
 pub mod auth;

@@ -290,3 +290,692 @@ pub fn compliance_csv(app: App, options: ComplianceOptions) -> Response {
     attachment(&mut res, &app, "csv");
     res
 }
+
+// ---------------------------------------------------------------------------------------
+// Users
+
+use super::extract::Client;
+use super::pages::{form, see_other, url_encode};
+use crate::services::admin::UserStatus;
+use crate::services::users::NewUserInput;
+use crate::services::{browser_name, ClientInfo, ServiceError};
+use axum::extract::rejection::FormRejection;
+use axum::extract::{Form, Path};
+use bulwark_store::AuditFilter;
+
+pub async fn admin_root_get(_: AdminSession) -> Response {
+    see_other("/admin/users", Vec::new())
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct UsersQuery {
+    q: String,
+    group: String,
+    status: String,
+    after: String,
+    done: String,
+}
+
+struct UserRow {
+    login: String,
+    name: String,
+    groups: String,
+    two_factor: &'static str,
+    last_login: String,
+    password_changed: String,
+    state: String,
+}
+
+#[derive(Template)]
+#[template(path = "admin_users.html")]
+struct UsersPage<'a> {
+    title: &'a str,
+    signed_in: Option<String>,
+    csrf: String,
+    notice: Option<String>,
+    q: String,
+    group: String,
+    groups: Vec<String>,
+    status: &'static str,
+    statuses: Vec<(&'static str, &'static str)>,
+    rows: Vec<UserRow>,
+    paged: bool,
+    first_href: String,
+    next_href: Option<String>,
+}
+
+fn some_text(s: &str) -> Option<String> {
+    Some(s.trim().to_string()).filter(|s| !s.is_empty())
+}
+
+pub async fn users_get(
+    State(app): State<App>,
+    csrf: CsrfCookie,
+    AdminSession(current): AdminSession,
+    query: Result<Query<UsersQuery>, QueryRejection>,
+) -> Result<Response, PageError> {
+    let q = query
+        .map(|Query(q)| q)
+        .map_err(|e| PageError::BadRequest(e.body_text()))?;
+    let status = if q.status.is_empty() {
+        UserStatus::All
+    } else {
+        UserStatus::parse(&q.status)
+            .ok_or_else(|| PageError::BadRequest("Unknown filter.".into()))?
+    };
+    let page = app
+        .admin_user_page(
+            some_text(&q.q),
+            some_text(&q.group),
+            status,
+            some_text(&q.after),
+        )
+        .await?;
+    let mut locked = std::collections::HashSet::new();
+    for u in &page.users {
+        if app.user_lock(&u.user).await?.is_some() {
+            locked.insert(u.user.id);
+        }
+    }
+    let rows = page
+        .users
+        .iter()
+        .map(|u| {
+            let mut state = Vec::new();
+            if !u.user.active {
+                state.push("disabled");
+            }
+            if locked.contains(&u.user.id) {
+                state.push("locked");
+            }
+            if u.user.device_account {
+                state.push("device account");
+            }
+            if u.user.must_change_password {
+                state.push("must change password");
+            }
+            UserRow {
+                login: u.user.login.clone(),
+                name: u.user.display_name.clone(),
+                groups: u.user.groups.join(", "),
+                two_factor: if u.totp_active { "on" } else { "off" },
+                last_login: u
+                    .user
+                    .last_login_at
+                    .map(format_time)
+                    .unwrap_or_else(|| "never".into()),
+                password_changed: u
+                    .user
+                    .password_changed_at
+                    .map(format_time)
+                    .unwrap_or_else(|| "not set".into()),
+                state: if state.is_empty() {
+                    "active".into()
+                } else {
+                    state.join(", ")
+                },
+            }
+        })
+        .collect();
+    let base = format!(
+        "/admin/users?q={}&group={}&status={}",
+        url_encode(q.q.trim()),
+        url_encode(q.group.trim()),
+        status.as_str()
+    );
+    let notice = match q.done.as_str() {
+        "deleted" => Some("The user was deleted.".to_string()),
+        _ => None,
+    };
+    Ok(render(
+        StatusCode::OK,
+        &UsersPage {
+            title: "Users",
+            signed_in: Some(current.user.login.clone()),
+            csrf: csrf.form_token(&app),
+            notice,
+            q: q.q.trim().to_string(),
+            group: q.group.trim().to_string(),
+            groups: app.known_groups(),
+            status: status.as_str(),
+            statuses: UserStatus::ALL
+                .iter()
+                .map(|s| (s.as_str(), s.label()))
+                .collect(),
+            rows,
+            paged: !q.after.is_empty(),
+            next_href: page
+                .next_after
+                .map(|after| format!("{base}&after={}", url_encode(&after))),
+            first_href: base,
+        },
+    ))
+}
+
+struct Action {
+    name: &'static str,
+    label: &'static str,
+    hint: &'static str,
+    danger: bool,
+}
+
+#[derive(Template)]
+#[template(path = "admin_user.html")]
+struct UserDetailPage<'a> {
+    title: &'a str,
+    signed_in: Option<String>,
+    csrf: String,
+    notice: Option<String>,
+    error: Option<String>,
+    user: &'a bulwark_store::UserRecord,
+    groups: String,
+    groups_value: String,
+    state: String,
+    two_factor: String,
+    codes_left: u32,
+    password: String,
+    last_login: String,
+    created: String,
+    fresh: bool,
+    actions: Vec<Action>,
+    sessions: Vec<(String, String, String, String, &'static str)>,
+    devices: Vec<(String, String, String, String)>,
+    keys: Vec<(String, String, String, String, &'static str)>,
+    events: Vec<(String, String, String, String, String, String)>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct DetailQuery {
+    done: String,
+}
+
+pub async fn user_get(
+    State(app): State<App>,
+    csrf: CsrfCookie,
+    AdminSession(current): AdminSession,
+    Path(login): Path<String>,
+    query: Result<Query<DetailQuery>, QueryRejection>,
+) -> Result<Response, PageError> {
+    let done = query.map(|Query(q)| q.done).unwrap_or_default();
+    user_page(
+        &app,
+        &csrf,
+        &current,
+        &login,
+        notice_for(&done),
+        None,
+        StatusCode::OK,
+    )
+    .await
+}
+
+fn notice_for(done: &str) -> Option<String> {
+    Some(
+        match done {
+            "unlock" => "The account is unlocked.",
+            "reset-2fa" => {
+                "Two-factor authentication was reset; the user was mailed and must enrol again."
+            }
+            "disable" => {
+                "The account is disabled; its sessions, trusted browsers and API keys are gone."
+            }
+            "enable" => "The account is enabled again.",
+            "force-password-change" => "The user must choose a new password at the next login.",
+            "revoke-sessions" => "Every session of the user was ended.",
+            "revoke-devices" => "Every trusted browser of the user was forgotten.",
+            "groups" => "The groups were changed.",
+            "invite" => "An invitation was mailed.",
+            "created" => "The user was created and invited by e-mail.",
+            _ => return None,
+        }
+        .to_string(),
+    )
+}
+
+async fn user_page(
+    app: &App,
+    csrf: &CsrfCookie,
+    current: &CurrentSession,
+    login: &str,
+    notice: Option<String>,
+    error: Option<String>,
+    status: StatusCode,
+) -> Result<Response, PageError> {
+    let user = app.user_by_login(login).await.map_err(|e| match e {
+        ServiceError::InvalidInput(_) => PageError::NotFound,
+        e => e.into(),
+    })?;
+    let now = app.now();
+    let tf = app.two_factor_status(&user).await?;
+    let locked_until = app.user_lock(&user).await?;
+    let policy = app.policy_for(&user.groups);
+    let mut state = vec![if user.active { "active" } else { "disabled" }.to_string()];
+    if let Some(until) = locked_until {
+        state.push(format!("locked until {}", format_time(until)));
+    }
+    if user.device_account {
+        state.push(format!(
+            "device account (networks: {})",
+            user.allowed_networks.join(", ")
+        ));
+    }
+    if user.must_change_password {
+        state.push("must change password".into());
+    }
+    let two_factor = if tf.active {
+        "on".to_string()
+    } else {
+        match tf.standing {
+            bulwark_core::enforcement::Standing::Grace { deadline } => {
+                format!("off, required by {}", format_time(deadline))
+            }
+            bulwark_core::enforcement::Standing::EnrolmentRequired => {
+                "off, required and overdue".into()
+            }
+            bulwark_core::enforcement::Standing::Exempt => "exempt (device account)".into(),
+            _ => "off".into(),
+        }
+    };
+    let password = match (user.has_password, user.password_changed_at) {
+        (false, _) => "not set".to_string(),
+        (true, Some(at)) => match policy.expires_at(at) {
+            Some(exp) if exp <= now => {
+                format!("changed {}, expired {}", format_time(at), format_time(exp))
+            }
+            Some(exp) => format!("changed {}, expires {}", format_time(at), format_time(exp)),
+            None => format!("changed {}", format_time(at)),
+        },
+        (true, None) => "set".into(),
+    };
+    let sessions = app
+        .store
+        .list_user_sessions(user.id)
+        .await
+        .map_err(ServiceError::from)?
+        .into_iter()
+        .map(|s| {
+            (
+                browser_name(s.user_agent.as_deref()),
+                s.ip.unwrap_or_else(|| "unknown".into()),
+                format_time(s.created_at),
+                format_time(s.last_seen_at),
+                if s.two_factor { "yes" } else { "no" },
+            )
+        })
+        .collect();
+    let devices = tf
+        .trusted_devices
+        .iter()
+        .map(|d| {
+            (
+                d.name.clone(),
+                d.last_ip.clone().unwrap_or_else(|| "unknown".into()),
+                format_time(d.last_used_at),
+                format_time(d.expires_at),
+            )
+        })
+        .collect();
+    let keys = app
+        .store
+        .list_user_api_keys(user.id)
+        .await
+        .map_err(ServiceError::from)?
+        .into_iter()
+        .map(|k| {
+            let status = if k.revoked_at.is_some() {
+                "revoked"
+            } else if k.expires_at.is_some_and(|e| e <= now) {
+                "expired"
+            } else {
+                "active"
+            };
+            (
+                k.name,
+                k.display_prefix,
+                k.scopes.to_stored(),
+                k.last_used_at
+                    .map(format_time)
+                    .unwrap_or_else(|| "never".into()),
+                status,
+            )
+        })
+        .collect();
+    let events = app
+        .search_audit(&AuditFilter {
+            subject: Some(user.login.clone()),
+            limit: 20,
+            ..Default::default()
+        })
+        .await?
+        .into_iter()
+        .map(|e| {
+            (
+                format_time(e.at),
+                e.event,
+                e.outcome,
+                e.actor.unwrap_or_default(),
+                e.ip.unwrap_or_default(),
+                e.detail.unwrap_or_default(),
+            )
+        })
+        .collect();
+    let mut actions = Vec::new();
+    let mut add = |name, label, hint, danger| {
+        actions.push(Action {
+            name,
+            label,
+            hint,
+            danger,
+        })
+    };
+    if locked_until.is_some() {
+        add("unlock", "Unlock", "Lifts the login lock now.", false);
+    }
+    if tf.active || tf.pending {
+        add("reset-2fa", "Reset two-factor", "Removes the authenticator, recovery codes, trusted browsers and sessions; the user is mailed and must enrol again.", true);
+    }
+    add(
+        "force-password-change",
+        "Require a new password",
+        "The user must choose a new password at the next login.",
+        false,
+    );
+    add(
+        "revoke-sessions",
+        "End every session",
+        "Logs the user out everywhere.",
+        false,
+    );
+    add(
+        "revoke-devices",
+        "Forget trusted browsers",
+        "Every browser must pass the second factor again.",
+        false,
+    );
+    add(
+        "groups",
+        "Save groups",
+        "Members of admins administer Bulwark.",
+        false,
+    );
+    if user.email.is_some() {
+        add(
+            "invite",
+            "Send an invitation",
+            "Mails a link to choose a password (for a new user, or one who lost access).",
+            false,
+        );
+    }
+    if user.active {
+        add(
+            "disable",
+            "Disable the account",
+            "Ends its sessions and revokes its trusted browsers and API keys.",
+            true,
+        );
+    } else {
+        add(
+            "enable",
+            "Enable the account",
+            "The user can log in again.",
+            false,
+        );
+    }
+    add(
+        "delete",
+        "Delete the account",
+        "Removes the user and everything that belongs to them. The audit log keeps their events.",
+        true,
+    );
+    Ok(render(
+        status,
+        &UserDetailPage {
+            title: &user.login,
+            signed_in: Some(current.user.login.clone()),
+            csrf: csrf.form_token(app),
+            notice,
+            error,
+            groups: if user.groups.is_empty() {
+                "none".into()
+            } else {
+                user.groups.join(", ")
+            },
+            groups_value: user.groups.join(", "),
+            state: state.join("; "),
+            two_factor,
+            codes_left: tf.recovery_codes_left,
+            password,
+            last_login: user
+                .last_login_at
+                .map(format_time)
+                .unwrap_or_else(|| "never".into()),
+            created: format_time(user.created_at),
+            fresh: app.password_fresh(current, now),
+            actions,
+            sessions,
+            devices,
+            keys,
+            events,
+            user: &user,
+        },
+    ))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct ActionForm {
+    csrf_token: String,
+    action: String,
+    password: String,
+    groups: String,
+    confirm: String,
+}
+
+/// Opens sensitive acts: a recent password check, or the password typed in the form.
+async fn require_fresh_password(
+    app: &App,
+    current: &CurrentSession,
+    password: String,
+    client: &ClientInfo,
+) -> Result<(), ServiceError> {
+    if app.password_fresh(current, app.now()) {
+        return Ok(());
+    }
+    if password.is_empty() {
+        return Err(ServiceError::InvalidInput(
+            "Type your password to confirm: it was last checked more than 10 minutes ago.".into(),
+        ));
+    }
+    app.confirm_password(current, password, client).await
+}
+
+pub async fn user_action_post(
+    State(app): State<App>,
+    csrf: CsrfCookie,
+    AdminSession(current): AdminSession,
+    Client(client): Client,
+    Path(login): Path<String>,
+    body: Result<Form<ActionForm>, FormRejection>,
+) -> Result<Response, PageError> {
+    let f = form(body)?;
+    csrf.verify(&app, &f.csrf_token)?;
+    let actor = current.user.login.clone();
+    let result = async {
+        require_fresh_password(&app, &current, f.password, &client).await?;
+        match f.action.as_str() {
+            "unlock" => app.unlock_user(&login, &actor, &client).await,
+            "reset-2fa" => app.admin_reset_two_factor(&login, &actor, &client).await,
+            "disable" | "enable" => app
+                .set_user_active(&login, f.action == "enable", &actor, &client)
+                .await
+                .map(drop),
+            "force-password-change" => {
+                app.force_password_change(&login, true, &actor, &client)
+                    .await
+            }
+            "revoke-sessions" => app
+                .revoke_user_sessions(&login, &actor, &client)
+                .await
+                .map(drop),
+            "revoke-devices" => app
+                .revoke_user_trusted_devices(&login, &actor, &client)
+                .await
+                .map(drop),
+            "groups" => {
+                let groups: Vec<String> = f
+                    .groups
+                    .split(',')
+                    .map(|g| g.trim().to_string())
+                    .filter(|g| !g.is_empty())
+                    .collect();
+                app.update_user_groups(&login, &[], &[], Some(&groups), &actor, &client)
+                    .await
+                    .map(drop)
+            }
+            "invite" => app.invite_user(&login, &actor, &client).await.map(drop),
+            "delete" if f.confirm == "yes" => app.delete_user(&login, &actor, &client).await,
+            "delete" => Err(ServiceError::InvalidInput(
+                "Tick the box to confirm the deletion.".into(),
+            )),
+            _ => Err(ServiceError::InvalidInput("Unknown action.".into())),
+        }
+    }
+    .await;
+    match result {
+        Ok(()) if f.action == "delete" => Ok(see_other("/admin/users?done=deleted", Vec::new())),
+        Ok(()) => Ok(see_other(
+            &format!("/admin/users/{}?done={}", url_encode(&login), f.action),
+            Vec::new(),
+        )),
+        // Mistakes the admin can fix are shown on the user's page, with what was refused.
+        Err(
+            ServiceError::InvalidInput(m) | ServiceError::Refused(m) | ServiceError::Conflict(m),
+        ) => {
+            user_page(
+                &app,
+                &csrf,
+                &current,
+                &login,
+                None,
+                Some(m),
+                StatusCode::BAD_REQUEST,
+            )
+            .await
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct NewUserForm {
+    csrf_token: String,
+    login: String,
+    email: String,
+    display_name: String,
+    groups: String,
+    password: String,
+}
+
+#[derive(Template)]
+#[template(path = "admin_user_new.html")]
+struct NewUserPage<'a> {
+    title: &'a str,
+    signed_in: Option<String>,
+    csrf: String,
+    error: Option<String>,
+    login: String,
+    email: String,
+    display_name: String,
+    groups: String,
+    fresh: bool,
+}
+
+pub async fn user_new_get(
+    State(app): State<App>,
+    csrf: CsrfCookie,
+    AdminSession(current): AdminSession,
+) -> Response {
+    render(
+        StatusCode::OK,
+        &NewUserPage {
+            title: "Add a user",
+            signed_in: Some(current.user.login.clone()),
+            csrf: csrf.form_token(&app),
+            error: None,
+            login: String::new(),
+            email: String::new(),
+            display_name: String::new(),
+            groups: "internal".into(),
+            fresh: app.password_fresh(&current, app.now()),
+        },
+    )
+}
+
+pub async fn user_new_post(
+    State(app): State<App>,
+    csrf: CsrfCookie,
+    AdminSession(current): AdminSession,
+    Client(client): Client,
+    body: Result<Form<NewUserForm>, FormRejection>,
+) -> Result<Response, PageError> {
+    let f = form(body)?;
+    csrf.verify(&app, &f.csrf_token)?;
+    let actor = current.user.login.clone();
+    let groups: Vec<String> = f
+        .groups
+        .split(',')
+        .map(|g| g.trim().to_string())
+        .filter(|g| !g.is_empty())
+        .collect();
+    let result = async {
+        require_fresh_password(&app, &current, f.password.clone(), &client).await?;
+        if f.email.trim().is_empty() {
+            return Err(ServiceError::InvalidInput(
+                "An e-mail address is needed to send the invitation.".into(),
+            ));
+        }
+        let user = app
+            .add_user(
+                NewUserInput {
+                    login: f.login.trim().to_string(),
+                    email: Some(f.email.trim().to_string()),
+                    display_name: f.display_name.trim().to_string(),
+                    groups,
+                    password: None,
+                    must_change_password: false,
+                },
+                &actor,
+                &client,
+            )
+            .await?;
+        app.invite_user(&user.login, &actor, &client).await?;
+        Ok(user.login)
+    }
+    .await;
+    match result {
+        Ok(login) => Ok(see_other(
+            &format!("/admin/users/{}?done=created", url_encode(&login)),
+            Vec::new(),
+        )),
+        Err(
+            ServiceError::InvalidInput(m) | ServiceError::Refused(m) | ServiceError::Conflict(m),
+        ) => Ok(render(
+            StatusCode::BAD_REQUEST,
+            &NewUserPage {
+                title: "Add a user",
+                signed_in: Some(current.user.login.clone()),
+                csrf: csrf.form_token(&app),
+                error: Some(m),
+                login: f.login,
+                email: f.email,
+                display_name: f.display_name,
+                groups: f.groups,
+                fresh: app.password_fresh(&current, app.now()),
+            },
+        )),
+        Err(e) => Err(e.into()),
+    }
+}

@@ -44,6 +44,7 @@ pub enum ErrorCode {
     CsrfFailed,
     PasswordChangeRequired,
     EnrolmentRequired,
+    PasswordConfirmationRequired,
     NotFound,
     InvalidInput,
     PolicyRejected,
@@ -62,6 +63,7 @@ impl ErrorCode {
             Self::CsrfFailed => "csrf_failed",
             Self::PasswordChangeRequired => "password_change_required",
             Self::EnrolmentRequired => "enrolment_required",
+            Self::PasswordConfirmationRequired => "password_confirmation_required",
             Self::NotFound => "not_found",
             Self::InvalidInput => "invalid_input",
             Self::PolicyRejected => "policy_rejected",
@@ -73,12 +75,13 @@ impl ErrorCode {
         }
     }
 
-    const ALL: [Self; 13] = [
+    const ALL: [Self; 14] = [
         Self::Unauthorized,
         Self::Forbidden,
         Self::CsrfFailed,
         Self::PasswordChangeRequired,
         Self::EnrolmentRequired,
+        Self::PasswordConfirmationRequired,
         Self::NotFound,
         Self::InvalidInput,
         Self::PolicyRejected,
@@ -398,6 +401,7 @@ api_routes! {
     DELETE "/me/trusted-devices/{id}" => my_device_delete, User, "Done", "Forgets one trusted browser.";
     GET "/me/api-keys" => my_keys_get, User, "ApiKeyList", "The caller's API keys (never the keys themselves).";
     POST "/me/api-keys" => my_keys_post, User, "CreatedApiKey", "Makes an API key and returns it, once. Needs a session and the password; an API key cannot make keys.";
+    POST "/me/confirm-password" => confirm_password_post, User, "Done", "Checks the caller's password again (body `{\"password\"}`; a session, not an API key). Administrative changes need one within the last 10 minutes.";
     DELETE "/me/api-keys/{id}" => my_key_delete, User, "Done", "Revokes one of the caller's API keys.";
     GET "/users" => users_get, Admin, "UserList", "Users, filtered by `search` and `group`, paged by `limit` (at most 500) and `offset`.";
     GET "/users/{login}" => user_get, Admin, "User", "One user.";
@@ -781,12 +785,57 @@ async fn user_get(State(app): State<App>, _: Admin, Path(login): Path<String>) -
     Ok(Json(body))
 }
 
+/// No `Debug`: it carries a password.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PasswordBody {
+    password: SecretString,
+}
+
+async fn confirm_password_post(
+    State(app): State<App>,
+    Client(client): Client,
+    Caller(me): Caller,
+    body: Result<Json<PasswordBody>, axum::extract::rejection::JsonRejection>,
+) -> ApiResult {
+    let Principal::Session(current) = me else {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            ErrorCode::Forbidden,
+            "an API key has no password to confirm: sign in with a session",
+        ));
+    };
+    let Json(b) = body.map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidInput,
+            e.body_text(),
+        )
+    })?;
+    app.confirm_password(&current, b.password.expose().to_string(), &client)
+        .await?;
+    Ok(Json(json!({"done": true})))
+}
+
+/// Administrative changes need a password check within the last 10 minutes.
+fn fresh_password(app: &App, admin: &CurrentSession) -> Result<(), ApiError> {
+    if app.password_fresh(admin, app.now()) {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::FORBIDDEN,
+        ErrorCode::PasswordConfirmationRequired,
+        "confirm your password first (POST /api/v1/me/confirm-password): it was last checked more than 10 minutes ago",
+    ))
+}
+
 async fn user_unlock_post(
     State(app): State<App>,
     Client(client): Client,
     Admin(admin): Admin,
     Path(login): Path<String>,
 ) -> ApiResult {
+    fresh_password(&app, &admin)?;
     app.unlock_user(&login, &admin.user.login, &client).await?;
     Ok(Json(json!({"done": true})))
 }
@@ -797,6 +846,7 @@ async fn user_reset_2fa_post(
     Admin(admin): Admin,
     Path(login): Path<String>,
 ) -> ApiResult {
+    fresh_password(&app, &admin)?;
     app.admin_reset_two_factor(&login, &admin.user.login, &client)
         .await?;
     Ok(Json(json!({"done": true})))
@@ -1047,6 +1097,12 @@ fn schemas() -> Value {
                 "password": {"type": "string", "description": "The caller's password, checked again"},
             },
         },
+        "PasswordConfirmation": {
+            "type": "object",
+            "required": ["password"],
+            "additionalProperties": false,
+            "properties": {"password": {"type": "string", "description": "The caller's password"}},
+        },
         "CreatedApiKey": {
             "type": "object",
             "required": ["key", "id", "name", "prefix"],
@@ -1070,7 +1126,11 @@ fn error_response(description: &str) -> Value {
 
 /// The request body schema of the routes that take one.
 fn request_schema(e: &Endpoint) -> Option<&'static str> {
-    (e.method == "POST" && e.path == "/me/api-keys").then_some("NewApiKey")
+    match (e.method, e.path) {
+        ("POST", "/me/api-keys") => Some("NewApiKey"),
+        ("POST", "/me/confirm-password") => Some("PasswordConfirmation"),
+        _ => None,
+    }
 }
 
 /// The OpenAPI 3.1 document of every route in [`ENDPOINTS`].

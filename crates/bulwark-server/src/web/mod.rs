@@ -34,6 +34,14 @@ pub fn router(app: App) -> Router {
         .route("/login", get(pages::login_get).post(pages::login_post))
         .route("/logout", post(pages::logout_post))
         .route("/account", get(pages::account_get))
+        .route("/admin", get(admin::admin_root_get))
+        .route("/admin/users", get(admin::users_get))
+        .route(
+            "/admin/users/new",
+            get(admin::user_new_get).post(admin::user_new_post),
+        )
+        .route("/admin/users/{login}", get(admin::user_get))
+        .route("/admin/users/{login}/action", post(admin::user_action_post))
         .route("/admin/compliance", get(admin::compliance_get))
         .route("/admin/compliance.csv", get(admin::compliance_csv_get))
         .route("/admin/compliance.json", get(admin::compliance_json_get))

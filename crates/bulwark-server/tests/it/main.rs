@@ -6,6 +6,7 @@
     reason = "tests"
 )]
 
+mod admin;
 mod api;
 mod api_keys;
 mod audit;
