@@ -2,7 +2,7 @@
 //! `password hash`, `healthcheck`. Every admin action works here without the web console.
 
 use crate::app::{App, StartError};
-use crate::clock::{format_time, SystemClock};
+use crate::clock::{format_time, Clock as _, SystemClock};
 use crate::config::{CliOverrides, Config};
 use crate::keys::KeyRing;
 use crate::mail::Transport;
@@ -80,6 +80,15 @@ enum Command {
     /// Reports for auditors.
     #[command(subcommand)]
     Report(ReportCommand),
+    /// Backups of the embedded SQLite database (for PostgreSQL use pg_dump).
+    #[command(subcommand)]
+    Backup(BackupCommand),
+    /// Replace the database with a backup after checking it. Stop the server first; the
+    /// replaced database is kept beside it.
+    Restore {
+        /// The backup file, e.g. DATA_DIR/backups/bulwark-20261123T030000Z.db
+        file: std::path::PathBuf,
+    },
     /// Ask the running server whether it is healthy (exit 0 if so).
     Healthcheck,
     /// Print the OpenAPI document of the JSON API (the one served at /api/v1/openapi.json).
@@ -98,6 +107,25 @@ enum KeyCommand {
     Rotate,
     /// Re-encrypt every TOTP secret under the current key (after changing an inline key ring).
     Reseal,
+}
+
+#[derive(Debug, Subcommand)]
+enum BackupCommand {
+    /// Take a consistent copy now (the server may keep running), named by the time, check
+    /// it, then prune the directory to 7 daily, 4 weekly and 3 monthly copies.
+    Run {
+        /// Where backups go (default DATA_DIR/backups).
+        #[arg(long)]
+        to: Option<std::path::PathBuf>,
+    },
+    /// List the backups in a directory.
+    List {
+        /// The directory (default DATA_DIR/backups).
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
+    },
+    /// Check a backup file (integrity and schema version) without restoring it.
+    Check { file: std::path::PathBuf },
 }
 
 #[derive(Debug, Subcommand)]
@@ -355,7 +383,7 @@ fn init_logging() {
 
 /// A CLI-level error: printed as `error: …`.
 #[derive(Debug, thiserror::Error)]
-enum CliError {
+pub(crate) enum CliError {
     #[error("{0}")]
     Start(#[from] StartError),
     #[error("{0}")]
@@ -411,7 +439,7 @@ async fn open_store(config: &Config) -> Result<Arc<dyn Store>, CliError> {
     )))
 }
 
-fn create_private_dir(path: &std::path::Path) -> Result<(), CliError> {
+pub(crate) fn create_private_dir(path: &std::path::Path) -> Result<(), CliError> {
     let mut builder = std::fs::DirBuilder::new();
     builder.recursive(true);
     #[cfg(unix)]
@@ -509,6 +537,8 @@ async fn dispatch(command: Command, config: Config) -> Result<ExitCode, CliError
             app.mailer.deliver_due(&transport, app.now()).await;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Backup(cmd) => backup_command(&config, cmd).await,
+        Command::Restore { file } => restore_command(&config, &file).await,
         Command::Report(ReportCommand::Compliance { format, stale_days }) => {
             let app = build_app(config).await?;
             compliance_report(&app, &format, stale_days).await?;
@@ -819,6 +849,113 @@ async fn user_command(app: &App, cmd: UserCommand) -> Result<(), CliError> {
         }
     }
     Ok(())
+}
+
+/// The SQLite file behind `database.url`, or why there is none.
+fn sqlite_file(config: &Config) -> Result<std::path::PathBuf, CliError> {
+    config
+        .database
+        .url
+        .strip_prefix("sqlite://")
+        .filter(|p| !p.starts_with(':') && !p.is_empty())
+        .map(|p| std::path::PathBuf::from(p.split('?').next().unwrap_or(p)))
+        .ok_or_else(|| {
+            CliError::Message(
+                "backups here are for the embedded SQLite database; back up PostgreSQL with pg_dump (see docs/operations.md)".into(),
+            )
+        })
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / 1_048_576.0)
+}
+
+async fn backup_command(config: &Config, cmd: BackupCommand) -> Result<ExitCode, CliError> {
+    use crate::backup;
+    let default_dir = config.data_dir.join("backups");
+    match cmd {
+        BackupCommand::Run { to } => {
+            let file = sqlite_file(config)?;
+            let dir = to.unwrap_or(default_dir);
+            let store = open_store(config).await?;
+            drop(store);
+            let store =
+                SqliteStore::connect(&config.database.url, config.database.max_connections).await?;
+            let started = std::time::Instant::now();
+            let outcome = backup::run(&store, &file, &dir, SystemClock.now(), |done, total| {
+                eprintln!("  … {} of about {} written", mib(done), mib(total));
+            })
+            .await
+            .map_err(|e| CliError::Message(e.to_string()))?;
+            say!(
+                "backup {} ({}, schema version {}) taken and checked in {:.1} s",
+                outcome.file.path.display(),
+                mib(outcome.file.bytes),
+                outcome.schema_version,
+                started.elapsed().as_secs_f64()
+            );
+            for p in &outcome.pruned {
+                say!("pruned {}", p.display());
+            }
+            eprintln!(
+                "note: keep a copy of the key file ({}) apart from the backups: without it, no TOTP login works after a restore",
+                config.secret_key_file.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        BackupCommand::List { dir } => {
+            let dir = dir.unwrap_or(default_dir);
+            let files = backup::list(&dir).map_err(|e| CliError::Message(e.to_string()))?;
+            if files.is_empty() {
+                say!("no backups in {}", dir.display());
+            }
+            for f in files.iter().rev() {
+                say!(
+                    "{}  {:>10}  {}",
+                    crate::clock::format_time(f.taken_at),
+                    mib(f.bytes),
+                    f.path.display()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        BackupCommand::Check { file } => {
+            let version = SqliteStore::check_file(&file).await?;
+            say!("{} is intact (schema version {version})", file.display());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn restore_command(config: &Config, file: &std::path::Path) -> Result<ExitCode, CliError> {
+    let db = sqlite_file(config)?;
+    let mut addr = config.server.listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let probe = tokio::time::timeout(
+        std::time::Duration::from_secs(1),
+        tokio::net::TcpStream::connect(addr),
+    )
+    .await;
+    if matches!(probe, Ok(Ok(_))) {
+        return Err(CliError::Message(format!(
+            "something answers on {addr}, probably Bulwark itself: stop it before restoring"
+        )));
+    }
+    let now = SystemClock.now();
+    let version = crate::backup::restore(file, &db, now)
+        .await
+        .map_err(|e| CliError::Message(e.to_string()))?;
+    say!(
+        "restored {} as {} (schema version {version}); the database it replaced is kept beside it as {}.before-restore-{}",
+        file.display(),
+        db.display(),
+        db.file_name().and_then(|n| n.to_str()).unwrap_or("bulwark.db"),
+        crate::backup::backup_name(now)
+    );
+    say!("start the server: it brings the schema up to date if the backup is older");
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn compliance_report(app: &App, format: &str, stale_days: u32) -> Result<(), CliError> {

@@ -5,6 +5,7 @@
 //! `bulwark-core` and persist through the `bulwark-store` traits.
 
 pub mod app;
+pub mod backup;
 pub mod cli;
 pub mod clock;
 pub mod config;

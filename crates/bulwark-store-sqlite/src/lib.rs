@@ -53,6 +53,79 @@ impl SqliteStore {
     pub fn migration_versions() -> Vec<i64> {
         MIGRATOR.iter().map(|m| m.version).collect()
     }
+
+    /// Writes a consistent copy of the whole database to `dest`, a path that must not exist
+    /// yet, while other connections (a running server) keep reading and writing. The copy is
+    /// created readable by its owner only and needs no journal file beside it.
+    pub async fn backup_into(&self, dest: &Path) -> StoreResult<()> {
+        if dest.exists() {
+            return Err(StoreError::Conflict("the backup file exists already"));
+        }
+        let dest_text = dest
+            .to_str()
+            .ok_or_else(|| StoreError::Backend("the backup path is not valid UTF-8".into()))?;
+        // An empty private file first: SQLite fills it and keeps its mode.
+        create_private_file(dest)?;
+        let result = sqlx::query("VACUUM INTO ?")
+            .bind(dest_text)
+            .execute(&self.pool)
+            .await;
+        if let Err(e) = result {
+            let _ = std::fs::remove_file(dest);
+            return Err(map_err(e));
+        }
+        Ok(())
+    }
+
+    /// Checks a database file without changing it: SQLite's integrity check, and that it is
+    /// a Bulwark database this build can run on. Returns its schema version.
+    pub async fn check_file(path: &Path) -> StoreResult<i64> {
+        let bad = |what: String| StoreError::Backend(format!("{}: {what}", path.display()));
+        if !path.is_file() {
+            return Err(bad("no such file".into()));
+        }
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .read_only(true)
+            .immutable(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options)
+            .await
+            .map_err(|e| bad(format!("cannot open it as a database ({e})")))?;
+        let checked = async {
+            let problems: Vec<String> = sqlx::query_scalar("PRAGMA integrity_check")
+                .fetch_all(&pool)
+                .await
+                .map_err(|e| bad(format!("not a readable database ({e})")))?;
+            if problems != ["ok"] {
+                return Err(bad(format!(
+                    "the integrity check failed: {}",
+                    problems.join("; ")
+                )));
+            }
+            let (version, failed): (Option<i64>, i64) = sqlx::query_as(
+                "SELECT max(version), coalesce(sum(NOT success), 0) FROM _sqlx_migrations",
+            )
+            .fetch_one(&pool)
+            .await
+            .map_err(|_| bad("not a Bulwark database (it has no schema history)".into()))?;
+            let version = version.ok_or_else(|| bad("its schema history is empty".into()))?;
+            if failed > 0 {
+                return Err(bad("a schema migration in it did not finish".into()));
+            }
+            let known = Self::migration_versions().last().copied().unwrap_or(0);
+            if version > known {
+                return Err(bad(format!(
+                    "its schema version {version} is newer than this build knows ({known}): use a newer bulwark"
+                )));
+            }
+            Ok(version)
+        }
+        .await;
+        pool.close().await;
+        checked
+    }
 }
 
 /// Creates a missing database file readable by its owner only (it holds password hashes);

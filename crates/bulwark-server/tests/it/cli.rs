@@ -1541,3 +1541,101 @@ fn compliance_report_from_the_command_line() {
     );
     assert_eq!(bad.code, Some(2), "{bad:?}");
 }
+
+#[test]
+fn backup_while_serving_then_restore_after_stopping() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    add_user(root, "alice", STRONG);
+    let mut server = Server::start(root, &[]);
+    let listen = format!("127.0.0.1:{}", server.port);
+    let backups = root.join("backups");
+    let backups_arg = backups.to_str().unwrap();
+
+    // Online: the server keeps running (and answering) during the copy.
+    let out = admin_ok(root, &["backup", "run", "--to", backups_arg], None);
+    assert!(out.starts_with("backup "), "{out}");
+    assert!(out.contains("taken and checked"), "{out}");
+    let files = std::fs::read_dir(&backups).unwrap().count();
+    assert_eq!(files, 1);
+    let file = std::fs::read_dir(&backups)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let name = file.file_name().unwrap().to_str().unwrap().to_string();
+    assert!(
+        name.starts_with("bulwark-") && name.ends_with("Z.db"),
+        "{name}"
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "a backup holds password hashes");
+    }
+    let list = admin_ok(root, &["backup", "list", "--dir", backups_arg], None);
+    assert!(list.contains(&name), "{list}");
+    let check = admin_ok(root, &["backup", "check", file.to_str().unwrap()], None);
+    assert!(check.contains("is intact (schema version"), "{check}");
+
+    // A user added after the backup disappears with the restore.
+    add_user(root, "bob", STRONG);
+    let refused = run(
+        &mut admin(
+            root,
+            &["--listen", &listen, "restore", file.to_str().unwrap()],
+        ),
+        None,
+    );
+    assert!(!refused.success(), "{refused:?}");
+    assert!(
+        refused.stderr.contains("stop it before restoring"),
+        "{refused:?}"
+    );
+    server.stop();
+
+    // A corrupt file is refused and changes nothing.
+    let corrupt = root.join("corrupt.db");
+    let mut bytes = std::fs::read(&file).unwrap();
+    let middle = bytes.len() / 2;
+    for b in &mut bytes[middle..middle + 4096] {
+        *b = 0x5a;
+    }
+    std::fs::write(&corrupt, &bytes).unwrap();
+    for bad in [
+        corrupt.clone(),
+        root.join("missing.db"),
+        root.join("data").join("secret.key"),
+    ] {
+        let r = run(
+            &mut admin(
+                root,
+                &["--listen", &listen, "restore", bad.to_str().unwrap()],
+            ),
+            None,
+        );
+        assert!(!r.success(), "{bad:?}: {r:?}");
+        assert!(r.stderr.contains("refusing to restore"), "{bad:?}: {r:?}");
+    }
+    assert!(admin_ok(root, &["user", "list"], None).contains("bob"));
+
+    let out = admin_ok(
+        root,
+        &["--listen", &listen, "restore", file.to_str().unwrap()],
+        None,
+    );
+    assert!(out.contains("restored "), "{out}");
+    let users = admin_ok(root, &["user", "list"], None);
+    assert!(users.contains("alice") && !users.contains("bob"), "{users}");
+    let aside: Vec<String> = std::fs::read_dir(data_dir(root))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("bulwark.db.before-restore-"))
+        .collect();
+    assert_eq!(aside.len(), 1, "the replaced database is kept");
+    // The restored database serves again.
+    let server = Server::start(root, &[]);
+    assert!(server.port > 0);
+}
