@@ -174,7 +174,6 @@ pub async fn run(
         }
     };
     copied.map_err(|e| BackupError::Io(format!("the backup failed: {e}")))?;
-    drop(copy);
     let schema_version = match SqliteStore::check_file(&path).await {
         Ok(v) => v,
         Err(e) => {
