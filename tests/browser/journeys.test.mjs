@@ -10,9 +10,11 @@
 
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
+import { rm } from 'node:fs/promises';
+import path from 'node:path';
 import * as OTPAuth from 'otpauth';
 import {
-    Bulwark, DEADLINE_MS, freePort, sleep, startNginx, startUpstream,
+    Bulwark, DEADLINE_MS, OUT_DIR, freePort, sleep, startNginx, startUpstream,
 } from './lib/env.mjs';
 import {
     Authenticator, VIEWPORTS, checkPage, decodeQr, launchBrowser, newContext, screenshot,
@@ -25,6 +27,7 @@ const WEAK = 'password1234';
 
 let browser;
 before(async () => {
+    await rm(path.join(OUT_DIR, 'screens'), { recursive: true, force: true });
     browser = await launchBrowser();
 });
 after(async () => {

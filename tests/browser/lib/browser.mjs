@@ -165,6 +165,19 @@ export async function checkPage(page, vp, name, { axe = true } = {}) {
     for (const f of fields.filter((x) => x.hidden && x.name === 'username')) {
         if (f.autocomplete !== 'username') problems.push(`hidden username field lacks autocomplete=username`);
     }
+    // Usable on a phone: nothing wider than the screen (wide tables scroll in their box).
+    const overflow = await page.evaluate(() => {
+        const root = document.documentElement;
+        if (root.scrollWidth <= root.clientWidth) return null;
+        // Suspects: what sticks out, except the insides of a box that scrolls them.
+        const suspects = [...document.querySelectorAll('body *')]
+            .filter((el) => el.getBoundingClientRect().right > root.clientWidth + 0.5)
+            .filter((el) => !el.parentElement.closest('.table') || getComputedStyle(el).position === 'absolute')
+            .map((el) => `${el.tagName.toLowerCase()}${el.className ? `.${el.className}` : ''}`)
+            .slice(0, 5);
+        return `${root.scrollWidth} px wide (${suspects.join(', ')})`;
+    }).catch(() => null);
+    if (overflow) problems.push(`page wider than the ${vp.viewport.width} px screen: ${overflow}`);
     const started = Date.now();
     if (axe) {
         const result = await new AxeBuilder({ page }).analyze();
