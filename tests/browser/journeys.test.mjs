@@ -99,6 +99,9 @@ async function enrol(page, env, vp, { password, login, shots = false }) {
     const codes = (await page.locator('ol.codes code').allTextContents()).map((c) => c.trim());
     assert.equal(codes.length, 10, 'ten recovery codes');
     assert.equal(new Set(codes).size, 10, 'the recovery codes differ from each other');
+    // Each code on one line, so that it can be read and copied as one.
+    const lines = await page.locator('ol.codes code').evaluateAll((els) => els.map((el) => el.getClientRects().length));
+    assert.deepEqual(lines, Array(10).fill(1), 'a recovery code is broken over two lines');
     if (shots) await checkPage(page, vp, 'recovery-codes');
     return { app, codes };
 }
