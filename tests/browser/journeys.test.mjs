@@ -179,7 +179,7 @@ async function firstAdministrator(env, vp) {
 
         // Keyboard only: the login field has the focus, Tab moves on, Enter submits.
         await page.goto(`${env.bulwark.base}/login`);
-        await assert.equal(await page.evaluate(() => document.activeElement?.id), 'login');
+        assert.equal(await page.evaluate(() => document.activeElement?.id), 'login');
         await page.keyboard.type('admin');
         await page.keyboard.press('Tab');
         assert.equal(await page.evaluate(() => document.activeElement?.id), 'password');
@@ -219,7 +219,7 @@ async function invitedUser(env, vp) {
     // TODO(admin console): invite from the admin web console once it exists; the CLI is
     // the only way to invite today.
     await env.bulwark.cli(['user', 'add', login, '--email', email, '--name', 'Bob Marsh', '--group', 'internal', '--invite']);
-    const invitation = await env.bulwark.waitForMail(email, '');
+    const invitation = await env.bulwark.waitForMail(email, 'Set up your account');
     const link = invitation.text.match(/http:\/\/\S+\/invite\/[A-Za-z0-9_-]+/);
     assert.ok(link, `an invitation link in:\n${invitation.text}`);
 

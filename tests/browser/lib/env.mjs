@@ -332,7 +332,7 @@ export class Bulwark {
         return found;
     }
 
-    /** Waits for a mail to `to` whose subject contains `subject` and that `seen` does not hold. */
+    /** Waits for the `skip`-th (from 0) mail to `to` whose subject contains `subject`. */
     async waitForMail(to, subject, { skip = 0 } = {}) {
         const started = Date.now();
         for (;;) {
