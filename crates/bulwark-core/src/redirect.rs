@@ -53,6 +53,19 @@ impl ProtectedOrigin {
         Ok(Self { https, host, port })
     }
 
+    /// The origin as a CSP source expression (`https://*.example.com:443`), for the pages'
+    /// `form-action`: a login form's redirect back to the application must be allowed there.
+    /// `None` for an IPv6 host, which source expressions cannot name.
+    pub fn csp_source(&self) -> Option<String> {
+        let host = match &self.host {
+            HostPattern::Exact(h) if h.contains(':') => return None,
+            HostPattern::Exact(h) => h.clone(),
+            HostPattern::Subdomains(suffix) => format!("*{suffix}"),
+        };
+        let scheme = if self.https { "https" } else { "http" };
+        Some(format!("{scheme}://{host}:{}", self.port))
+    }
+
     fn allows(&self, url: &Url) -> bool {
         let host = match url.host() {
             Some(Host::Domain(d)) => d.to_string(),
@@ -99,6 +112,21 @@ mod tests {
         .iter()
         .map(|s| ProtectedOrigin::parse(s).unwrap())
         .collect()
+    }
+
+    #[test]
+    fn origins_become_csp_sources() {
+        let sources: Vec<Option<String>> = origins().iter().map(|o| o.csp_source()).collect();
+        assert_eq!(
+            sources,
+            [
+                Some("https://odoo.example.com:443".to_string()),
+                Some("https://*.apps.example.com:443".to_string()),
+                Some("http://127.0.0.1:8080".to_string()),
+            ]
+        );
+        let v6 = ProtectedOrigin::parse("http://[::1]:8080").unwrap();
+        assert_eq!(v6.csp_source(), None);
     }
 
     #[test]

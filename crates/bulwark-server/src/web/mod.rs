@@ -27,6 +27,7 @@ use tracing::Instrument;
 /// The full router with every middleware, ready to serve.
 pub fn router(app: App) -> Router {
     let limit = app.config.server.max_body_bytes;
+    let csp = content_security_policy(&app);
     Router::new()
         .route("/", get(pages::root_get))
         .route("/healthz", get(healthz))
@@ -102,7 +103,7 @@ pub fn router(app: App) -> Router {
             extract::csrf_cookie_layer,
         ))
         .layer(middleware::from_fn_with_state(
-            app.clone(),
+            (app.clone(), csp),
             security_headers,
         ))
         .layer(middleware::from_fn(request_log))
@@ -140,15 +141,38 @@ async fn stylesheet() -> Response {
         .into_response()
 }
 
+/// The pages' Content-Security-Policy: no script at all. `form-action` covers the redirects
+/// that follow a form, so it also lists the protected applications: the login and the second
+/// step send the browser back to them.
+fn content_security_policy(app: &App) -> HeaderValue {
+    let mut form_action = String::from("'self'");
+    for source in app
+        .config
+        .gateway
+        .origins
+        .iter()
+        .filter_map(|o| o.csp_source())
+    {
+        form_action.push(' ');
+        form_action.push_str(&source);
+    }
+    let csp = format!("default-src 'none'; style-src 'self'; img-src 'self' data:; form-action {form_action}; frame-ancestors 'none'; base-uri 'none'");
+    HeaderValue::from_str(&csp).unwrap_or_else(|_| {
+        // Origins are validated host names, ports and schemes; this cannot happen.
+        HeaderValue::from_static("default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
+    })
+}
+
 /// Headers every response carries: no framing, no sniffing, no referrer (links can carry
 /// tokens), a CSP without inline script, HSTS when served over HTTPS.
-async fn security_headers(State(app): State<App>, req: Request, next: Next) -> Response {
+async fn security_headers(
+    State((app, csp)): State<(App, HeaderValue)>,
+    req: Request,
+    next: Next,
+) -> Response {
     let mut res = next.run(req).await;
     let h = res.headers_mut();
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static("default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"),
-    );
+    h.insert(header::CONTENT_SECURITY_POLICY, csp);
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),

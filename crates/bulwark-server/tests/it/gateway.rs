@@ -167,6 +167,25 @@ async fn anonymous_browsers_are_sent_to_the_portal_and_back() {
     assert_eq!(res.location(), "https://odoo.example.com/web?debug=1");
 }
 
+/// Browsers apply a page's `form-action` to the redirects that follow its forms too: the
+/// login and second-step forms end in a redirect to the application, so its origin must be
+/// listed, and nothing else.
+#[tokio::test]
+async fn form_action_allows_the_protected_applications_only() {
+    let t = TestApp::with_config(ODOO).await;
+    let res = t.browser().get("/login").await;
+    let csp = res.headers["content-security-policy"].to_str().unwrap();
+    assert!(
+        csp.contains(
+            "form-action 'self' https://odoo.example.com:443 https://*.apps.example.com:443;"
+        ),
+        "{csp}"
+    );
+    let res = TestApp::new().await.browser().get("/login").await;
+    let csp = res.headers["content-security-policy"].to_str().unwrap();
+    assert!(csp.contains("form-action 'self';"), "{csp}");
+}
+
 #[tokio::test]
 async fn the_portal_never_returns_to_an_unprotected_site() {
     let t = TestApp::with_config(ODOO).await;
