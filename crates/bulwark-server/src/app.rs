@@ -40,6 +40,8 @@ pub struct AppParts {
     pub key_usage: Arc<KeyUsage>,
     /// The session cookie's name, computed once: the gateway reads it on every check.
     pub(crate) session_cookie_name: String,
+    /// This node's counters for `/metrics`.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl std::fmt::Debug for App {
@@ -72,9 +74,10 @@ impl App {
         let p = &config.passwords;
         let hasher = PasswordHasher::new(p.argon2, p.scheme, p.pbkdf2_rounds)
             .map_err(|e| StartError::Config(format!("invalid configuration: `passwords`: {e}")))?;
-        let hashes = HashPool::new(hasher, p.max_concurrent_hashes)
+        let metrics = Arc::new(crate::metrics::Metrics::default());
+        let hashes = HashPool::new(hasher, p.max_concurrent_hashes, metrics.clone())
             .map_err(|e| StartError::Config(format!("cannot start the hashing threads: {e}")))?;
-        let mailer = Mailer::new(store.clone(), &config.mail)?;
+        let mailer = Mailer::new(store.clone(), &config.mail, metrics.clone())?;
         let session_cache = Arc::new(SessionCache::new(
             config.gateway.cache_seconds,
             config.gateway.cache_entries,
@@ -90,6 +93,7 @@ impl App {
             keys: Arc::new(RwLock::new(keys)),
             key_usage: Arc::new(KeyUsage::default()),
             session_cookie_name,
+            metrics,
         })))
     }
 

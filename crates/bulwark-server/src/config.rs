@@ -19,9 +19,11 @@ use std::path::{Path, PathBuf};
 mod api_keys;
 mod audit;
 mod gateway;
+mod metrics;
 pub use api_keys::ApiKeysConfig;
 pub use audit::AuditConfig;
 pub use gateway::{GatewayConfig, RawRule};
+pub use metrics::MetricsConfig;
 
 /// A configuration problem, naming the key and what is allowed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,6 +95,8 @@ struct RawConfig {
     api_keys: api_keys::RawApiKeys,
     #[serde(default)]
     audit: audit::RawAudit,
+    #[serde(default)]
+    metrics: metrics::RawMetrics,
     secret_key: Option<String>,
 }
 
@@ -266,6 +270,7 @@ pub struct Config {
     pub gateway: GatewayConfig,
     pub api_keys: ApiKeysConfig,
     pub audit: AuditConfig,
+    pub metrics: MetricsConfig,
     /// Key ring given inline (`BULWARK_SECRET_KEY`) instead of `secret_key_file`.
     #[serde(serialize_with = "redacted")]
     pub secret_key: Option<SecretString>,
@@ -431,7 +436,10 @@ pub struct LinksConfig {
     pub invitation_hours: i64,
 }
 
-fn redacted<S: serde::Serializer>(v: &Option<SecretString>, s: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn redacted<S: serde::Serializer>(
+    v: &Option<SecretString>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
     match v {
         Some(_) => s.serialize_str("<redacted>"),
         None => s.serialize_none(),
@@ -654,6 +662,7 @@ impl Config {
         let gateway = gateway::validate(raw.gateway, &public_host)?;
         let api_keys = api_keys::validate(raw.api_keys)?;
         let audit = audit::validate(raw.audit)?;
+        let metrics = metrics::validate(raw.metrics)?;
         let secret_key = raw.secret_key.map(SecretString::new);
         if let Some(k) = &secret_key {
             crate::keys::KeyRing::parse(k.expose())
@@ -665,6 +674,7 @@ impl Config {
             gateway,
             api_keys,
             audit,
+            metrics,
             secret_key,
             data_dir,
             secret_key_file,
@@ -1501,6 +1511,36 @@ mod tests {
             ("[audit]\nretention_days = 40000\n", "audit.retention_days"),
             ("[audit]\nretention_days = -1\n", "audit.retention_days"),
             ("[audit]\nkeep = 1\n", "audit.keep"),
+        ] {
+            let err = load(text, &[]).unwrap_err();
+            assert_eq!(err.key, key, "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn metrics_are_loopback_only_by_default_and_checked() {
+        let c = load("", &[]).unwrap();
+        assert!(c.metrics.enabled);
+        assert!(c.metrics.token.is_none());
+        assert_eq!(c.metrics.networks.len(), 2);
+        let c = load(
+            "[metrics]\ntoken = \"0123456789abcdef01\"\nnetworks = [\"10.1.0.0/16\", \"192.0.2.9\"]\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            c.metrics.token.as_ref().unwrap().expose(),
+            "0123456789abcdef01"
+        );
+        assert_eq!(c.metrics.networks[1].to_string(), "192.0.2.9/32");
+        assert!(!c.to_redacted_toml().contains("0123456789abcdef01"));
+        for (text, key) in [
+            ("[metrics]\ntoken = \"short\"\n", "metrics.token"),
+            (
+                "[metrics]\nnetworks = [\"10.0.0.0/33\"]\n",
+                "metrics.networks[0]",
+            ),
+            ("[metrics]\nenabled = \"yes\"\n", "metrics.enabled"),
         ] {
             let err = load(text, &[]).unwrap_err();
             assert_eq!(err.key, key, "{text}: {err}");

@@ -11,5 +11,6 @@ pub mod clock;
 pub mod config;
 pub mod keys;
 pub mod mail;
+pub mod metrics;
 pub mod services;
 pub mod web;

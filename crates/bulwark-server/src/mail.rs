@@ -33,6 +33,7 @@ struct MailHtml<'a> {
 #[derive(Clone)]
 pub struct Mailer {
     store: Arc<dyn Store>,
+    metrics: Arc<crate::metrics::Metrics>,
     from: Mailbox,
     wake: Arc<Notify>,
 }
@@ -47,7 +48,11 @@ impl std::fmt::Debug for Mailer {
 
 impl Mailer {
     /// A mailer sending as `config.from`.
-    pub fn new(store: Arc<dyn Store>, config: &MailConfig) -> Result<Self, StartError> {
+    pub fn new(
+        store: Arc<dyn Store>,
+        config: &MailConfig,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Result<Self, StartError> {
         let from = config.from.parse().map_err(|_| {
             StartError::Config(format!(
                 "invalid configuration: `mail.from`: `{}` is not a mailbox",
@@ -56,6 +61,7 @@ impl Mailer {
         })?;
         Ok(Self {
             store,
+            metrics,
             from,
             wake: Arc::new(Notify::new()),
         })
@@ -131,7 +137,14 @@ impl Mailer {
         };
         let mut delivered = 0;
         for mail in due {
-            match self.deliver(transport, &mail).await {
+            let outcome = self.deliver(transport, &mail).await;
+            let counter = if outcome.is_ok() {
+                &self.metrics.mail_sent
+            } else {
+                &self.metrics.mail_failures
+            };
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            match outcome {
                 Ok(()) => {
                     delivered += 1;
                     if let Err(e) = self.store.delete_mail(mail.id).await {

@@ -1230,6 +1230,18 @@ impl MailStore for SqliteStore {
         .map_err(map_err)
     }
 
+    async fn count_mail(&self) -> StoreResult<(u64, u64)> {
+        let (queued, failing): (i64, i64) =
+            sqlx::query_as("SELECT count(*), coalesce(sum(attempts > 0), 0) FROM mail_queue")
+                .fetch_one(&self.pool)
+                .await
+                .map_err(map_err)?;
+        Ok((
+            u64::try_from(queued).unwrap_or(0),
+            u64::try_from(failing).unwrap_or(0),
+        ))
+    }
+
     async fn list_due_mail(&self, now: UnixTime, limit: u32) -> StoreResult<Vec<MailRecord>> {
         let rows = sqlx::query(
             "SELECT id, recipient, subject, body_text, body_html, created_at, attempts, next_attempt_at \

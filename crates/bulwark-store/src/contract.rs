@@ -931,8 +931,11 @@ pub async fn mail_queue_retries_and_deletes(s: &dyn Store) {
         body_html: "<p>html</p>".into(),
         created_at: T0,
     };
+    assert_eq!(s.count_mail().await.unwrap(), (0, 0));
     let id = s.enqueue_mail(&mail).await.unwrap();
-    let due = s.list_due_mail(T0, 10).await.unwrap();
+    s.enqueue_mail(&mail).await.unwrap();
+    assert_eq!(s.count_mail().await.unwrap(), (2, 0));
+    let due = s.list_due_mail(T0, 1).await.unwrap();
     assert_eq!(due.len(), 1);
     assert_eq!(
         (due[0].id, due[0].attempts, due[0].body_html.as_str()),
@@ -941,11 +944,19 @@ pub async fn mail_queue_retries_and_deletes(s: &dyn Store) {
     s.update_mail_failed(id, T0 + 60, "connection refused")
         .await
         .unwrap();
-    assert!(s.list_due_mail(T0 + 59, 10).await.unwrap().is_empty());
+    let due = s.list_due_mail(T0 + 59, 10).await.unwrap();
+    assert!(
+        due.iter().all(|m| m.id != id),
+        "not due before its retry time"
+    );
+    assert_eq!(s.count_mail().await.unwrap(), (2, 1));
     let retry = s.list_due_mail(T0 + 60, 10).await.unwrap();
-    assert_eq!(retry[0].attempts, 1);
-    s.delete_mail(id).await.unwrap();
+    assert_eq!(retry.iter().find(|m| m.id == id).unwrap().attempts, 1);
+    for m in retry {
+        s.delete_mail(m.id).await.unwrap();
+    }
     assert!(s.list_due_mail(T0 + 1000, 10).await.unwrap().is_empty());
+    assert_eq!(s.count_mail().await.unwrap(), (0, 0));
 }
 
 pub async fn ping_and_migrate_are_idempotent(s: &dyn Store) {

@@ -301,6 +301,8 @@ pub trait MailStore: Send + Sync {
     async fn enqueue_mail(&self, mail: &NewMail) -> StoreResult<i64>;
     /// Messages due for a (re)try at `now`, oldest first.
     async fn list_due_mail(&self, now: UnixTime, limit: u32) -> StoreResult<Vec<MailRecord>>;
+    /// (messages queued, of which have failed at least once).
+    async fn count_mail(&self) -> StoreResult<(u64, u64)>;
     /// Removes a delivered message (its body may hold a link token).
     async fn delete_mail(&self, id: i64) -> StoreResult<()>;
     /// Records a failed attempt and when to retry.

@@ -136,6 +136,8 @@ impl App {
         self.session_cache.invalidate(audit.0.subject.as_deref());
         let mut event = audit.0;
         event.at = now;
+        self.metrics
+            .record_event(&event.event, &event.outcome, event.detail.as_deref());
         if let Err(e) = self.store.append_audit(&event).await {
             tracing::error!(event = %event.event, error = %e, "cannot write audit event");
         }

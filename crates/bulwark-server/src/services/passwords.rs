@@ -24,11 +24,17 @@ pub struct HashPool {
     hasher: Arc<PasswordHasher>,
     /// Jobs for the threads; they stop when the last clone of the pool is dropped.
     jobs: mpsc::Sender<Job>,
+    /// Where the time of each job (queueing included) is recorded.
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl HashPool {
     /// A pool of `max_concurrent` hashing threads. Fails only if the OS refuses a thread.
-    pub fn new(hasher: PasswordHasher, max_concurrent: usize) -> std::io::Result<Self> {
+    pub fn new(
+        hasher: PasswordHasher,
+        max_concurrent: usize,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> std::io::Result<Self> {
         let hasher = Arc::new(hasher);
         let (jobs, queue) = mpsc::channel::<Job>();
         let queue = Arc::new(Mutex::new(queue));
@@ -51,7 +57,11 @@ impl HashPool {
                     }
                 })?;
         }
-        Ok(Self { hasher, jobs })
+        Ok(Self {
+            hasher,
+            jobs,
+            metrics,
+        })
     }
 
     async fn run<T: Send + 'static>(
@@ -59,14 +69,18 @@ impl HashPool {
         job: impl FnOnce(&PasswordHasher, &mut HashMemory) -> T + Send + 'static,
     ) -> Result<T, ServiceError> {
         let (tx, rx) = oneshot::channel();
+        let started = std::time::Instant::now();
         self.jobs
             .send(Box::new(move |hasher, memory| {
                 // The requester may have gone (client disconnected): the result is dropped.
                 let _ = tx.send(job(hasher, memory));
             }))
             .map_err(|_| ServiceError::Internal("hashing threads stopped".into()))?;
-        rx.await
-            .map_err(|_| ServiceError::Internal("a hashing thread failed".into()))
+        let result = rx
+            .await
+            .map_err(|_| ServiceError::Internal("a hashing thread failed".into()));
+        self.metrics.password_hashing.observe(started.elapsed());
+        result
     }
 
     /// Hashes a new password with the configured scheme.
@@ -125,6 +139,7 @@ mod tests {
         HashPool::new(
             PasswordHasher::new(params, Scheme::Argon2id, 600_000).unwrap(),
             threads,
+            Arc::default(),
         )
         .unwrap()
     }

@@ -34,6 +34,7 @@
 use super::extract::{client_ip, get_cookie};
 use super::pages::url_encode;
 use crate::app::App;
+use crate::metrics::GatewayDecision;
 use crate::services::api_keys::KeyCheck;
 use crate::services::auth::CurrentSession;
 use axum::extract::{ConnectInfo, Request, State};
@@ -90,18 +91,30 @@ impl Original<'_> {
 }
 
 pub async fn auth_request(State(app): State<App>, req: Request) -> Response {
-    finish(check(&app, peer(&req), req.headers(), Flavor::AuthRequest).await)
+    finish(
+        &app,
+        check(&app, peer(&req), req.headers(), Flavor::AuthRequest).await,
+    )
 }
 
 pub async fn forward_auth(State(app): State<App>, req: Request) -> Response {
-    finish(check(&app, peer(&req), req.headers(), Flavor::ForwardAuth).await)
+    finish(
+        &app,
+        check(&app, peer(&req), req.headers(), Flavor::ForwardAuth).await,
+    )
 }
 
 /// What every answer gets: never cached (a cached "yes" would outlive a revocation), a log
 /// line at debug level (the proxy logs requests), and for a refusal (which Caddy and
 /// Traefik show to the browser) the headers of Bulwark's other pages.
-fn finish(mut res: Response) -> Response {
+fn finish(app: &App, mut res: Response) -> Response {
     let status = res.status();
+    app.metrics.record_gateway(match status.as_u16() {
+        200..=299 => GatewayDecision::Allowed,
+        401 | 302 => GatewayDecision::Unauthenticated,
+        403 => GatewayDecision::Forbidden,
+        _ => GatewayDecision::Error,
+    });
     let h = res.headers_mut();
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     if !status.is_success() {

@@ -7,6 +7,7 @@ mod api_keys;
 mod error;
 mod extract;
 mod gateway;
+mod metrics;
 mod pages;
 mod security;
 
@@ -118,6 +119,8 @@ fn gateway_routes() -> Router<App> {
     Router::new()
         .route("/api/authz/auth-request", get(gateway::auth_request))
         .route("/api/authz/forward-auth", get(gateway::forward_auth))
+        // Read by Prometheus, not browsers: no CSRF cookie either.
+        .route("/metrics", get(metrics::metrics_get))
 }
 
 async fn healthz(State(app): State<App>) -> Response {

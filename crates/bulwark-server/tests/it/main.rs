@@ -14,6 +14,7 @@ mod cli;
 mod compliance;
 mod gateway;
 mod mail;
+mod metrics;
 mod pages;
 mod support;
 mod two_factor;

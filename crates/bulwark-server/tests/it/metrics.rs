@@ -1,0 +1,148 @@
+//! `/metrics`: loopback only unless a token is set; the counters follow what happened.
+
+use crate::support::*;
+use axum::http::StatusCode;
+
+const PW: &str = "Correct-Horse-Battery-Staple-42";
+
+fn value(text: &str, series: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[tokio::test]
+async fn metrics_follow_logins_lockouts_gateway_and_mail() {
+    let t = TestApp::with_config(
+        "[gateway]\nprotected = [\"https://odoo.example.com\"]\ndefault_policy = \"one_factor\"\n\
+         [server]\ntrusted_proxies = [\"127.0.0.1/32\"]\n",
+    )
+    .await;
+    t.add_user("alice", PW, &["internal"]).await;
+    t.browser().login("alice", PW).await;
+    for _ in 0..10 {
+        t.browser().login("alice", "Wrong-Password-0000").await;
+    }
+    // Waiting out the delays, failures go on until the account locks.
+    for _ in 0..10 {
+        t.clock.advance(120);
+        t.browser().login("alice", "Wrong-Password-0000").await;
+    }
+    t.browser().login("nobody", PW).await;
+    let ask = t
+        .browser_from("127.0.0.1")
+        .with_header("x-original-url", "https://odoo.example.com/web")
+        .with_header("x-original-method", "GET")
+        .with_header("x-forwarded-for", "203.0.113.7");
+    assert_eq!(
+        ask.get("/api/authz/auth-request").await.status,
+        StatusCode::UNAUTHORIZED
+    );
+
+    let scrape = t.browser_from("127.0.0.1").get("/metrics").await;
+    assert_eq!(scrape.status, StatusCode::OK, "{}", scrape.body);
+    assert!(scrape.headers["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain; version=0.0.4"));
+    let m = &scrape.body;
+    assert_eq!(
+        value(
+            m,
+            "bulwark_logins_total{outcome=\"success\",reason=\"password\"}"
+        ),
+        Some(1),
+        "{m}"
+    );
+    assert!(
+        value(
+            m,
+            "bulwark_logins_total{outcome=\"failure\",reason=\"wrong password\"}"
+        )
+        .unwrap()
+            >= 3
+    );
+    assert_eq!(
+        value(
+            m,
+            "bulwark_logins_total{outcome=\"failure\",reason=\"unknown user\"}"
+        ),
+        Some(1)
+    );
+    assert!(value(
+        m,
+        "bulwark_logins_total{outcome=\"denied\",reason=\"throttled\"}"
+    )
+    .is_some());
+    assert_eq!(
+        value(m, "bulwark_lockouts_total{kind=\"account\"}"),
+        Some(1)
+    );
+    assert_eq!(
+        value(
+            m,
+            "bulwark_gateway_decisions_total{decision=\"unauthenticated\"}"
+        ),
+        Some(1)
+    );
+    assert_eq!(
+        value(m, "bulwark_gateway_decisions_total{decision=\"allowed\"}"),
+        Some(0)
+    );
+    assert!(value(m, "bulwark_password_hash_seconds_count").unwrap() >= 12);
+    assert_eq!(
+        value(m, "bulwark_group_active_users{group=\"internal\"}"),
+        Some(1)
+    );
+    assert_eq!(
+        value(m, "bulwark_group_two_factor_users{group=\"internal\"}"),
+        Some(0)
+    );
+    // The lock notice waits in the queue until the worker sends it.
+    assert!(value(m, "bulwark_mail_queue").is_some());
+    assert!(!m.contains("alice"), "no user names in metrics");
+
+    // Only loopback by default; a proxy's forwarded address counts, not the proxy's.
+    assert_eq!(
+        t.browser_from("192.0.2.50").get("/metrics").await.status,
+        StatusCode::FORBIDDEN
+    );
+    let via_proxy = t
+        .browser_from("127.0.0.1")
+        .with_header("x-forwarded-for", "203.0.113.9")
+        .get("/metrics")
+        .await;
+    assert_eq!(via_proxy.status, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn a_token_opens_metrics_to_any_address_and_nothing_else_does() {
+    let t = TestApp::with_config("[metrics]\ntoken = \"s3cret-metrics-token-0001\"\n").await;
+    let far = t.browser_from("192.0.2.50");
+    let res = far.get("/metrics").await;
+    assert_eq!(res.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(res.headers["www-authenticate"], "Bearer");
+    for wrong in [
+        "Bearer nope",
+        "Bearer s3cret-metrics-token-000",
+        "Basic czNjcmV0",
+    ] {
+        let res = t
+            .browser_from("127.0.0.1")
+            .with_header("authorization", wrong)
+            .get("/metrics")
+            .await;
+        assert_eq!(res.status, StatusCode::UNAUTHORIZED, "{wrong}");
+    }
+    let ok = far
+        .with_header("authorization", "Bearer s3cret-metrics-token-0001")
+        .get("/metrics")
+        .await;
+    assert_eq!(ok.status, StatusCode::OK);
+    assert!(ok.body.contains("# TYPE bulwark_logins_total counter"));
+
+    let off = TestApp::with_config("[metrics]\nenabled = false\n").await;
+    assert_eq!(
+        off.browser_from("127.0.0.1").get("/metrics").await.status,
+        StatusCode::NOT_FOUND
+    );
+}
