@@ -52,6 +52,23 @@ impl SqliteStore {
     pub fn migration_versions() -> Vec<i64> {
         MIGRATOR.iter().map(|m| m.version).collect()
     }
+
+    /// The newest migration applied to the database, if any.
+    pub async fn schema_version(&self) -> StoreResult<Option<i64>> {
+        let exists: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations')",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(map_err)?;
+        if !exists {
+            return Ok(None);
+        }
+        sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(map_err)
+    }
 }
 
 /// Creates a missing database file readable by its owner only (it holds password hashes);
@@ -1333,6 +1350,12 @@ impl ApiKeyStore for SqliteStore {
 #[async_trait]
 impl Store for SqliteStore {
     async fn migrate(&self) -> StoreResult<()> {
+        let known = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
+        if let Some(found) = self.schema_version().await? {
+            if found > known {
+                return Err(StoreError::SchemaTooNew { found, known });
+            }
+        }
         MIGRATOR
             .run(&self.pool)
             .await
