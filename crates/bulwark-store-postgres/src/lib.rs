@@ -152,10 +152,14 @@ fn map_err(e: sqlx::Error) -> StoreError {
         sqlx::Error::Database(db) if db.code().is_some_and(|c| unavailable_code(&c)) => {
             StoreError::Unavailable(e.to_string())
         }
+        // A protocol error is a connection cut mid-conversation (e.g. a TCP proxy in front
+        // of a database that is down answers the handshake with a closed socket): the
+        // connection is gone either way, and a retry later may succeed.
         sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed
         | sqlx::Error::Io(_)
         | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
         | sqlx::Error::WorkerCrashed => StoreError::Unavailable(e.to_string()),
         _ => StoreError::Backend(e.to_string()),
     }

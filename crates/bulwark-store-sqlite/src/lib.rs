@@ -26,6 +26,15 @@ pub struct SqliteStore {
 impl SqliteStore {
     /// Opens (creating if needed) the database at `url` (`sqlite://path` or `sqlite::memory:`).
     pub async fn connect(url: &str, max_connections: u32) -> StoreResult<Self> {
+        Self::connect_with_timeout(url, max_connections, Duration::from_secs(10)).await
+    }
+
+    /// Like [`SqliteStore::connect`], waiting at most `acquire_timeout` for a free connection.
+    pub async fn connect_with_timeout(
+        url: &str,
+        max_connections: u32,
+        acquire_timeout: Duration,
+    ) -> StoreResult<Self> {
         let options = SqliteConnectOptions::from_str(url)
             .map_err(|e| StoreError::Backend(format!("invalid SQLite URL: {e}")))?
             .create_if_missing(true)
@@ -36,7 +45,7 @@ impl SqliteStore {
         create_private_file(options.get_filename())?;
         let pool = SqlitePoolOptions::new()
             .max_connections(max_connections.max(1))
-            .acquire_timeout(Duration::from_secs(10))
+            .acquire_timeout(acquire_timeout)
             .connect_with(options)
             .await
             .map_err(map_err)?;

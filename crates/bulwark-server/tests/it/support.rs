@@ -1,4 +1,8 @@
-//! An in-process Bulwark with a manual clock, a temp SQLite file and a cookie-keeping browser.
+//! An in-process Bulwark with a manual clock, a fresh store and a cookie-keeping browser.
+//!
+//! The store is a temp SQLite file, or a fresh PostgreSQL database when
+//! `BULWARK_TEST_STORE=postgres` (on the server in `BULWARK_TEST_POSTGRES_URL`):
+//! `scripts/test` runs this suite both ways.
 
 use axum::body::Body;
 use axum::extract::ConnectInfo;
@@ -31,6 +35,25 @@ pub struct TestApp {
     _dir: tempfile::TempDir,
 }
 
+/// Which backend this run tests: `BULWARK_TEST_STORE` = `sqlite` (default) or `postgres`.
+pub fn on_postgres() -> bool {
+    match std::env::var("BULWARK_TEST_STORE").as_deref() {
+        Ok("postgres") => true,
+        Ok("sqlite") | Ok("") | Err(_) => false,
+        Ok(other) => panic!("BULWARK_TEST_STORE must be sqlite or postgres, not {other:?}"),
+    }
+}
+
+/// A fresh, migrated store of the backend under test.
+async fn fresh_store(dir: &std::path::Path) -> Arc<dyn Store> {
+    if on_postgres() {
+        return Arc::new(bulwark_store_postgres::testing::fresh_store().await);
+    }
+    let store = SqliteStore::open(&dir.join("bulwark.db"), 4).await.unwrap();
+    store.migrate().await.unwrap();
+    Arc::new(store)
+}
+
 impl TestApp {
     /// An app where only admins must use 2FA, so foundation tests log in with a password.
     pub async fn new() -> Self {
@@ -46,18 +69,29 @@ impl TestApp {
             format!("{toml_text}\n[two_factor]\nenforcement = \"admins\"\n")
         };
         let dir = tempfile::tempdir().unwrap();
+        let store = fresh_store(dir.path()).await;
+        Self::assemble(&toml_text, store, dir).await
+    }
+
+    /// An app on the given (migrated) store, configured like [`TestApp::with_config`].
+    #[allow(dead_code, reason = "used by the postgres test binary, not by this one")]
+    pub async fn with_store(toml_text: &str, store: Arc<dyn Store>) -> Self {
+        let toml_text = if toml_text.contains("[two_factor]") {
+            toml_text.to_string()
+        } else {
+            format!("{toml_text}\n[two_factor]\nenforcement = \"admins\"\n")
+        };
+        Self::assemble(&toml_text, store, tempfile::tempdir().unwrap()).await
+    }
+
+    async fn assemble(toml_text: &str, store: Arc<dyn Store>, dir: tempfile::TempDir) -> Self {
         let file = dir.path().join("bulwark.toml");
-        std::fs::write(&file, &toml_text).unwrap();
+        std::fs::write(&file, toml_text).unwrap();
         let overrides = CliOverrides {
             data_dir: Some(dir.path().to_path_buf()),
             ..Default::default()
         };
         let config = Config::load(Some(&file), &[], &overrides).unwrap();
-        let store = SqliteStore::open(&dir.path().join("bulwark.db"), 4)
-            .await
-            .unwrap();
-        store.migrate().await.unwrap();
-        let store: Arc<dyn Store> = Arc::new(store);
         let clock = Arc::new(ManualClock::new(T0));
         let outbox = dir.path().join("outbox");
         let app = App::new(
