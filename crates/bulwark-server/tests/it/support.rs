@@ -54,6 +54,21 @@ async fn fresh_store(dir: &std::path::Path) -> Arc<dyn Store> {
     Arc::new(store)
 }
 
+/// A node's own pool on the PostgreSQL database at `url`, migrated.
+pub async fn postgres_store(url: &str) -> Arc<dyn Store> {
+    let store = bulwark_store_postgres::PgStore::connect(
+        url,
+        bulwark_store_postgres::PoolSettings {
+            max_connections: 4,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    store.migrate().await.unwrap();
+    Arc::new(store)
+}
+
 impl TestApp {
     /// An app where only admins must use 2FA, so foundation tests log in with a password.
     pub async fn new() -> Self {
@@ -74,17 +89,36 @@ impl TestApp {
     }
 
     /// An app on the given (migrated) store, configured like [`TestApp::with_config`].
-    #[allow(dead_code, reason = "used by the postgres test binary, not by this one")]
     pub async fn with_store(toml_text: &str, store: Arc<dyn Store>) -> Self {
+        Self::node(toml_text, store, bulwark_server::keys::KeyRing::generate()).await
+    }
+
+    /// One node of several sharing a store: the same configuration and server key on each,
+    /// as a deployment must have, but its own state (clock, caches, connection pool).
+    pub async fn node(
+        toml_text: &str,
+        store: Arc<dyn Store>,
+        keys: bulwark_server::keys::KeyRing,
+    ) -> Self {
         let toml_text = if toml_text.contains("[two_factor]") {
             toml_text.to_string()
         } else {
             format!("{toml_text}\n[two_factor]\nenforcement = \"admins\"\n")
         };
-        Self::assemble(&toml_text, store, tempfile::tempdir().unwrap()).await
+        Self::assemble_with_keys(&toml_text, store, tempfile::tempdir().unwrap(), keys).await
     }
 
     async fn assemble(toml_text: &str, store: Arc<dyn Store>, dir: tempfile::TempDir) -> Self {
+        let keys = bulwark_server::keys::KeyRing::generate();
+        Self::assemble_with_keys(toml_text, store, dir, keys).await
+    }
+
+    async fn assemble_with_keys(
+        toml_text: &str,
+        store: Arc<dyn Store>,
+        dir: tempfile::TempDir,
+        keys: bulwark_server::keys::KeyRing,
+    ) -> Self {
         let file = dir.path().join("bulwark.toml");
         std::fs::write(&file, toml_text).unwrap();
         let overrides = CliOverrides {
@@ -94,13 +128,7 @@ impl TestApp {
         let config = Config::load(Some(&file), &[], &overrides).unwrap();
         let clock = Arc::new(ManualClock::new(T0));
         let outbox = dir.path().join("outbox");
-        let app = App::new(
-            config,
-            store.clone(),
-            clock.clone(),
-            bulwark_server::keys::KeyRing::generate(),
-        )
-        .unwrap();
+        let app = App::new(config, store.clone(), clock.clone(), keys).unwrap();
         let router = bulwark_server::web::router(app.clone());
         Self {
             app,

@@ -22,6 +22,7 @@ default_policy = "one_factor"
 
 /// An app whose store reaches a fresh database through a relay the test can cut.
 async fn app_behind_relay() -> (TestApp, CuttableRelay) {
+    // Always PostgreSQL: the relay stands between the node and its database server.
     let url = testing::fresh_database_url().await;
     let options = PgStore::parse_url(&url).unwrap();
     let target = format!("{}:{}", options.get_host(), options.get_port())
