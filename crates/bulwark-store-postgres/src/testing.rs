@@ -8,7 +8,6 @@
 
 use crate::{PgStore, PoolSettings};
 use bulwark_store::Store;
-use rand::Rng;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Connection};
 
@@ -32,10 +31,18 @@ pub async fn fresh_database_url() -> String {
     let server = server_url();
     let options: PgConnectOptions =
         PgStore::parse_url(&server).unwrap_or_else(|e| panic!("{URL_VAR}: {e}"));
+    // Unique across the tests of this process (counter) and across processes and runs on
+    // the same server (process id, start time).
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
     let name = format!(
-        "bulwark_test_{}_{:016x}",
+        "bulwark_test_{}_{:x}_{}",
         std::process::id(),
-        rand::thread_rng().gen::<u64>()
+        nanos,
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     );
     let mut admin = options
         .clone()
