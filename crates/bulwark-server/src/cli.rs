@@ -10,6 +10,7 @@ use crate::services::users::NewUserInput;
 use crate::services::{ClientInfo, ServiceError};
 use bulwark_core::password::Password;
 use bulwark_store::{Store, UserFilter, UserRecord};
+use bulwark_store_postgres::{PgStore, PoolSettings};
 use bulwark_store_sqlite::SqliteStore;
 use clap::{Args, Parser, Subcommand};
 use std::io::{BufRead, IsTerminal, Write};
@@ -414,10 +415,23 @@ impl From<bulwark_store::StoreError> for CliError {
     }
 }
 
+/// Opens the store `database.url` names: the one place that picks a backend.
 async fn open_store(config: &Config) -> Result<Arc<dyn Store>, CliError> {
-    if config.database.url.starts_with("sqlite:") {
-        if let Some(path) = config
-            .database
+    let db = &config.database;
+    let acquire_timeout = std::time::Duration::from_secs(db.acquire_timeout_secs);
+    if db.url.starts_with("postgres://") || db.url.starts_with("postgresql://") {
+        let options = PgStore::parse_url(&db.url).map_err(|e| {
+            CliError::Message(format!("invalid configuration: `database.url`: {e}"))
+        })?;
+        let settings = PoolSettings {
+            max_connections: db.max_connections,
+            acquire_timeout,
+        };
+        let store = PgStore::connect_with(options, settings).await?;
+        return Ok(Arc::new(store));
+    }
+    if db.url.starts_with("sqlite:") {
+        if let Some(path) = db
             .url
             .strip_prefix("sqlite://")
             .filter(|p| !p.starts_with(':'))
@@ -430,13 +444,13 @@ async fn open_store(config: &Config) -> Result<Arc<dyn Store>, CliError> {
             }
         }
         let store =
-            SqliteStore::connect(&config.database.url, config.database.max_connections).await?;
+            SqliteStore::connect_with_timeout(&db.url, db.max_connections, acquire_timeout).await?;
         return Ok(Arc::new(store));
     }
-    Err(CliError::Message(format!(
-        "invalid configuration: `database.url`: unsupported database `{}`",
-        config.database.url
-    )))
+    Err(CliError::Message(
+        "invalid configuration: `database.url`: must start with sqlite://, postgres:// or postgresql://"
+            .into(),
+    ))
 }
 
 pub(crate) fn create_private_dir(path: &std::path::Path) -> Result<(), CliError> {

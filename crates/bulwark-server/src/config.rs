@@ -126,6 +126,7 @@ struct RawServer {
 struct RawDatabase {
     url: Option<String>,
     max_connections: Option<u32>,
+    acquire_timeout_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -317,10 +318,60 @@ pub struct ServerConfig {
 }
 
 /// Which store and how many connections.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Clone, Serialize)]
 pub struct DatabaseConfig {
+    /// `sqlite://PATH` or `postgres://…` / `postgresql://…`; may hold a password.
+    #[serde(serialize_with = "redacted_url")]
     pub url: String,
     pub max_connections: u32,
+    /// How long a request waits for a free connection before it is answered with 503.
+    pub acquire_timeout_secs: u64,
+}
+
+impl fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DatabaseConfig")
+            .field("url", &redact_url_password(&self.url))
+            .field("max_connections", &self.max_connections)
+            .field("acquire_timeout_secs", &self.acquire_timeout_secs)
+            .finish()
+    }
+}
+
+/// The URL with the password (between `user:` and `@` in the authority) replaced by
+/// `<redacted>`; other URLs are returned unchanged.
+pub fn redact_url_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let authority = match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _password)) => format!("{user}:<redacted>@{host}"),
+            None => authority.to_string(),
+        },
+        None => authority.to_string(),
+    };
+    // A password may also come as a query parameter (`?password=…`).
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => {
+            let query: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=<redacted>"),
+                    _ => pair.to_string(),
+                })
+                .collect();
+            format!("{path}?{}", query.join("&"))
+        }
+        None => tail.to_string(),
+    };
+    format!("{scheme}://{authority}{tail}")
+}
+
+fn redacted_url<S: serde::Serializer>(url: &str, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&redact_url_password(url))
 }
 
 /// Outgoing mail.
@@ -595,10 +646,14 @@ impl Config {
             .database
             .url
             .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("bulwark.db").display()));
-        if !(url.starts_with("sqlite:")) {
+        // The one check of the scheme outside `cli::open_store`, which opens the backend.
+        let known_scheme = ["sqlite:", "postgres://", "postgresql://"]
+            .iter()
+            .any(|p| url.starts_with(p));
+        if !known_scheme {
             return Err(ConfigError::new(
                 "database.url",
-                "must start with sqlite:// (PostgreSQL support is not in this build)",
+                "must start with sqlite://, postgres:// or postgresql://",
             ));
         }
         let max_connections = raw.database.max_connections.unwrap_or(8);
@@ -606,6 +661,14 @@ impl Config {
             return Err(ConfigError::new(
                 "database.max_connections",
                 "must be between 1 and 1000",
+            ));
+        }
+
+        let acquire_timeout_secs = raw.database.acquire_timeout_secs.unwrap_or(5);
+        if !(1..=300).contains(&acquire_timeout_secs) {
+            return Err(ConfigError::new(
+                "database.acquire_timeout_secs",
+                "must be between 1 and 300",
             ));
         }
 
@@ -689,6 +752,7 @@ impl Config {
             database: DatabaseConfig {
                 url,
                 max_connections,
+                acquire_timeout_secs,
             },
             mail,
             passwords,
@@ -1121,6 +1185,71 @@ mod tests {
         );
         assert!(!c.server.secure_cookies, "plain-HTTP loopback default");
         assert_eq!(c.policy.base.min_length, 12);
+    }
+
+    #[test]
+    fn database_settings_are_checked_and_the_password_redacted() {
+        let c = load(
+            "[database]\nurl = \"postgres://bulwark:s3cr3t-pw@db.internal:5432/bulwark?sslmode=require\"\n\
+             max_connections = 20\nacquire_timeout_secs = 3\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.database.max_connections, 20);
+        assert_eq!(c.database.acquire_timeout_secs, 3);
+        let shown = c.to_redacted_toml();
+        assert!(!shown.contains("s3cr3t-pw"), "{shown}");
+        assert!(
+            shown
+                .contains("postgres://bulwark:<redacted>@db.internal:5432/bulwark?sslmode=require"),
+            "{shown}"
+        );
+        assert!(!format!("{:?}", c.database).contains("s3cr3t-pw"));
+        assert!(load("[database]\nurl = \"postgresql://db/bulwark\"\n", &[]).is_ok());
+        assert_eq!(
+            load("", &[("BULWARK_DATABASE__URL", "postgres://u@h/d")])
+                .unwrap()
+                .database
+                .url,
+            "postgres://u@h/d"
+        );
+        for (toml_text, key) in [
+            ("[database]\nurl = \"mysql://db/bulwark\"\n", "database.url"),
+            (
+                "[database]\nmax_connections = 0\n",
+                "database.max_connections",
+            ),
+            (
+                "[database]\nacquire_timeout_secs = 0\n",
+                "database.acquire_timeout_secs",
+            ),
+            (
+                "[database]\nacquire_timeout_secs = 301\n",
+                "database.acquire_timeout_secs",
+            ),
+        ] {
+            let err = load(toml_text, &[]).unwrap_err().to_string();
+            assert!(err.contains(&format!("`{key}`")), "{toml_text}: {err}");
+        }
+    }
+
+    #[test]
+    fn urls_without_a_password_are_shown_as_they_are() {
+        for url in [
+            "sqlite://./bulwark-data/bulwark.db",
+            "postgres://bulwark@db/bulwark",
+            "postgres://db/bulwark?user=x",
+        ] {
+            assert_eq!(redact_url_password(url), url);
+        }
+        assert_eq!(
+            redact_url_password("postgres://u:p@ss@h/d"),
+            "postgres://u:<redacted>@h/d"
+        );
+        assert_eq!(
+            redact_url_password("postgres://h/d?user=u&password=pw&sslmode=require"),
+            "postgres://h/d?user=u&password=<redacted>&sslmode=require"
+        );
     }
 
     #[test]

@@ -27,6 +27,15 @@ pub struct SqliteStore {
 impl SqliteStore {
     /// Opens (creating if needed) the database at `url` (`sqlite://path` or `sqlite::memory:`).
     pub async fn connect(url: &str, max_connections: u32) -> StoreResult<Self> {
+        Self::connect_with_timeout(url, max_connections, Duration::from_secs(10)).await
+    }
+
+    /// Like [`SqliteStore::connect`], waiting at most `acquire_timeout` for a free connection.
+    pub async fn connect_with_timeout(
+        url: &str,
+        max_connections: u32,
+        acquire_timeout: Duration,
+    ) -> StoreResult<Self> {
         let options = SqliteConnectOptions::from_str(url)
             .map_err(|e| StoreError::Backend(format!("invalid SQLite URL: {e}")))?
             .create_if_missing(true)
@@ -37,7 +46,7 @@ impl SqliteStore {
         create_private_file(options.get_filename())?;
         let pool = SqlitePoolOptions::new()
             .max_connections(max_connections.max(1))
-            .acquire_timeout(Duration::from_secs(10))
+            .acquire_timeout(acquire_timeout)
             .connect_with(options)
             .await
             .map_err(map_err)?;
@@ -125,6 +134,23 @@ impl SqliteStore {
         .await;
         pool.close().await;
         checked
+    }
+
+    /// The newest migration applied to the database, if any.
+    pub async fn schema_version(&self) -> StoreResult<Option<i64>> {
+        let exists: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations')",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(map_err)?;
+        if !exists {
+            return Ok(None);
+        }
+        sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(map_err)
     }
 }
 
@@ -1763,6 +1789,12 @@ impl ApiKeyStore for SqliteStore {
 #[async_trait]
 impl Store for SqliteStore {
     async fn migrate(&self) -> StoreResult<()> {
+        let known = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
+        if let Some(found) = self.schema_version().await? {
+            if found > known {
+                return Err(StoreError::SchemaTooNew { found, known });
+            }
+        }
         MIGRATOR
             .run(&self.pool)
             .await

@@ -81,3 +81,37 @@ async fn the_audit_log_refuses_updates_and_deletes() {
         .expect("row");
     assert_eq!(outcome, "failure");
 }
+
+#[tokio::test]
+async fn a_schema_newer_than_this_build_is_refused() {
+    use bulwark_store::StoreError;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("bulwark.db");
+    let store = SqliteStore::open(&path, 2).await.expect("open sqlite");
+    store.migrate().await.expect("migrate");
+    let latest = *SqliteStore::migration_versions().last().unwrap();
+    assert_eq!(store.schema_version().await.unwrap(), Some(latest));
+    // A newer build applied a migration this one does not know.
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display()))
+        .await
+        .expect("raw pool");
+    sqlx::query(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+         VALUES (?, 'from the future', TRUE, x'00', 0)",
+    )
+    .bind(latest + 1)
+    .execute(&pool)
+    .await
+    .unwrap();
+    let err = store.migrate().await.unwrap_err();
+    assert!(
+        matches!(err, StoreError::SchemaTooNew { found, known } if found == latest + 1 && known == latest),
+        "{err:?}"
+    );
+    let text = err.to_string();
+    assert!(
+        text.contains(&format!("version {}", latest + 1))
+            && text.contains(&format!("up to {latest}")),
+        "{text}"
+    );
+}

@@ -28,6 +28,17 @@ pub enum StoreError {
     /// The database is unreachable (connection refused, pool timeout): callers answer 503.
     #[error("database unavailable: {0}")]
     Unavailable(String),
+    /// The database was migrated by a newer Bulwark: this build must not run against it.
+    #[error(
+        "the database schema is at version {found}, newer than this build knows (up to {known}); \
+         run the Bulwark release that migrated it, or a newer one"
+    )]
+    SchemaTooNew {
+        /// The newest migration applied to the database.
+        found: i64,
+        /// The newest migration this build has.
+        known: i64,
+    },
     /// Anything else from the backend; logged, never shown to users.
     #[error("database error: {0}")]
     Backend(String),
@@ -348,7 +359,8 @@ pub trait Store:
     + TrustedDeviceStore
     + ApiKeyStore
 {
-    /// Brings the schema to the newest version this build knows.
+    /// Brings the schema to the newest version this build knows; `SchemaTooNew` if the
+    /// database was migrated further by a newer build. Safe to call from several nodes at once.
     async fn migrate(&self) -> StoreResult<()>;
     /// Cheap liveness check for `/healthz`.
     async fn ping(&self) -> StoreResult<()>;

@@ -57,6 +57,7 @@ impl From<StoreError> for ServiceError {
             StoreError::Conflict(what) => Self::Conflict(what.to_string()),
             StoreError::Unavailable(m) => Self::Unavailable(m),
             StoreError::Backend(m) => Self::Internal(m),
+            e @ StoreError::SchemaTooNew { .. } => Self::Internal(e.to_string()),
         }
     }
 }

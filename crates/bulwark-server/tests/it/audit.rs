@@ -6,25 +6,11 @@ use crate::api::{admin, error_code, json};
 use crate::support::*;
 use axum::http::StatusCode;
 use bulwark_store::AuditFilter;
-use sqlx::sqlite::SqliteConnectOptions;
-use sqlx::SqlitePool;
 
 const PW: &str = "Correct-Horse-Battery-Staple-42";
 
-/// Runs SQL on the app's database as an attacker would: with the protecting triggers gone.
 async fn tamper(t: &TestApp, sql: &str) {
-    let pool = SqlitePool::connect_with(SqliteConnectOptions::new().filename(t.database_path()))
-        .await
-        .unwrap();
-    for statement in [
-        "DROP TRIGGER IF EXISTS audit_log_no_update",
-        "DROP TRIGGER IF EXISTS audit_log_no_delete",
-        "DROP TRIGGER IF EXISTS audit_checkpoints_no_update",
-        sql,
-    ] {
-        sqlx::query(statement).execute(&pool).await.unwrap();
-    }
-    pool.close().await;
+    t.as_attacker(sql).await;
 }
 
 async fn some_history(t: &TestApp) {

@@ -1,4 +1,8 @@
-//! An in-process Bulwark with a manual clock, a temp SQLite file and a cookie-keeping browser.
+//! An in-process Bulwark with a manual clock, a fresh store and a cookie-keeping browser.
+//!
+//! The store is a temp SQLite file, or a fresh PostgreSQL database when
+//! `TEST_STORE=postgres` (on the server in `TEST_POSTGRES_URL`):
+//! `scripts/test` runs this suite both ways.
 
 use axum::body::Body;
 use axum::extract::ConnectInfo;
@@ -28,7 +32,44 @@ pub struct TestApp {
     pub store: Arc<dyn Store>,
     router: Router,
     outbox: PathBuf,
+    /// The PostgreSQL database's URL when the app runs on one it made.
+    postgres_url: Option<String>,
     _dir: tempfile::TempDir,
+}
+
+/// Which backend this run tests: `TEST_STORE` = `sqlite` (default) or `postgres`.
+pub fn on_postgres() -> bool {
+    match std::env::var("TEST_STORE").as_deref() {
+        Ok("postgres") => true,
+        Ok("sqlite") | Ok("") | Err(_) => false,
+        Ok(other) => panic!("TEST_STORE must be sqlite or postgres, not {other:?}"),
+    }
+}
+
+/// A fresh, migrated store of the backend under test, and its URL on PostgreSQL.
+async fn fresh_store(dir: &std::path::Path) -> (Arc<dyn Store>, Option<String>) {
+    if on_postgres() {
+        let (store, url) = bulwark_store_postgres::testing::fresh_store_with_url().await;
+        return (Arc::new(store), Some(url));
+    }
+    let store = SqliteStore::open(&dir.join("bulwark.db"), 4).await.unwrap();
+    store.migrate().await.unwrap();
+    (Arc::new(store), None)
+}
+
+/// A node's own pool on the PostgreSQL database at `url`, migrated.
+pub async fn postgres_store(url: &str) -> Arc<dyn Store> {
+    let store = bulwark_store_postgres::PgStore::connect(
+        url,
+        bulwark_store_postgres::PoolSettings {
+            max_connections: 4,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    store.migrate().await.unwrap();
+    Arc::new(store)
 }
 
 impl TestApp {
@@ -46,27 +87,53 @@ impl TestApp {
             format!("{toml_text}\n[two_factor]\nenforcement = \"admins\"\n")
         };
         let dir = tempfile::tempdir().unwrap();
+        let (store, postgres_url) = fresh_store(dir.path()).await;
+        let mut app = Self::assemble(&toml_text, store, dir).await;
+        app.postgres_url = postgres_url;
+        app
+    }
+
+    /// An app on the given (migrated) store, configured like [`TestApp::with_config`].
+    pub async fn with_store(toml_text: &str, store: Arc<dyn Store>) -> Self {
+        Self::node(toml_text, store, bulwark_server::keys::KeyRing::generate()).await
+    }
+
+    /// One node of several sharing a store: the same configuration and server key on each,
+    /// as a deployment must have, but its own state (clock, caches, connection pool).
+    pub async fn node(
+        toml_text: &str,
+        store: Arc<dyn Store>,
+        keys: bulwark_server::keys::KeyRing,
+    ) -> Self {
+        let toml_text = if toml_text.contains("[two_factor]") {
+            toml_text.to_string()
+        } else {
+            format!("{toml_text}\n[two_factor]\nenforcement = \"admins\"\n")
+        };
+        Self::assemble_with_keys(&toml_text, store, tempfile::tempdir().unwrap(), keys).await
+    }
+
+    async fn assemble(toml_text: &str, store: Arc<dyn Store>, dir: tempfile::TempDir) -> Self {
+        let keys = bulwark_server::keys::KeyRing::generate();
+        Self::assemble_with_keys(toml_text, store, dir, keys).await
+    }
+
+    async fn assemble_with_keys(
+        toml_text: &str,
+        store: Arc<dyn Store>,
+        dir: tempfile::TempDir,
+        keys: bulwark_server::keys::KeyRing,
+    ) -> Self {
         let file = dir.path().join("bulwark.toml");
-        std::fs::write(&file, &toml_text).unwrap();
+        std::fs::write(&file, toml_text).unwrap();
         let overrides = CliOverrides {
             data_dir: Some(dir.path().to_path_buf()),
             ..Default::default()
         };
         let config = Config::load(Some(&file), &[], &overrides).unwrap();
-        let store = SqliteStore::open(&dir.path().join("bulwark.db"), 4)
-            .await
-            .unwrap();
-        store.migrate().await.unwrap();
-        let store: Arc<dyn Store> = Arc::new(store);
         let clock = Arc::new(ManualClock::new(T0));
         let outbox = dir.path().join("outbox");
-        let app = App::new(
-            config,
-            store.clone(),
-            clock.clone(),
-            bulwark_server::keys::KeyRing::generate(),
-        )
-        .unwrap();
+        let app = App::new(config, store.clone(), clock.clone(), keys).unwrap();
         let router = bulwark_server::web::router(app.clone());
         Self {
             app,
@@ -74,6 +141,7 @@ impl TestApp {
             store,
             router,
             outbox,
+            postgres_url: None,
             _dir: dir,
         }
     }
@@ -88,9 +156,41 @@ impl TestApp {
         }
     }
 
-    /// The SQLite file behind the app, for tests that play an attacker with database access.
+    /// The SQLite file behind the app (SQLite runs only).
     pub fn database_path(&self) -> PathBuf {
         self._dir.path().join("bulwark.db")
+    }
+
+    /// Runs SQL on the app's database as an attacker with database access would: around the
+    /// store, with the audit log's protecting triggers switched off first.
+    pub async fn as_attacker(&self, sql: &str) {
+        match &self.postgres_url {
+            Some(url) => {
+                let pool = sqlx::PgPool::connect(url).await.unwrap();
+                for statement in [
+                    "ALTER TABLE audit_log DISABLE TRIGGER USER",
+                    "ALTER TABLE audit_checkpoints DISABLE TRIGGER USER",
+                    sql,
+                ] {
+                    sqlx::query(statement).execute(&pool).await.unwrap();
+                }
+                pool.close().await;
+            }
+            None => {
+                let options =
+                    sqlx::sqlite::SqliteConnectOptions::new().filename(self.database_path());
+                let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
+                for statement in [
+                    "DROP TRIGGER IF EXISTS audit_log_no_update",
+                    "DROP TRIGGER IF EXISTS audit_log_no_delete",
+                    "DROP TRIGGER IF EXISTS audit_checkpoints_no_update",
+                    sql,
+                ] {
+                    sqlx::query(statement).execute(&pool).await.unwrap();
+                }
+                pool.close().await;
+            }
+        }
     }
 
     pub fn browser(&self) -> Browser {
