@@ -664,6 +664,18 @@ impl UserStore for SqliteStore {
         hash.flatten().map(stored_hash).transpose()
     }
 
+    async fn clear_password(&self, id: UserId) -> StoreResult<()> {
+        let r = sqlx::query("UPDATE users SET password_hash = NULL WHERE id = ?")
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(map_err)?;
+        if r.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+
     async fn update_password(&self, change: &PasswordChange) -> StoreResult<()> {
         let mut tx = self.pool.begin().await.map_err(map_err)?;
         let r = sqlx::query("UPDATE users SET password_hash = ?, password_changed_at = ?, must_change_password = ? WHERE id = ?")

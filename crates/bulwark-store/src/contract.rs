@@ -23,7 +23,7 @@ macro_rules! store_contract_tests {
             insert_and_get_user, login_is_unique_case_insensitively, missing_user_is_not_found,
             find_users_by_email_ignores_case, list_users_filters_and_pages, count_active_in_group_counts_active_members,
             update_profile_active_and_groups, delete_user_removes_sessions_and_tokens,
-            password_update_keeps_bounded_history, rehash_replaces_current_hash_only,
+            password_update_keeps_bounded_history, rehash_replaces_current_hash_only, a_cleared_password_no_longer_exists,
             must_change_and_last_login_are_recorded,
             sessions_insert_find_touch_delete, delete_user_sessions_keeps_one, expired_sessions_are_pruned,
             one_time_token_is_consumed_once, one_time_token_expires_and_purpose_matters, revoking_user_tokens_voids_them,
@@ -354,6 +354,20 @@ pub async fn password_update_keeps_bounded_history(s: &dyn Store) {
     };
     s.update_password(&change).await.unwrap();
     assert_eq!(s.list_password_history(u.id, 10).await.unwrap().len(), 1);
+}
+
+pub async fn a_cleared_password_no_longer_exists(s: &dyn Store) {
+    let u = s.insert_user(&new_user("cleo")).await.unwrap();
+    assert!(u.has_password);
+    s.clear_password(u.id).await.unwrap();
+    let after = s.get_user(u.id).await.unwrap();
+    assert!(!after.has_password);
+    assert_eq!(after.password_changed_at, u.password_changed_at);
+    assert!(s.find_password_hash(u.id).await.unwrap().is_none());
+    assert!(matches!(
+        s.clear_password(9_999_999).await,
+        Err(StoreError::NotFound)
+    ));
 }
 
 pub async fn rehash_replaces_current_hash_only(s: &dyn Store) {

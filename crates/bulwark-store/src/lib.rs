@@ -92,6 +92,9 @@ pub trait UserStore: Send + Sync {
     /// Sets a new password: stores the hash, its time and the must-change flag, and records it
     /// in the history, keeping the newest `keep_history` entries (at least the current one).
     async fn update_password(&self, change: &PasswordChange) -> StoreResult<()>;
+    /// Removes the current password (it stays in the history): no login works with it until
+    /// a new one is set through a link.
+    async fn clear_password(&self, id: UserId) -> StoreResult<()>;
     /// Replaces the hash of the current password (re-hash on login); nothing else changes.
     async fn rehash_password(&self, id: UserId, hash: &PasswordHash) -> StoreResult<()>;
     /// The newest `limit` password hashes, current first.

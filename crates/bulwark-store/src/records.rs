@@ -174,6 +174,8 @@ pub enum TokenPurpose {
     PasswordReset,
     /// Invitation to set a first password.
     Invitation,
+    /// "This wasn't me" in a new-device or password-changed mail: secures the account.
+    NotMe,
 }
 
 impl TokenPurpose {
@@ -183,6 +185,7 @@ impl TokenPurpose {
             Self::Setup => "setup",
             Self::PasswordReset => "password_reset",
             Self::Invitation => "invitation",
+            Self::NotMe => "not_me",
         }
     }
 }

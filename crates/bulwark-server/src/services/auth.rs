@@ -87,6 +87,9 @@ pub struct LinkInfo {
     pub user: Option<UserRecord>,
 }
 
+/// How long a "this wasn't me" link works.
+const NOT_ME_LINK_SECS: i64 = 7 * 86_400;
+
 pub(crate) fn account_key(login: &str) -> String {
     let normalized: String = login.trim().to_lowercase().chars().take(128).collect();
     format!("login:{normalized}")
@@ -212,6 +215,7 @@ impl App {
                 now,
             )
             .await;
+            self.notify_locked(login, client, now).await;
         }
         if let Some(ip) = client.ip {
             if self
@@ -229,6 +233,36 @@ impl App {
             }
         }
         Ok(())
+    }
+
+    /// Tells the owner of a just-locked account (if it exists and has an address).
+    async fn notify_locked(&self, login: &str, client: &ClientInfo, now: UnixTime) {
+        let Ok(login) = Login::parse(login) else {
+            return;
+        };
+        let Ok(Some(user)) = self.store.find_user_by_login(&login).await else {
+            return;
+        };
+        let Some(email) = &user.email else { return };
+        let until = self.config.lockout.account.lock_secs;
+        let text = format!(
+            "Your account {} was locked at {} after repeated wrong passwords, the last from IP {} ({}). It unlocks by itself in {} minutes, or an administrator can unlock it.\n\nIf these attempts were not yours, someone is guessing your password: choose a new, unique one.",
+            user.login,
+            crate::clock::format_time(now),
+            client.ip_string().unwrap_or_else(|| "unknown".into()),
+            crate::services::browser_name(client.user_agent.as_deref()),
+            (until + 59) / 60,
+        );
+        let link = self.url("/password/forgot");
+        self.mailer
+            .send(
+                email,
+                "Your account was locked",
+                &text,
+                Some((&link, "Choose a new password")),
+                now,
+            )
+            .await;
     }
 
     /// Checks a login and password; on success starts a new session.
@@ -660,26 +694,83 @@ impl App {
         now: UnixTime,
     ) {
         let Some(email) = &user.email else { return };
-        let ip = client
-            .ip
-            .map(|ip| ip.to_string())
-            .unwrap_or_else(|| "unknown".into());
         let text = format!(
-            "The password of your account {} was changed at {} from IP {}.\n\nIf this was not you, reset your password now and contact your administrator.",
+            "The password of your account {} was changed at {} from IP {} ({}).\n\nIf this was you, nothing to do. If it was not, use the link below: it logs out every session, forgets your trusted devices, revokes your API keys, stops the password from working and lets you choose a new one.",
             user.login,
             crate::clock::format_time(now),
-            ip
+            client.ip_string().unwrap_or_else(|| "unknown".into()),
+            crate::services::browser_name(client.user_agent.as_deref()),
         );
-        let link = self.url("/password/forgot");
+        let link = match self.not_me_link(user, now).await {
+            Ok(link) => link,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot make a \"this wasn't me\" link");
+                self.url("/password/forgot")
+            }
+        };
         self.mailer
             .send(
                 email,
                 "Your password was changed",
                 &text,
-                Some((&link, "Reset my password")),
+                Some((&link, "This wasn't me: secure my account")),
                 now,
             )
             .await;
+    }
+
+    /// A single-use link that secures the account (see [`App::report_not_me`]).
+    pub(crate) async fn not_me_link(
+        &self,
+        user: &UserRecord,
+        now: UnixTime,
+    ) -> Result<String, ServiceError> {
+        let token = self
+            .issue_link(TokenPurpose::NotMe, Some(user.id), now, NOT_ME_LINK_SECS)
+            .await?;
+        Ok(self.url(&format!("/not-me/{}", token.expose())))
+    }
+
+    /// "This wasn't me": uses up the link, then ends every session, forgets the trusted
+    /// devices, revokes the API keys and removes the password, so whoever knows it can no
+    /// longer get in. Returns a fresh reset link token for the owner to choose a new one.
+    pub async fn report_not_me(
+        &self,
+        token: &str,
+        client: &ClientInfo,
+    ) -> Result<SecretString, ServiceError> {
+        let info = self.inspect_link(TokenPurpose::NotMe, token).await?;
+        let user = info.user.ok_or(ServiceError::InvalidLink)?;
+        let now = self.now();
+        self.store
+            .consume_one_time_token(TokenPurpose::NotMe, &TokenHash::of(token), now)
+            .await?
+            .ok_or(ServiceError::InvalidLink)?;
+        self.store
+            .revoke_user_tokens(user.id, TokenPurpose::NotMe, now)
+            .await?;
+        self.store.clear_password(user.id).await?;
+        let sessions = self.store.delete_user_sessions(user.id, None).await?;
+        let devices = self.store.delete_user_trusted_devices(user.id).await?;
+        let keys = self.store.revoke_user_api_keys(user.id, now).await?;
+        self.audit(
+            Audit::event("not_me_reported", "success")
+                .actor(&user.login)
+                .subject(&user.login)
+                .detail(format!(
+                    "password removed; {sessions} sessions ended, {devices} trusted devices and {keys} API keys revoked"
+                ))
+                .client(client),
+            now,
+        )
+        .await;
+        self.issue_link(
+            TokenPurpose::PasswordReset,
+            Some(user.id),
+            now,
+            self.config.links.reset_minutes * 60,
+        )
+        .await
     }
 
     /// "Forgot password": mails a reset link to each matching active account that has an

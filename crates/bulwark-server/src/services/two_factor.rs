@@ -997,8 +997,18 @@ impl App {
         let seen = known
             .iter()
             .any(|(i, ua)| *i == ip && browser_name(ua.as_deref()) == browser);
-        if !seen {
-            self.mail_user(user, "New login to your account", &format!("Your account {} was used to log in from a device not seen before:\n\nBrowser: {browser}\nIP: {}\nTime: {}\n\nIf this was you, nothing to do. If not, change your password now and log out everywhere from your account page.", user.login, ip_text(client), crate::clock::format_time(now)), now).await;
+        if let (false, Some(email)) = (seen, &user.email) {
+            let text = format!("Your account {} was used to log in from a device not seen before:\n\nBrowser: {browser}\nIP: {}\nTime: {}\n\nIf this was you, nothing to do. If it was not, use the link below: it logs out every session, forgets your trusted devices, revokes your API keys, stops your password from working and lets you choose a new one.", user.login, ip_text(client), crate::clock::format_time(now));
+            let link = self.not_me_link(user, now).await?;
+            self.mailer
+                .send(
+                    email,
+                    "New login to your account",
+                    &text,
+                    Some((&link, "This wasn't me: secure my account")),
+                    now,
+                )
+                .await;
         }
         Ok(())
     }

@@ -62,6 +62,10 @@ pub fn router(app: App) -> Router {
         )
         .route("/password/reset/{token}", get(pages::reset_link_get))
         .route("/invite/{token}", get(pages::invitation_link_get))
+        .route(
+            "/not-me/{token}",
+            get(pages::not_me_get).post(pages::not_me_post),
+        )
         .route("/setup/{token}", get(pages::setup_link_get))
         .route(
             "/password/set",

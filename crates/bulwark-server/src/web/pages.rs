@@ -697,6 +697,7 @@ fn purpose_tag(p: TokenPurpose) -> &'static str {
         TokenPurpose::Setup => "s",
         TokenPurpose::PasswordReset => "r",
         TokenPurpose::Invitation => "i",
+        TokenPurpose::NotMe => "n",
     }
 }
 
@@ -728,7 +729,7 @@ async fn link_get(app: App, purpose: TokenPurpose, token: String) -> Result<Resp
             let ttl = match purpose {
                 TokenPurpose::Setup => app.config.links.setup_minutes * 60,
                 TokenPurpose::PasswordReset => app.config.links.reset_minutes * 60,
-                TokenPurpose::Invitation => 3600,
+                TokenPurpose::Invitation | TokenPurpose::NotMe => 3600,
             };
             Ok(see_other(
                 "/password/set",
@@ -805,7 +806,8 @@ fn set_page(
             "Bulwark has no administrator yet. Choose the login and password of the first one.",
             "Create administrator",
         ),
-        TokenPurpose::PasswordReset => (
+        // A "this wasn't me" link never reaches this page itself: it ends in a reset link.
+        TokenPurpose::PasswordReset | TokenPurpose::NotMe => (
             "Choose a new password",
             "Choose a new password for your account. Every session will be logged out.",
             "Set password",
@@ -964,5 +966,57 @@ mod tests {
     fn browser_names_are_short() {
         assert_eq!(browser_name(Some("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Safari/537.36")), "Chrome on Linux");
         assert_eq!(browser_name(None), "Unknown browser");
+    }
+}
+
+#[derive(Template)]
+#[template(path = "not_me.html")]
+struct NotMePage<'a> {
+    title: &'a str,
+    signed_in: Option<String>,
+    csrf: String,
+    login: String,
+    action: String,
+}
+
+/// The "this wasn't me" link from a mail: asks to confirm first, because mail scanners and
+/// link previews open links by themselves and must not lock anyone out.
+pub async fn not_me_get(
+    State(app): State<App>,
+    csrf: CsrfCookie,
+    Path(token): Path<String>,
+) -> Result<Response, PageError> {
+    match app.inspect_link(TokenPurpose::NotMe, &token).await {
+        Ok(info) => Ok(render(
+            StatusCode::OK,
+            &NotMePage {
+                title: "Secure your account",
+                signed_in: None,
+                csrf: csrf.form_token(&app),
+                login: info.user.map(|u| u.login).unwrap_or_default(),
+                action: format!("/not-me/{token}"),
+            },
+        )),
+        Err(ServiceError::InvalidLink) => Ok(invalid_link()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub async fn not_me_post(
+    State(app): State<App>,
+    csrf: CsrfCookie,
+    Client(client): Client,
+    Path(token): Path<String>,
+    body: Result<Form<CsrfOnlyForm>, FormRejection>,
+) -> Result<Response, PageError> {
+    let f = form(body)?;
+    csrf.verify(&app, &f.csrf_token)?;
+    match app.report_not_me(&token, &client).await {
+        Ok(reset) => Ok(see_other(
+            &format!("/password/reset/{}", reset.expose()),
+            Vec::new(),
+        )),
+        Err(ServiceError::InvalidLink) => Ok(invalid_link()),
+        Err(e) => Err(e.into()),
     }
 }

@@ -16,6 +16,7 @@ mod gateway;
 mod mail;
 mod metrics;
 mod nodes;
+mod not_me;
 mod outage;
 mod pages;
 mod proxy;
