@@ -247,7 +247,7 @@ impl App {
     }
 }
 
-fn matches(f: &AuditFilter, r: &AuditRecord) -> bool {
+pub(crate) fn matches(f: &AuditFilter, r: &AuditRecord) -> bool {
     f.subject
         .as_ref()
         .is_none_or(|s| r.subject.as_ref() == Some(s))

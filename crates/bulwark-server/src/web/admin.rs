@@ -979,3 +979,202 @@ pub async fn user_new_post(
         Err(e) => Err(e.into()),
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Audit log
+
+/// Events per page in the console.
+const AUDIT_PAGE: u32 = 100;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct AuditQuery {
+    subject: String,
+    event: String,
+    since: String,
+    until: String,
+    before: String,
+    verify: String,
+}
+
+impl AuditQuery {
+    fn filter(&self, limit: u32) -> Result<AuditFilter, PageError> {
+        let time = |name: &str, v: &str| -> Result<Option<i64>, PageError> {
+            some_text(v)
+                .map(|v| {
+                    crate::clock::parse_time(&v).ok_or_else(|| {
+                        PageError::BadRequest(format!(
+                            "{name}: `{v}` is not a time. Use 2026-11-23 or 2026-11-23T08:00 (UTC)."
+                        ))
+                    })
+                })
+                .transpose()
+        };
+        let before = some_text(&self.before)
+            .map(|b| {
+                b.parse::<i64>()
+                    .map_err(|_| PageError::BadRequest("Unknown page.".into()))
+            })
+            .transpose()?;
+        Ok(AuditFilter {
+            subject: some_text(&self.subject),
+            event: some_text(&self.event),
+            since: time("From", &self.since)?,
+            until: time("Before", &self.until)?,
+            before_id: before,
+            limit,
+        })
+    }
+
+    fn query_string(&self) -> String {
+        format!(
+            "subject={}&event={}&since={}&until={}",
+            url_encode(self.subject.trim()),
+            url_encode(self.event.trim()),
+            url_encode(self.since.trim()),
+            url_encode(self.until.trim())
+        )
+    }
+}
+
+#[derive(Template)]
+#[template(path = "admin_audit.html")]
+struct AuditPage<'a> {
+    title: &'a str,
+    signed_in: Option<String>,
+    csrf: String,
+    verification: Option<(bool, String)>,
+    subject: String,
+    event: String,
+    since: String,
+    until: String,
+    export_href: String,
+    rows: Vec<(i64, String, String, String, String, String, String, String)>,
+    next_href: Option<String>,
+}
+
+pub async fn audit_get(
+    State(app): State<App>,
+    csrf: CsrfCookie,
+    AdminSession(current): AdminSession,
+    query: Result<Query<AuditQuery>, QueryRejection>,
+) -> Result<Response, PageError> {
+    let q = query
+        .map(|Query(q)| q)
+        .map_err(|e| PageError::BadRequest(e.body_text()))?;
+    let filter = q.filter(AUDIT_PAGE)?;
+    let events = app.search_audit(&filter).await?;
+    let verification = if q.verify.is_empty() {
+        None
+    } else {
+        let v = app.verify_audit().await?;
+        Some(match &v.problem {
+            None => (
+                true,
+                format!(
+                    "The audit log is intact: {} events checked{}.",
+                    v.checked,
+                    v.head
+                        .as_ref()
+                        .map(|(id, hash)| format!("; the newest is {id}, hash {hash}"))
+                        .unwrap_or_default()
+                ),
+            ),
+            Some(problem) => (false, format!("The audit log is BROKEN: {problem}.")),
+        })
+    };
+    let qs = q.query_string();
+    let next_href = (events.len() == AUDIT_PAGE as usize)
+        .then(|| {
+            events
+                .last()
+                .map(|e| format!("/admin/audit?{qs}&before={}", e.id))
+        })
+        .flatten();
+    let rows = events
+        .into_iter()
+        .map(|e| {
+            (
+                e.id,
+                format_time(e.at),
+                e.event,
+                e.outcome,
+                e.subject.unwrap_or_default(),
+                e.actor.unwrap_or_default(),
+                e.ip.unwrap_or_default(),
+                e.detail.unwrap_or_default(),
+            )
+        })
+        .collect();
+    Ok(render(
+        StatusCode::OK,
+        &AuditPage {
+            title: "Audit log",
+            signed_in: Some(current.user.login.clone()),
+            csrf: csrf.form_token(&app),
+            verification,
+            subject: q.subject.trim().into(),
+            event: q.event.trim().into(),
+            since: q.since.trim().into(),
+            until: q.until.trim().into(),
+            export_href: format!("/admin/audit.jsonl?{qs}"),
+            rows,
+            next_href,
+        },
+    ))
+}
+
+/// Every matching event as JSON lines, oldest first, streamed a page at a time.
+pub async fn audit_export_get(
+    State(app): State<App>,
+    _: AdminSession,
+    query: Result<Query<AuditQuery>, QueryRejection>,
+) -> Result<Response, PageError> {
+    let q = query
+        .map(|Query(q)| q)
+        .map_err(|e| PageError::BadRequest(e.body_text()))?;
+    let filter = q.filter(0)?;
+    let (mut tx, body) = http_body_util::channel::Channel::<Bytes, std::io::Error>::new(4);
+    let task_app = app.clone();
+    tokio::spawn(async move {
+        let mut after = 0;
+        loop {
+            let page = match task_app.store.audit_chain(after, 1000).await {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::error!(error = %e, "audit export failed");
+                    tx.abort(std::io::Error::other("audit export failed"));
+                    return;
+                }
+            };
+            let Some(last) = page.last() else { return };
+            after = last.id;
+            let mut text = String::new();
+            for r in page
+                .iter()
+                .filter(|r| crate::services::audit::matches(&filter, r))
+            {
+                text.push_str(&crate::services::audit::event_json(r).to_string());
+                text.push('\n');
+            }
+            if !text.is_empty() && tx.send_data(Bytes::from(text)).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut res = Response::new(Body::new(body));
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/jsonl; charset=utf-8"),
+    );
+    let name = format!(
+        "attachment; filename=\"bulwark-audit-{}.jsonl\"",
+        crate::clock::format_iso(app.now())
+            .get(..10)
+            .unwrap_or("export")
+    );
+    if let Ok(v) = HeaderValue::from_str(&name) {
+        res.headers_mut().insert(header::CONTENT_DISPOSITION, v);
+    }
+    Ok(res)
+}

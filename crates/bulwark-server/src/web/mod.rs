@@ -44,6 +44,8 @@ pub fn router(app: App) -> Router {
         )
         .route("/admin/users/{login}", get(admin::user_get))
         .route("/admin/users/{login}/action", post(admin::user_action_post))
+        .route("/admin/audit", get(admin::audit_get))
+        .route("/admin/audit.jsonl", get(admin::audit_export_get))
         .route("/admin/compliance", get(admin::compliance_get))
         .route("/admin/compliance.csv", get(admin::compliance_csv_get))
         .route("/admin/compliance.json", get(admin::compliance_json_get))

@@ -238,3 +238,65 @@ async fn pruning_refuses_to_launder_a_tampered_event() {
     assert!(err.to_string().contains("record 2 was altered"), "{err}");
     assert!(t.store.list_audit_checkpoints().await.unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn the_console_searches_pages_exports_and_verifies_the_log() {
+    let t = TestApp::new().await;
+    some_history(&t).await;
+    let a = admin(&t).await;
+    let page = a.get("/admin/audit?subject=alice&event=login").await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    assert_eq!(
+        page.body.matches("<td>login</td>").count(),
+        3,
+        "{}",
+        page.body
+    );
+    assert!(!page.body.contains("<td>bob</td>"));
+    let window = a
+        .get("/admin/audit?subject=alice&event=login&since=2027-01-15T08:30&until=2027-01-15T09:30")
+        .await;
+    assert_eq!(window.body.matches("<td>login</td>").count(), 1);
+    let bad = a.get("/admin/audit?since=yesterday").await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    assert!(bad.body.contains("is not a time"));
+
+    let export = a.get("/admin/audit.jsonl?subject=alice").await;
+    assert_eq!(export.status, StatusCode::OK);
+    assert!(export.headers["content-disposition"]
+        .to_str()
+        .unwrap()
+        .contains(".jsonl"));
+    let lines: Vec<serde_json::Value> = export
+        .body
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(lines.len() >= 4, "{}", export.body);
+    assert!(lines.iter().all(|e| e["subject"] == "alice"));
+    assert!(lines
+        .windows(2)
+        .all(|w| w[0]["id"].as_i64() < w[1]["id"].as_i64()));
+
+    let ok = a.get("/admin/audit?verify=1").await;
+    assert!(ok.body.contains("The audit log is intact"), "{}", ok.body);
+    tamper(&t, "UPDATE audit_log SET detail = 'edited' WHERE id = 3").await;
+    let broken = a.get("/admin/audit?verify=1").await;
+    assert!(
+        broken
+            .body
+            .contains("The audit log is BROKEN: record 3 was altered"),
+        "{}",
+        broken.body
+    );
+
+    let clerk = t.browser();
+    clerk.login("alice", PW).await;
+    for path in ["/admin/audit", "/admin/audit.jsonl"] {
+        assert_eq!(
+            clerk.get(path).await.status,
+            StatusCode::FORBIDDEN,
+            "{path}"
+        );
+    }
+}
