@@ -1049,8 +1049,19 @@ struct AuditPage<'a> {
     since: String,
     until: String,
     export_href: String,
-    rows: Vec<(i64, String, String, String, String, String, String, String)>,
+    rows: Vec<AuditRow>,
     next_href: Option<String>,
+}
+
+struct AuditRow {
+    id: i64,
+    time: String,
+    event: String,
+    outcome: String,
+    subject: String,
+    actor: String,
+    ip: String,
+    detail: String,
 }
 
 pub async fn audit_get(
@@ -1093,17 +1104,15 @@ pub async fn audit_get(
         .flatten();
     let rows = events
         .into_iter()
-        .map(|e| {
-            (
-                e.id,
-                format_time(e.at),
-                e.event,
-                e.outcome,
-                e.subject.unwrap_or_default(),
-                e.actor.unwrap_or_default(),
-                e.ip.unwrap_or_default(),
-                e.detail.unwrap_or_default(),
-            )
+        .map(|e| AuditRow {
+            id: e.id,
+            time: format_time(e.at),
+            event: e.event,
+            outcome: e.outcome,
+            subject: e.subject.unwrap_or_default(),
+            actor: e.actor.unwrap_or_default(),
+            ip: e.ip.unwrap_or_default(),
+            detail: e.detail.unwrap_or_default(),
         })
         .collect();
     Ok(render(
