@@ -1276,7 +1276,21 @@ async fn serve(config: Config) -> Result<ExitCode, CliError> {
 fn spawn_maintenance(app: App) {
     tokio::spawn(async move {
         let policy = app.config.sessions.policy();
+        let mut last_reminders: Option<std::time::Instant> = None;
         loop {
+            // Reminders walk every user: once an hour is plenty (each is sent once a day).
+            if last_reminders.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(3600)) {
+                last_reminders = Some(std::time::Instant::now());
+                match app.send_reminders().await {
+                    Ok(sent) if sent.two_factor + sent.password > 0 => tracing::info!(
+                        two_factor = sent.two_factor,
+                        password = sent.password,
+                        "sent reminders"
+                    ),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "cannot send reminders"),
+                }
+            }
             let now = app.now();
             match app
                 .store

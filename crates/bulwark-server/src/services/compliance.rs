@@ -463,6 +463,145 @@ pub fn report_json(r: &ComplianceReport) -> serde_json::Value {
     })
 }
 
+/// Reminders go out this many days before a deadline (end of 2FA grace, password expiry).
+pub const REMIND_DAYS_BEFORE: i64 = 3;
+
+/// What a reminder run sent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RemindersSent {
+    pub two_factor: u64,
+    pub password: u64,
+}
+
+impl App {
+    /// Mails every active user without 2FA (device accounts aside) who has an address an
+    /// invitation to set it up, with a link to the enrolment page and their deadline.
+    /// Returns how many were mailed.
+    pub async fn invite_users_without_two_factor(
+        &self,
+        actor: &str,
+        client: &super::ClientInfo,
+    ) -> Result<u64, ServiceError> {
+        let mut scan = self.compliance_scan(ComplianceOptions::default()).await?;
+        let now = scan.now;
+        let link = self.url("/account/security");
+        let mut sent = 0;
+        while let Some(page) = scan.next_page().await? {
+            for u in page.iter().filter(|u| u.without_two_factor()) {
+                let Some(email) = &u.email else { continue };
+                let deadline = match u.grace_deadline() {
+                    Some(d) => format!("Please do it by {}: after that date, your account will only open the set-up page.", crate::clock::format_time(d)),
+                    None if u.standing == Standing::EnrolmentRequired => "It is required for your account and overdue: until you set it up, your account only opens the set-up page.".to_string(),
+                    None => "It takes two minutes and protects your account even if your password leaks.".to_string(),
+                };
+                let text = format!(
+                    "Your administrator asks you to turn on two-factor authentication for your account {}. You need an authenticator app on your phone (for example Google Authenticator, Microsoft Authenticator, FreeOTP or 1Password).\n\n{deadline}",
+                    u.login
+                );
+                self.mailer
+                    .send(
+                        email,
+                        "Please set up two-factor authentication",
+                        &text,
+                        Some((&link, "Set up two-factor authentication")),
+                        now,
+                    )
+                    .await;
+                sent += 1;
+            }
+        }
+        self.audit(
+            super::Audit::event("two_factor_invitations_sent", "success")
+                .actor(actor)
+                .detail(format!("{sent} users mailed"))
+                .client(client),
+            now,
+        )
+        .await;
+        Ok(sent)
+    }
+
+    /// Mails the users whose 2FA grace period or password ends within
+    /// [`REMIND_DAYS_BEFORE`] days, each kind at most once a day per user (the audit log
+    /// remembers). Run by every node's maintenance task; a second node finds the reminders
+    /// already logged.
+    pub async fn send_reminders(&self) -> Result<RemindersSent, ServiceError> {
+        let mut scan = self.compliance_scan(ComplianceOptions::default()).await?;
+        let now = scan.now;
+        let soon = now + REMIND_DAYS_BEFORE * DAY;
+        let mut sent = RemindersSent::default();
+        while let Some(page) = scan.next_page().await? {
+            for u in &page {
+                let Some(email) = &u.email else { continue };
+                if let Some(deadline) = u.grace_deadline().filter(|d| *d <= soon) {
+                    if self.remind_once(u, "two_factor_reminder", now).await? {
+                        let text = format!("Two-factor authentication becomes required for your account {} on {}. After that, until it is set up, your account only opens the set-up page. It takes two minutes with an authenticator app on your phone.", u.login, crate::clock::format_time(deadline));
+                        let link = self.url("/account/security");
+                        self.mailer
+                            .send(
+                                email,
+                                "Two-factor authentication: a few days left",
+                                &text,
+                                Some((&link, "Set up two-factor authentication")),
+                                now,
+                            )
+                            .await;
+                        sent.two_factor += 1;
+                    }
+                }
+                if let Some(expires) = u.password_expires_at.filter(|e| *e > now && *e <= soon) {
+                    if self.remind_once(u, "password_expiry_reminder", now).await? {
+                        let text = format!("The password of your account {} expires on {}. Choose a new one before then; after that you will be asked to at your next login.", u.login, crate::clock::format_time(expires));
+                        let link = self.url("/password/change");
+                        self.mailer
+                            .send(
+                                email,
+                                "Your password expires soon",
+                                &text,
+                                Some((&link, "Change my password")),
+                                now,
+                            )
+                            .await;
+                        sent.password += 1;
+                    }
+                }
+            }
+        }
+        Ok(sent)
+    }
+
+    /// Logs a reminder of `kind` for `u` unless one was logged in the last day; says whether
+    /// to send it.
+    async fn remind_once(
+        &self,
+        u: &UserCompliance,
+        kind: &str,
+        now: UnixTime,
+    ) -> Result<bool, ServiceError> {
+        let recent = self
+            .store
+            .list_audit(&bulwark_store::AuditFilter {
+                subject: Some(u.login.clone()),
+                event: Some(kind.to_string()),
+                since: Some(now - DAY),
+                limit: 1,
+                ..Default::default()
+            })
+            .await?;
+        if !recent.is_empty() {
+            return Ok(false);
+        }
+        self.audit(
+            super::Audit::event(kind, "success")
+                .actor("system")
+                .subject(&u.login),
+            now,
+        )
+        .await;
+        Ok(true)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(

@@ -48,6 +48,7 @@ impl FromRequestParts<App> for AdminSession {
 #[serde(default)]
 pub struct ComplianceQuery {
     stale_days: Option<String>,
+    invited: Option<String>,
 }
 
 impl ComplianceQuery {
@@ -104,6 +105,8 @@ struct CompliancePage<'a> {
     all_percent: String,
     groups: Vec<GroupRow>,
     lists: Vec<List>,
+    notice: Option<String>,
+    fresh: bool,
 }
 
 fn percent(c: &Coverage) -> String {
@@ -143,6 +146,11 @@ pub async fn compliance_get(
     AdminSession(current): AdminSession,
     query: Result<Query<ComplianceQuery>, QueryRejection>,
 ) -> Result<Response, PageError> {
+    let invited = query
+        .as_ref()
+        .ok()
+        .and_then(|Query(q)| q.invited.as_deref())
+        .and_then(|n| n.parse::<u64>().ok());
     let options = ComplianceQuery::options(query).map_err(PageError::BadRequest)?;
     let r = app
         .compliance_report(options, Some(PAGE_LIST_LIMIT))
@@ -207,6 +215,10 @@ pub async fn compliance_get(
             all_percent: percent(&s.all),
             groups,
             lists,
+            notice: invited.map(|n| {
+                format!("{n} users without two-factor authentication were mailed an invitation.")
+            }),
+            fresh: app.password_fresh(&current, app.now()),
         },
     ))
 }
@@ -1186,4 +1198,31 @@ pub async fn audit_export_get(
         res.headers_mut().insert(header::CONTENT_DISPOSITION, v);
     }
     Ok(res)
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct InviteForm {
+    csrf_token: String,
+    password: String,
+}
+
+/// Mails every user without 2FA an invitation to set it up.
+pub async fn compliance_invite_post(
+    State(app): State<App>,
+    csrf: CsrfCookie,
+    AdminSession(current): AdminSession,
+    Client(client): Client,
+    body: Result<Form<InviteForm>, FormRejection>,
+) -> Result<Response, PageError> {
+    let f = form(body)?;
+    csrf.verify(&app, &f.csrf_token)?;
+    require_fresh_password(&app, &current, f.password, &client).await?;
+    let sent = app
+        .invite_users_without_two_factor(&current.user.login, &client)
+        .await?;
+    Ok(see_other(
+        &format!("/admin/compliance?invited={sent}"),
+        Vec::new(),
+    ))
 }

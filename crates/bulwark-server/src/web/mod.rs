@@ -47,6 +47,10 @@ pub fn router(app: App) -> Router {
         .route("/admin/audit", get(admin::audit_get))
         .route("/admin/audit.jsonl", get(admin::audit_export_get))
         .route("/admin/compliance", get(admin::compliance_get))
+        .route(
+            "/admin/compliance/invite",
+            post(admin::compliance_invite_post),
+        )
         .route("/admin/compliance.csv", get(admin::compliance_csv_get))
         .route("/admin/compliance.json", get(admin::compliance_json_get))
         .route("/account/sessions/revoke", post(pages::session_revoke_post))

@@ -358,3 +358,95 @@ async fn the_report_is_for_admins_with_a_second_factor_only() {
     assert_eq!(res.status, StatusCode::FORBIDDEN, "{}", res.body);
     assert!(res.body.contains("second factor"));
 }
+
+#[tokio::test]
+async fn users_without_two_factor_are_invited_from_the_page() {
+    let t = TestApp::with_config("[two_factor]\nenforcement = \"admins\"\ngrace_days = 14\n").await;
+    let a = admin(&t).await;
+    t.add_user("alice", PW, &["internal"]).await;
+    t.add_user("dora", PW, &["admins"]).await;
+    let kiosk = t.add_user("kiosk", PW, &["internal"]).await;
+    t.store
+        .update_device_account(kiosk.id, true, &["10.0.0.0/24".into()])
+        .await
+        .unwrap();
+    t.mails().await; // whatever the setup sent
+    let page = a.get("/admin/compliance").await;
+    assert!(page.body.contains("Mail the invitations"));
+    let res = a.post("/admin/compliance/invite", &[]).await;
+    assert_eq!(res.status, StatusCode::SEE_OTHER, "{}", res.body);
+    assert_eq!(res.location(), "/admin/compliance?invited=2");
+    assert!(a
+        .get(res.location())
+        .await
+        .body
+        .contains("2 users without two-factor"));
+    let mails = t.mails().await;
+    let invited: Vec<&str> = mails
+        .iter()
+        .filter(|m| m.subject == "Please set up two-factor authentication")
+        .map(|m| m.to.as_str())
+        .collect();
+    assert_eq!(invited.len(), 2, "{invited:?}");
+    assert!(invited.iter().any(|to| to.contains("alice@")));
+    let dora = mails.iter().find(|m| m.to.contains("dora@")).unwrap();
+    assert!(dora.text.contains("Please do it by"), "{}", dora.text);
+    assert!(dora.text.contains("/account/security"));
+    // Refused to non-admins.
+    let clerk = t.browser();
+    clerk.login("alice", PW).await;
+    assert_eq!(
+        clerk.post("/admin/compliance/invite", &[]).await.status,
+        StatusCode::FORBIDDEN
+    );
+}
+
+#[tokio::test]
+async fn reminders_go_out_before_deadlines_once_a_day() {
+    let t = TestApp::with_config(
+        "[policy]\npreset = \"strict\"\n[two_factor]\nenforcement = \"admins\"\ngrace_days = 14\n",
+    )
+    .await;
+    // Grace started 12 days ago: it ends in 2 days.
+    let dora = t.add_user("dora", PW, &["admins"]).await;
+    t.store.start_grace(dora.id, T0 - 12 * DAY).await.unwrap();
+    // Grace started today: 14 days left, no reminder yet.
+    let eve = t.add_user("eve", PW, &["admins"]).await;
+    t.store.start_grace(eve.id, T0).await.unwrap();
+    assert_eq!(
+        t.app.send_reminders().await.unwrap(),
+        bulwark_server::services::compliance::RemindersSent {
+            two_factor: 1,
+            password: 0
+        }
+    );
+    assert_eq!(
+        t.app.send_reminders().await.unwrap(),
+        Default::default(),
+        "once a day"
+    );
+    let mails = t.mails().await;
+    let reminder = mails
+        .iter()
+        .find(|m| m.subject == "Two-factor authentication: a few days left")
+        .unwrap();
+    assert!(reminder.to.contains("dora@"), "{}", reminder.to);
+
+    // 87 days later every password (strict: 90 days) expires within 3 days; dora's grace is
+    // over (no more 2FA reminder), eve's too.
+    t.clock.advance(87 * DAY);
+    let sent = t.app.send_reminders().await.unwrap();
+    assert_eq!(sent.password, 2, "{sent:?}");
+    assert_eq!(sent.two_factor, 0, "{sent:?}");
+    assert!(t
+        .mails()
+        .await
+        .iter()
+        .any(|m| m.subject == "Your password expires soon" && m.text.contains("/password/change")));
+    t.clock.advance(DAY + 1);
+    assert_eq!(
+        t.app.send_reminders().await.unwrap().password,
+        2,
+        "the next day again"
+    );
+}
