@@ -1727,7 +1727,9 @@ pub async fn api_keys_go_with_the_user(s: &dyn Store) {
 }
 
 /// Polls futures concurrently without pulling in an executor utility crate.
-async fn join_all<F: std::future::Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output> {
+pub async fn join_all<F: std::future::Future>(
+    futures: impl IntoIterator<Item = F>,
+) -> Vec<F::Output> {
     use std::pin::Pin;
     use std::task::Poll;
     let mut pending: Vec<Option<Pin<Box<F>>>> =

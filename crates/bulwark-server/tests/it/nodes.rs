@@ -139,6 +139,23 @@ impl Drop for Node {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_chain_stays_one_line_when_nodes_append_at_once() {
+    let (a, b) = two_nodes().await;
+    a.add_user("alice", PW, &["internal"]).await;
+    // Failed logins on both nodes at the same time: each writes audit events.
+    let attempts = (0..12).map(|i| {
+        let node = if i % 2 == 0 { &a } else { &b };
+        let browser = node.browser_from(&format!("192.0.2.{}", 20 + i));
+        async move { browser.login("alice", "Wrong-Password-0000").await }
+    });
+    bulwark_store::contract::join_all(attempts).await;
+    let report = b.app.verify_audit().await.unwrap();
+    assert!(report.intact(), "{report:?}");
+    assert!(report.checked >= 13, "{report:?}");
+    assert_eq!(a.app.verify_audit().await.unwrap().head, report.head);
+}
+
 fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap().port()
