@@ -240,67 +240,98 @@ pub async fn compliance_json_get(
     let options = ComplianceQuery::options(query).map_err(PageError::BadRequest)?;
     let report = app.compliance_report(options, None).await?;
     let mut res = axum::Json(report_json(&report)).into_response();
-    attachment(&mut res, &app, "json");
+    attachment(&mut res, &app, "compliance", "json");
     Ok(res)
 }
 
-fn attachment(res: &mut Response, app: &App, extension: &str) {
+/// Marks a response as a download named `bulwark-{what}-{date}.{extension}`.
+fn attachment(res: &mut Response, app: &App, what: &str, extension: &str) {
     let date = crate::clock::format_iso(app.now());
     let name = format!(
-        "attachment; filename=\"bulwark-compliance-{}.{extension}\"",
-        date.get(..10).unwrap_or("report")
+        "attachment; filename=\"bulwark-{what}-{}.{extension}\"",
+        date.get(..10).unwrap_or("export")
     );
     if let Ok(v) = HeaderValue::from_str(&name) {
         res.headers_mut().insert(header::CONTENT_DISPOSITION, v);
     }
 }
 
+type Chunks = http_body_util::channel::Sender<Bytes, std::io::Error>;
+
+/// A download whose body `produce` sends a chunk at a time: it waits while the client reads,
+/// so memory stays bounded at any size. If `produce` gives up (an error, logged by it), the
+/// response is cut off: the client sees an incomplete transfer, never a short file that looks
+/// whole.
+fn streamed_download<F, Fut>(
+    app: &App,
+    content_type: &'static str,
+    what: &str,
+    extension: &str,
+    produce: F,
+) -> Response
+where
+    F: FnOnce(Chunks) -> Fut,
+    Fut: std::future::Future<Output = Result<(), Chunks>> + Send + 'static,
+{
+    let (tx, body) = http_body_util::channel::Channel::<Bytes, std::io::Error>::new(4);
+    let job = produce(tx);
+    tokio::spawn(async move {
+        if let Err(tx) = job.await {
+            tx.abort(std::io::Error::other("the export failed"));
+        }
+    });
+    let mut res = Response::new(Body::new(body));
+    res.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    attachment(&mut res, app, what, extension);
+    res
+}
+
 /// The CSV export as a streamed body: one page of users at a time, paused while the client
 /// reads, so memory stays bounded at any number of users. A database failure midway cuts the
 /// response (the client sees an incomplete transfer, never a partial file that looks whole).
 pub fn compliance_csv(app: App, options: ComplianceOptions) -> Response {
-    let (mut tx, body) = http_body_util::channel::Channel::<Bytes, std::io::Error>::new(4);
     let task_app = app.clone();
-    tokio::spawn(async move {
-        if tx
-            .send_data(Bytes::from_static(CsvWriter::HEADER.as_bytes()))
-            .await
-            .is_err()
-        {
-            return;
-        }
-        let mut scan = match task_app.compliance_scan(options).await {
-            Ok(scan) => scan,
-            Err(e) => {
-                tracing::error!(error = %e, "compliance export failed");
-                tx.abort(std::io::Error::other("compliance export failed"));
-                return;
+    streamed_download(
+        &app,
+        "text/csv; charset=utf-8",
+        "compliance",
+        "csv",
+        move |mut tx| async move {
+            if tx
+                .send_data(Bytes::from_static(CsvWriter::HEADER.as_bytes()))
+                .await
+                .is_err()
+            {
+                return Ok(());
             }
-        };
-        loop {
-            match scan.next_page().await {
-                Ok(Some(page)) => {
-                    let text: String = page.iter().map(CsvWriter::line).collect();
-                    if !text.is_empty() && tx.send_data(Bytes::from(text)).await.is_err() {
-                        return;
+            let failed = |e: ServiceError| {
+                tracing::error!(error = %e, "compliance export failed");
+            };
+            let mut scan = match task_app.compliance_scan(options).await {
+                Ok(scan) => scan,
+                Err(e) => {
+                    failed(e);
+                    return Err(tx);
+                }
+            };
+            loop {
+                match scan.next_page().await {
+                    Ok(Some(page)) => {
+                        let text: String = page.iter().map(CsvWriter::line).collect();
+                        if !text.is_empty() && tx.send_data(Bytes::from(text)).await.is_err() {
+                            return Ok(());
+                        }
+                    }
+                    Ok(None) => return Ok(()),
+                    Err(e) => {
+                        failed(e);
+                        return Err(tx);
                     }
                 }
-                Ok(None) => return,
-                Err(e) => {
-                    tracing::error!(error = %e, "compliance export failed");
-                    tx.abort(std::io::Error::other("compliance export failed"));
-                    return;
-                }
             }
-        }
-    });
-    let mut res = Response::new(Body::new(body));
-    res.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/csv; charset=utf-8"),
-    );
-    attachment(&mut res, &app, "csv");
-    res
+        },
+    )
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1155,49 +1186,40 @@ pub async fn audit_export_get(
         .map(|Query(q)| q)
         .map_err(|e| PageError::BadRequest(e.body_text()))?;
     let filter = q.filter(0)?;
-    let (mut tx, body) = http_body_util::channel::Channel::<Bytes, std::io::Error>::new(4);
     let task_app = app.clone();
-    tokio::spawn(async move {
-        let mut after = 0;
-        loop {
-            let page = match task_app.store.audit_chain(after, 1000).await {
-                Ok(p) => p,
-                Err(e) => {
-                    tracing::error!(error = %e, "audit export failed");
-                    tx.abort(std::io::Error::other("audit export failed"));
-                    return;
+    Ok(streamed_download(
+        &app,
+        "application/jsonl; charset=utf-8",
+        "audit",
+        "jsonl",
+        move |mut tx| async move {
+            let mut after = 0;
+            loop {
+                let page = match task_app.store.audit_chain(after, 1000).await {
+                    Ok(p) => p,
+                    Err(e) => {
+                        tracing::error!(error = %e, "audit export failed");
+                        return Err(tx);
+                    }
+                };
+                let Some(last) = page.last() else {
+                    return Ok(());
+                };
+                after = last.id;
+                let mut text = String::new();
+                for r in page
+                    .iter()
+                    .filter(|r| crate::services::audit::matches(&filter, r))
+                {
+                    text.push_str(&crate::services::audit::event_json(r).to_string());
+                    text.push('\n');
                 }
-            };
-            let Some(last) = page.last() else { return };
-            after = last.id;
-            let mut text = String::new();
-            for r in page
-                .iter()
-                .filter(|r| crate::services::audit::matches(&filter, r))
-            {
-                text.push_str(&crate::services::audit::event_json(r).to_string());
-                text.push('\n');
+                if !text.is_empty() && tx.send_data(Bytes::from(text)).await.is_err() {
+                    return Ok(());
+                }
             }
-            if !text.is_empty() && tx.send_data(Bytes::from(text)).await.is_err() {
-                return;
-            }
-        }
-    });
-    let mut res = Response::new(Body::new(body));
-    res.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/jsonl; charset=utf-8"),
-    );
-    let name = format!(
-        "attachment; filename=\"bulwark-audit-{}.jsonl\"",
-        crate::clock::format_iso(app.now())
-            .get(..10)
-            .unwrap_or("export")
-    );
-    if let Ok(v) = HeaderValue::from_str(&name) {
-        res.headers_mut().insert(header::CONTENT_DISPOSITION, v);
-    }
-    Ok(res)
+        },
+    ))
 }
 
 #[derive(Debug, Default, Deserialize)]
