@@ -407,6 +407,15 @@ api_routes! {
     GET "/users/{login}" => user_get, Admin, "User", "One user.";
     POST "/users/{login}/unlock" => user_unlock_post, Admin, "Done", "Clears the user's failed-login lock.";
     POST "/users/{login}/reset-2fa" => user_reset_2fa_post, Admin, "Done", "Removes the user's authenticator, recovery codes, trusted devices and sessions; mails the user.";
+    POST "/users" => users_post, Admin, "User", "Creates a user without a password from `{login, email, display_name?, groups?}` and mails the invitation.";
+    DELETE "/users/{login}" => user_delete, Admin, "Done", "Deletes the user and everything that belongs to them (the audit log keeps their events).";
+    POST "/users/{login}/disable" => user_disable_post, Admin, "Done", "Disables the account: ends its sessions, revokes its trusted devices and API keys.";
+    POST "/users/{login}/enable" => user_enable_post, Admin, "Done", "Enables the account again.";
+    POST "/users/{login}/force-password-change" => user_force_change_post, Admin, "Done", "The user must choose a new password at the next login.";
+    POST "/users/{login}/revoke-sessions" => user_revoke_sessions_post, Admin, "Done", "Ends every session of the user.";
+    POST "/users/{login}/revoke-trusted-devices" => user_revoke_devices_post, Admin, "Done", "Forgets every browser the user trusted for the second factor.";
+    POST "/users/{login}/invite" => user_invite_post, Admin, "Done", "Mails the user a link to choose a password.";
+    POST "/users/{login}/groups" => user_groups_post, Admin, "User", "Replaces the user's groups with `{groups: [...]}`.";
     GET "/audit" => audit_get, Admin, "AuditEventList", "Audit events, newest first, filtered by `subject`, `event`, `since` and `until` (Unix seconds, 2026-11-23 or 2026-11-23T19:02 UTC), paged by `limit` (at most 500) and `before` (the previous page's `next_before`).";
     GET "/audit/verify" => audit_verify_get, Admin, "AuditVerification", "Checks the audit log's hash chain and checkpoint signatures; `intact: false` comes with the first broken link.";
     GET "/reports/compliance" => compliance_get, Admin, "ComplianceReport", "Two-factor coverage per group, users without two-factor, expired passwords, stale accounts (`stale_days`, default 90), users with two or fewer recovery codes, 2FA resets and lockouts. `format=csv` gives one line per active user instead (streamed).";
@@ -852,6 +861,177 @@ async fn user_reset_2fa_post(
     Ok(Json(json!({"done": true})))
 }
 
+/// The body of `POST /users`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewUserBody {
+    login: String,
+    email: String,
+    #[serde(default)]
+    display_name: String,
+    #[serde(default)]
+    groups: Vec<String>,
+}
+
+/// The body of `POST /users/{login}/groups`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GroupsBody {
+    groups: Vec<String>,
+}
+
+fn json_body<T>(
+    body: Result<Json<T>, axum::extract::rejection::JsonRejection>,
+) -> Result<T, ApiError> {
+    body.map(|Json(b)| b).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidInput,
+            e.body_text(),
+        )
+    })
+}
+
+async fn users_post(
+    State(app): State<App>,
+    Client(client): Client,
+    Admin(admin): Admin,
+    body: Result<Json<NewUserBody>, axum::extract::rejection::JsonRejection>,
+) -> ApiResult {
+    fresh_password(&app, &admin)?;
+    let b = json_body(body)?;
+    let user = app
+        .add_user(
+            crate::services::users::NewUserInput {
+                login: b.login,
+                email: Some(b.email),
+                display_name: b.display_name,
+                groups: b.groups,
+                password: None,
+                must_change_password: false,
+            },
+            &admin.user.login,
+            &client,
+        )
+        .await?;
+    app.invite_user(&user.login, &admin.user.login, &client)
+        .await?;
+    Ok(Json(user_json(&user)))
+}
+
+async fn user_delete(
+    State(app): State<App>,
+    Client(client): Client,
+    Admin(admin): Admin,
+    Path(login): Path<String>,
+) -> ApiResult {
+    fresh_password(&app, &admin)?;
+    app.delete_user(&login, &admin.user.login, &client).await?;
+    Ok(Json(json!({"done": true})))
+}
+
+async fn set_active(
+    app: &App,
+    admin: &CurrentSession,
+    login: &str,
+    active: bool,
+    client: &crate::services::ClientInfo,
+) -> ApiResult {
+    fresh_password(app, admin)?;
+    app.set_user_active(login, active, &admin.user.login, client)
+        .await?;
+    Ok(Json(json!({"done": true})))
+}
+
+async fn user_disable_post(
+    State(app): State<App>,
+    Client(client): Client,
+    Admin(admin): Admin,
+    Path(login): Path<String>,
+) -> ApiResult {
+    set_active(&app, &admin, &login, false, &client).await
+}
+
+async fn user_enable_post(
+    State(app): State<App>,
+    Client(client): Client,
+    Admin(admin): Admin,
+    Path(login): Path<String>,
+) -> ApiResult {
+    set_active(&app, &admin, &login, true, &client).await
+}
+
+async fn user_force_change_post(
+    State(app): State<App>,
+    Client(client): Client,
+    Admin(admin): Admin,
+    Path(login): Path<String>,
+) -> ApiResult {
+    fresh_password(&app, &admin)?;
+    app.force_password_change(&login, true, &admin.user.login, &client)
+        .await?;
+    Ok(Json(json!({"done": true})))
+}
+
+async fn user_revoke_sessions_post(
+    State(app): State<App>,
+    Client(client): Client,
+    Admin(admin): Admin,
+    Path(login): Path<String>,
+) -> ApiResult {
+    fresh_password(&app, &admin)?;
+    let n = app
+        .revoke_user_sessions(&login, &admin.user.login, &client)
+        .await?;
+    Ok(Json(json!({"done": true, "revoked": n})))
+}
+
+async fn user_revoke_devices_post(
+    State(app): State<App>,
+    Client(client): Client,
+    Admin(admin): Admin,
+    Path(login): Path<String>,
+) -> ApiResult {
+    fresh_password(&app, &admin)?;
+    let n = app
+        .revoke_user_trusted_devices(&login, &admin.user.login, &client)
+        .await?;
+    Ok(Json(json!({"done": true, "revoked": n})))
+}
+
+async fn user_invite_post(
+    State(app): State<App>,
+    Client(client): Client,
+    Admin(admin): Admin,
+    Path(login): Path<String>,
+) -> ApiResult {
+    fresh_password(&app, &admin)?;
+    app.invite_user(&login, &admin.user.login, &client).await?;
+    Ok(Json(json!({"done": true})))
+}
+
+async fn user_groups_post(
+    State(app): State<App>,
+    Client(client): Client,
+    Admin(admin): Admin,
+    Path(login): Path<String>,
+    body: Result<Json<GroupsBody>, axum::extract::rejection::JsonRejection>,
+) -> ApiResult {
+    fresh_password(&app, &admin)?;
+    let b = json_body(body)?;
+    let user = app
+        .update_user_groups(
+            &login,
+            &[],
+            &[],
+            Some(&b.groups),
+            &admin.user.login,
+            &client,
+        )
+        .await?;
+    Ok(Json(user_json(&user)))
+}
+
 async fn groups_get(State(app): State<App>, _: Admin) -> ApiResult {
     let mut items = Vec::new();
     for name in [GroupName::ADMINS, GroupName::INTERNAL, GroupName::PORTAL] {
@@ -1097,6 +1277,23 @@ fn schemas() -> Value {
                 "password": {"type": "string", "description": "The caller's password, checked again"},
             },
         },
+        "NewUser": {
+            "type": "object",
+            "required": ["login", "email"],
+            "additionalProperties": false,
+            "properties": {
+                "login": {"type": "string"},
+                "email": {"type": "string"},
+                "display_name": {"type": "string"},
+                "groups": {"type": "array", "items": {"type": "string"}},
+            },
+        },
+        "Groups": {
+            "type": "object",
+            "required": ["groups"],
+            "additionalProperties": false,
+            "properties": {"groups": {"type": "array", "items": {"type": "string"}}},
+        },
         "PasswordConfirmation": {
             "type": "object",
             "required": ["password"],
@@ -1129,6 +1326,8 @@ fn request_schema(e: &Endpoint) -> Option<&'static str> {
     match (e.method, e.path) {
         ("POST", "/me/api-keys") => Some("NewApiKey"),
         ("POST", "/me/confirm-password") => Some("PasswordConfirmation"),
+        ("POST", "/users") => Some("NewUser"),
+        ("POST", "/users/{login}/groups") => Some("Groups"),
         _ => None,
     }
 }

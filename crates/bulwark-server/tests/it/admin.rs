@@ -447,3 +447,87 @@ async fn the_user_list_filters_and_pages() {
         StatusCode::BAD_REQUEST
     );
 }
+
+async fn api_post(b: &Browser, path: &str, body: Option<serde_json::Value>) -> Response {
+    let (content_type, bytes) = match body {
+        Some(v) => (Some("application/json"), v.to_string().into_bytes()),
+        None => (None, Vec::new()),
+    };
+    b.request(axum::http::Method::POST, path, content_type, bytes)
+        .await
+}
+
+#[tokio::test]
+async fn every_admin_act_through_the_api_changes_state_and_is_audited() {
+    let t = TestApp::new().await;
+    let a = admin(&t).await;
+    let res = api_post(
+        &a,
+        "/api/v1/users",
+        Some(serde_json::json!({"login": "carol", "email": "carol@example.com", "display_name": "Carol", "groups": ["internal"]})),
+    )
+    .await;
+    assert_eq!(res.status, StatusCode::OK, "{}", res.body);
+    assert_eq!(json(&res)["login"], "carol");
+    assert!(!user(&t, "carol").await.has_password);
+    assert_eq!(last_event(&t, "carol").await.0, "user_invited");
+    let bad = api_post(&a, "/api/v1/users", Some(serde_json::json!({"login": "x"}))).await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    assert_eq!(error_code(&bad), "invalid_input");
+    let taken = api_post(
+        &a,
+        "/api/v1/users",
+        Some(serde_json::json!({"login": "carol", "email": "c2@example.com"})),
+    )
+    .await;
+    assert_eq!(taken.status, StatusCode::CONFLICT, "{}", taken.body);
+
+    t.add_user("dave", PW, &["internal"]).await;
+    let dave = t.browser();
+    dave.login("dave", PW).await;
+    for (path, event) in [
+        ("force-password-change", "password_change_forced"),
+        ("revoke-sessions", "sessions_revoked_by_admin"),
+        ("revoke-trusted-devices", "trusted_devices_revoked_by_admin"),
+        ("invite", "user_invited"),
+        ("disable", "user_disabled"),
+        ("enable", "user_enabled"),
+    ] {
+        let res = api_post(&a, &format!("/api/v1/users/dave/{path}"), None).await;
+        assert_eq!(res.status, StatusCode::OK, "{path}: {}", res.body);
+        assert_eq!(last_event(&t, "dave").await, (event.to_string(), "root".to_string()), "{path}");
+    }
+    let d = user(&t, "dave").await;
+    assert!(d.must_change_password && d.active);
+    assert!(t.store.list_user_sessions(d.id).await.unwrap().is_empty());
+    let res = api_post(
+        &a,
+        "/api/v1/users/dave/groups",
+        Some(serde_json::json!({"groups": ["portal"]})),
+    )
+    .await;
+    assert_eq!(json(&res)["groups"], serde_json::json!(["portal"]));
+    assert_eq!(last_event(&t, "dave").await.0, "groups_changed");
+    let res = a
+        .request(axum::http::Method::DELETE, "/api/v1/users/dave", None, Vec::new())
+        .await;
+    assert_eq!(res.status, StatusCode::OK, "{}", res.body);
+    assert!(t.app.user_by_login("dave").await.is_err());
+    assert_eq!(last_event(&t, "dave").await.0, "user_deleted");
+
+    // After 10 minutes, nothing changes until the password is confirmed again.
+    t.clock.advance(601);
+    let res = api_post(&a, "/api/v1/users/carol/disable", None).await;
+    assert_eq!(res.status, StatusCode::FORBIDDEN);
+    assert_eq!(error_code(&res), "password_confirmation_required");
+    assert!(user(&t, "carol").await.active);
+    // Non-admins are refused whatever they send.
+    t.add_user("erin", PW, &["internal"]).await;
+    let erin = t.browser();
+    erin.login("erin", PW).await;
+    let me = json(&erin.get("/api/v1/me").await);
+    let erin = erin.with_header("x-csrf-token", me["csrf_token"].as_str().unwrap());
+    let res = api_post(&erin, "/api/v1/users/carol/disable", None).await;
+    assert_eq!(res.status, StatusCode::FORBIDDEN);
+    assert!(user(&t, "carol").await.active);
+}
