@@ -33,9 +33,13 @@ export function launchBrowser() {
     return chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS, timeout: 60_000 });
 }
 
-/** A fresh browser profile (cookies, storage) at one screen size. */
-export async function newContext(browser, vp, { javaScriptEnabled = true } = {}) {
+/**
+ * A fresh browser profile (cookies, storage) at one screen size; `storageState` starts it
+ * with the cookies of another (a signed-in administrator, for instance).
+ */
+export async function newContext(browser, vp, { javaScriptEnabled = true, storageState } = {}) {
     const context = await browser.newContext({
+        storageState,
         viewport: vp.viewport,
         isMobile: vp.isMobile,
         hasTouch: vp.isMobile,
@@ -120,9 +124,15 @@ export async function decodeQr(img) {
 // Checks on every page
 
 /** What each kind of field must say to browsers and password managers. */
-function expectedAutocomplete(field) {
+function expectedAutocomplete(field, { adminPage }) {
     if (field.type === 'password') {
+        // On admin pages a password field is always the admin's own, typed again.
         return /new|confirm/.test(field.name) ? 'new-password' : 'current-password';
+    }
+    // There the other fields describe someone else: no filling in the admin's own login,
+    // address or name.
+    if (adminPage) {
+        return ['login', 'email', 'display_name', 'groups'].includes(field.name) ? 'off' : null;
     }
     if (['login', 'username', 'login_or_email'].includes(field.name)) return 'username';
     if (field.name === 'code' && field.id !== 'recovery_code') return 'one-time-code';
@@ -137,6 +147,7 @@ function expectedAutocomplete(field) {
 export async function checkPage(page, vp, name, { axe = true } = {}) {
     await page.waitForLoadState('load');
     const problems = [];
+    const adminPage = new URL(page.url()).pathname.startsWith('/admin');
     const fields = await page.$$eval('input, select, textarea', (els) => els.map((el) => {
         const labelText = [...(el.labels || [])].map((l) => l.textContent.trim()).join(' ');
         return {
@@ -153,7 +164,7 @@ export async function checkPage(page, vp, name, { axe = true } = {}) {
     for (const f of fields.filter((x) => !x.hidden)) {
         const what = `${f.tag}[name=${f.name}]`;
         if (!f.label) problems.push(`${what} has no label`);
-        const want = expectedAutocomplete(f);
+        const want = expectedAutocomplete(f, { adminPage });
         if (want && f.autocomplete !== want) {
             problems.push(`${what} has autocomplete=${JSON.stringify(f.autocomplete)}, expected "${want}"`);
         }

@@ -1,7 +1,8 @@
 // The processes a browser journey talks to, all on 127.0.0.1 and free ports: `bulwark serve`
 // with its own data directory and configuration, nginx with deploy/nginx/bulwark-odoo.conf
-// in front of a tiny stand-in for the protected application, and the `bulwark` CLI for the
-// admin acts that have no web page yet. Every process is stopped by `stop()`, by the exit
+// in front of a tiny stand-in for the protected application, the `bulwark` CLI to set up
+// users quickly, and `sqlite3` for the one thing a browser test cannot wait for (time
+// passing, see `agePasswordCheck`). Every process is stopped by `stop()`, by the exit
 // handler below if a test dies first, and in any case by `timeout` after MAX_LIFE_SECS.
 
 import { spawn } from 'node:child_process';
@@ -16,8 +17,11 @@ import { fileURLToPath } from 'node:url';
 export const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
 /** Where the suite writes what it leaves behind: screenshots, server logs of a failed run. */
 export const OUT_DIR = path.join(REPO, 'target', 'browser');
-/** The binary `cargo build -p bulwark-server` makes; BULWARK_BIN overrides it. */
-export const BULWARK_BIN = process.env.BULWARK_BIN || path.join(REPO, 'target', 'debug', 'bulwark');
+/**
+ * The binary `cargo build -p bulwark-server` makes; BULWARK_BIN overrides it (a relative
+ * path counts from where the tests were started, not from the servers' directories).
+ */
+export const BULWARK_BIN = path.resolve(process.env.BULWARK_BIN || path.join(REPO, 'target', 'debug', 'bulwark'));
 /** Every wait on a process or a mail ends after this long. */
 export const DEADLINE_MS = 20_000;
 /** Servers stop by themselves after this long, even if this process is killed outright. */
@@ -119,6 +123,25 @@ function cleanEnv() {
     }
     env.NO_COLOR = '1';
     return env;
+}
+
+/** Runs a short command to its end; rejects unless it exits 0. Resolves to its stdout. */
+function run(program, args, { cwd, stdin }) {
+    return new Promise((resolve, reject) => {
+        const child = spawn(program, args, { cwd, env: cleanEnv(), stdio: ['pipe', 'pipe', 'pipe'] });
+        let out = '';
+        let err = '';
+        child.stdout.on('data', (d) => { out += d; });
+        child.stderr.on('data', (d) => { err += d; });
+        const timer = setTimeout(() => child.kill('SIGKILL'), DEADLINE_MS);
+        child.on('error', reject);
+        child.on('close', (code) => {
+            clearTimeout(timer);
+            if (code === 0) resolve(out);
+            else reject(new Error(`${path.basename(program)} ${args.join(' ')} exited ${code}:\n${out}\n${err}`));
+        });
+        child.stdin.end(stdin ?? '');
+    });
 }
 
 const stripAnsi = (s) => s.replace(/\x1b\[[0-9;]*[A-Za-z]/g, '');
@@ -286,26 +309,8 @@ export class Bulwark {
     }
 
     /** Runs `bulwark --config … ARGS`; rejects unless it exits 0. Resolves to its stdout. */
-    cli(args, { stdin } = {}) {
-        return new Promise((resolve, reject) => {
-            const child = spawn(BULWARK_BIN, ['--config', this.config, ...args], {
-                cwd: this.dir,
-                env: cleanEnv(),
-                stdio: ['pipe', 'pipe', 'pipe'],
-            });
-            let out = '';
-            let err = '';
-            child.stdout.on('data', (d) => { out += d; });
-            child.stderr.on('data', (d) => { err += d; });
-            const timer = setTimeout(() => child.kill('SIGKILL'), DEADLINE_MS);
-            child.on('error', reject);
-            child.on('close', (code) => {
-                clearTimeout(timer);
-                if (code === 0) resolve(stripAnsi(out));
-                else reject(new Error(`bulwark ${args.join(' ')} exited ${code}:\n${out}\n${err}`));
-            });
-            child.stdin.end(stdin ?? '');
-        });
+    async cli(args, { stdin } = {}) {
+        return stripAnsi(await run(BULWARK_BIN, ['--config', this.config, ...args], { cwd: this.dir, stdin }));
     }
 
     /** Creates a user with a password (the CLI's `user add`). */
@@ -314,6 +319,25 @@ export class Bulwark {
         if (name) args.push('--name', name);
         for (const g of groups) args.push('--group', g);
         await this.cli(args, { stdin: `${password}\n` });
+    }
+
+    /**
+     * Makes the password check of `login`'s newest session `secs` older, as if that much
+     * time had passed since they typed their password. The server keeps its own clock, which
+     * a test must not move (and a real browser test cannot wait 10 minutes); this moves the
+     * one recorded time instead and leaves every decision to the server. It edits the
+     * SQLite database of this test server only.
+     */
+    async agePasswordCheck(login, secs) {
+        const db = path.join(this.dataDir, 'bulwark.db');
+        const quoted = `'${String(login).replaceAll("'", "''")}'`;
+        const sql = `UPDATE sessions
+            SET password_checked_at = coalesce(password_checked_at, created_at) - ${Number(secs)}
+            WHERE id = (SELECT max(id) FROM sessions
+                        WHERE user_id = (SELECT id FROM users WHERE login = ${quoted}));
+            SELECT changes();`;
+        const changed = await run('sqlite3', ['-cmd', '.timeout 5000', db, sql], { cwd: this.dir });
+        if (changed.trim() !== '1') throw new Error(`no session of ${login} to age (sqlite3 said ${JSON.stringify(changed)})`);
     }
 
     /** Every mail in the outbox to `to`, oldest first: `{ subject, text }`, bodies decoded. */
