@@ -339,6 +339,28 @@ mod tests {
     }
 
     #[test]
+    fn reordered_records_are_caught() {
+        // Two records swapped in place (each keeps its stored hashes)...
+        let mut rows = chain(4);
+        rows.swap(1, 2);
+        let err = verify(&rows, ChainVerifier::from_genesis()).unwrap_err();
+        assert!(matches!(err, ChainBreak::Missing { id: 3, .. }), "{err:?}");
+        // ...or their contents swapped between ids (the id is part of the hash).
+        let rows = chain(4);
+        let mut v = ChainVerifier::from_genesis();
+        v.push(&fields(1, "login"), Some(&rows[0].1), Some(&rows[0].2))
+            .unwrap();
+        let moved = LinkFields {
+            at: fields(3, "login").at,
+            ..fields(2, "login")
+        };
+        assert_eq!(
+            v.push(&moved, Some(&rows[1].1), Some(&rows[1].2)),
+            Err(ChainBreak::Altered { id: 2 })
+        );
+    }
+
+    #[test]
     fn deleting_the_first_records_is_caught_without_a_checkpoint() {
         let rows = chain(4);
         let err = verify(&rows[2..], ChainVerifier::from_genesis()).unwrap_err();

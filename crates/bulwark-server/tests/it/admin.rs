@@ -495,7 +495,11 @@ async fn every_admin_act_through_the_api_changes_state_and_is_audited() {
     ] {
         let res = api_post(&a, &format!("/api/v1/users/dave/{path}"), None).await;
         assert_eq!(res.status, StatusCode::OK, "{path}: {}", res.body);
-        assert_eq!(last_event(&t, "dave").await, (event.to_string(), "root".to_string()), "{path}");
+        assert_eq!(
+            last_event(&t, "dave").await,
+            (event.to_string(), "root".to_string()),
+            "{path}"
+        );
     }
     let d = user(&t, "dave").await;
     assert!(d.must_change_password && d.active);
@@ -509,7 +513,12 @@ async fn every_admin_act_through_the_api_changes_state_and_is_audited() {
     assert_eq!(json(&res)["groups"], serde_json::json!(["portal"]));
     assert_eq!(last_event(&t, "dave").await.0, "groups_changed");
     let res = a
-        .request(axum::http::Method::DELETE, "/api/v1/users/dave", None, Vec::new())
+        .request(
+            axum::http::Method::DELETE,
+            "/api/v1/users/dave",
+            None,
+            Vec::new(),
+        )
         .await;
     assert_eq!(res.status, StatusCode::OK, "{}", res.body);
     assert!(t.app.user_by_login("dave").await.is_err());

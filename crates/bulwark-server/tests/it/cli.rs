@@ -1552,8 +1552,27 @@ fn backup_while_serving_then_restore_after_stopping() {
     let backups = root.join("backups");
     let backups_arg = backups.to_str().unwrap();
 
-    // Online: the server keeps running (and answering) during the copy.
+    // Online: the server keeps running and writing (logins, audit events) during the copy.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        let (port, outbox) = (server.port, server.outbox.clone());
+        std::thread::spawn(move || {
+            let mut logins = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                Browser::new(port, outbox.clone()).login_ok("alice", STRONG);
+                logins += 1;
+            }
+            logins
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
     let out = admin_ok(root, &["backup", "run", "--to", backups_arg], None);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        writer.join().unwrap() > 0,
+        "logins went on during the backup"
+    );
     assert!(out.starts_with("backup "), "{out}");
     assert!(out.contains("taken and checked"), "{out}");
     let files = std::fs::read_dir(&backups).unwrap().count();
@@ -1635,7 +1654,26 @@ fn backup_while_serving_then_restore_after_stopping() {
         .filter(|n| n.starts_with("bulwark.db.before-restore-"))
         .collect();
     assert_eq!(aside.len(), 1, "the replaced database is kept");
-    // The restored database serves again.
+    // The restored database serves again, and alice logs in.
     let server = Server::start(root, &[]);
-    assert!(server.port > 0);
+    server.browser().login_ok("alice", STRONG);
+    drop(server);
+
+    // A restore onto a new machine: a fresh data directory with only the key file copied.
+    let fresh = tempfile::tempdir().unwrap();
+    let fresh = fresh.path();
+    std::fs::create_dir_all(data_dir(fresh)).unwrap();
+    std::fs::copy(
+        data_dir(root).join("secret.key"),
+        data_dir(fresh).join("secret.key"),
+    )
+    .unwrap();
+    let out = admin_ok(
+        fresh,
+        &["--listen", &listen, "restore", file.to_str().unwrap()],
+        None,
+    );
+    assert!(out.contains("restored "), "{out}");
+    let server = Server::start(fresh, &[]);
+    server.browser().login_ok("alice", STRONG);
 }

@@ -146,3 +146,78 @@ async fn a_token_opens_metrics_to_any_address_and_nothing_else_does() {
         StatusCode::NOT_FOUND
     );
 }
+
+/// Checks the Prometheus text format (version 0.0.4) line by line: comments are HELP or TYPE,
+/// every sample is `name{label="value",…} number` of a family declared by a TYPE line.
+fn assert_prometheus_text(text: &str) {
+    let mut types = std::collections::HashMap::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# ") {
+            let mut words = rest.splitn(3, ' ');
+            let kind = words.next().unwrap();
+            let name = words
+                .next()
+                .unwrap_or_else(|| panic!("bare comment: {line}"));
+            match kind {
+                "HELP" => assert!(words.next().is_some_and(|h| !h.is_empty()), "{line}"),
+                "TYPE" => {
+                    let t = words.next().unwrap();
+                    assert!(["counter", "gauge", "histogram"].contains(&t), "{line}");
+                    types.insert(name.to_string(), t.to_string());
+                }
+                _ => panic!("unknown comment: {line}"),
+            }
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("{line}"));
+        assert!(value.parse::<f64>().is_ok(), "value of {line}");
+        let name = series.split('{').next().unwrap();
+        assert!(
+            name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+            "{line}"
+        );
+        if let Some(labels) = series.strip_prefix(name) {
+            if !labels.is_empty() {
+                assert!(labels.starts_with('{') && labels.ends_with('}'), "{line}");
+                for pair in labels[1..labels.len() - 1].split("\",") {
+                    let (k, v) = pair.split_once("=\"").unwrap_or_else(|| panic!("{line}"));
+                    assert!(
+                        k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+                        "{line}"
+                    );
+                    assert!(!v.contains('\n'), "{line}");
+                }
+            }
+        }
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| {
+                name.strip_suffix(s)
+                    .filter(|f| types.get(*f).is_some_and(|t| t == "histogram"))
+            })
+            .unwrap_or(name);
+        assert!(types.contains_key(family), "no TYPE for {line}");
+    }
+}
+
+#[tokio::test]
+async fn the_text_parses_and_counters_move_with_logins() {
+    let t = TestApp::new().await;
+    t.add_user("alice", PW, &["internal"]).await;
+    let scrape = || async { t.browser_from("127.0.0.1").get("/metrics").await.body };
+    let before = scrape().await;
+    assert_prometheus_text(&before);
+    let count = |text: &str| {
+        value(
+            text,
+            "bulwark_logins_total{outcome=\"success\",reason=\"password\"}",
+        )
+        .unwrap_or(0)
+    };
+    for _ in 0..3 {
+        t.browser().login("alice", PW).await;
+    }
+    let after = scrape().await;
+    assert_prometheus_text(&after);
+    assert_eq!(count(&after), count(&before) + 3);
+}
