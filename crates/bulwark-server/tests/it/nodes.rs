@@ -140,6 +140,55 @@ impl Drop for Node {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_revoked_on_one_node_stops_passing_the_others_gateway_within_the_bound() {
+    let config = "[server]\ntrusted_proxies = [\"127.0.0.1/32\"]\n\
+                  [gateway]\nprotected = [\"https://odoo.example.com\"]\ndefault_policy = \"one_factor\"\n";
+    let url = testing::fresh_database_url().await;
+    let a = TestApp::with_store(config, postgres_store(&url).await).await;
+    let b = TestApp::node(config, postgres_store(&url).await, a.app.key_ring()).await;
+    assert_eq!(
+        b.app.config.gateway.cache_seconds, 5,
+        "the documented bound"
+    );
+    a.add_user("alice", PW, &["internal"]).await;
+    let on_a = a.browser();
+    on_a.login("alice", PW).await;
+    let cookie = on_a.cookie("bulwark_session").unwrap();
+    // nginx in front of node B asks about alice's request.
+    let ask_b = || {
+        let p = b
+            .browser_from("127.0.0.1")
+            .with_header("x-original-url", "https://odoo.example.com/web")
+            .with_header("x-original-method", "GET")
+            .with_header("x-forwarded-for", "203.0.113.7");
+        p.set_cookie("bulwark_session", &cookie);
+        async move { p.get("/api/authz/auth-request").await.status }
+    };
+    assert_eq!(ask_b().await, StatusCode::OK, "B caches the session");
+    // Alice logs out everywhere through node A.
+    assert_eq!(
+        on_a.post("/account/sessions/revoke-all", &[]).await.status,
+        StatusCode::SEE_OTHER
+    );
+    assert_eq!(
+        on_a.post("/logout", &[]).await.status,
+        StatusCode::SEE_OTHER
+    );
+    advance(&a, &b, 4);
+    assert_eq!(
+        ask_b().await,
+        StatusCode::OK,
+        "within the bound B may still pass it"
+    );
+    advance(&a, &b, 1);
+    assert_eq!(
+        ask_b().await,
+        StatusCode::UNAUTHORIZED,
+        "after gateway.cache_seconds B refuses it"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_audit_chain_stays_one_line_when_nodes_append_at_once() {
     let (a, b) = two_nodes().await;
     a.add_user("alice", PW, &["internal"]).await;
