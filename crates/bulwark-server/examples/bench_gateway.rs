@@ -29,8 +29,6 @@ use bulwark_server::clock::SystemClock;
 use bulwark_server::config::{CliOverrides, Config};
 use bulwark_server::services::users::NewUserInput;
 use bulwark_server::services::ClientInfo;
-use bulwark_store::Store;
-use bulwark_store_sqlite::SqliteStore;
 use clap::Parser;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -64,6 +62,14 @@ struct Args {
     /// Times each target is measured.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
+    /// The store: sqlite (a temporary file) or postgres (a fresh database on the server named
+    /// by TEST_POSTGRES_URL, e.g. under scripts/with-postgres).
+    #[arg(long, default_value = "sqlite", value_parser = ["sqlite", "postgres"])]
+    store: String,
+    /// Seconds a checked session stays cached (gateway.cache_seconds); 0 reads the store on
+    /// every check, which is what compares the stores.
+    #[arg(long, default_value_t = 5)]
+    cache_seconds: u64,
 }
 
 fn main() -> ExitCode {
@@ -103,7 +109,11 @@ fn run(args: Args) -> Res<()> {
         .enable_all()
         .build()?;
     let hello = server_rt.block_on(start_hello())?;
-    let (bulwark, cookie) = server_rt.block_on(start_bulwark(tmp.path()))?;
+    let (bulwark, cookie) = server_rt.block_on(start_bulwark(
+        tmp.path(),
+        args.store == "postgres",
+        args.cache_seconds,
+    ))?;
     let nginx = match Nginx::start(tmp.path(), bulwark, hello) {
         Ok(n) => Some(n),
         Err(e) => {
@@ -114,6 +124,15 @@ fn run(args: Args) -> Res<()> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!("Bulwark gateway benchmark");
     println!("  machine:  {cores} cores");
+    println!(
+        "  store:    {} (gateway.cache_seconds = {})",
+        if args.store == "postgres" {
+            "PostgreSQL"
+        } else {
+            "SQLite"
+        },
+        args.cache_seconds
+    );
     println!(
         "  load:     {} keep-alive connections; {} round(s) of {} s warm-up + {} s measured per target",
         args.connections, args.rounds, args.warmup, args.seconds
@@ -337,13 +356,17 @@ async fn start_hello() -> Res<SocketAddr> {
 
 /// Bulwark as `serve` assembles it, with one user and one session; returns its address and
 /// the session cookie (`name=value`).
-async fn start_bulwark(dir: &Path) -> Res<(SocketAddr, String)> {
+async fn start_bulwark(
+    dir: &Path,
+    postgres: bool,
+    cache_seconds: u64,
+) -> Res<(SocketAddr, String)> {
     let file = dir.join("bulwark.toml");
     std::fs::write(
         &file,
         format!(
             "[server]\ntrusted_proxies = [\"127.0.0.1\"]\n\n[two_factor]\nenforcement = \"admins\"\n\n\
-             [gateway]\nprotected = [\"https://{HOST}\"]\n\n[[gateway.rules]]\nhosts = [\"{HOST}\"]\npolicy = \"one_factor\"\n"
+             [gateway]\nprotected = [\"https://{HOST}\"]\ncache_seconds = {cache_seconds}\n\n[[gateway.rules]]\nhosts = [\"{HOST}\"]\npolicy = \"one_factor\"\n"
         ),
     )?;
     let overrides = CliOverrides {
@@ -351,12 +374,14 @@ async fn start_bulwark(dir: &Path) -> Res<(SocketAddr, String)> {
         listen: Some("127.0.0.1:0".into()),
         ..Default::default()
     };
-    let config = Config::load(Some(&file), &[], &overrides)?;
+    let mut config = Config::load(Some(&file), &[], &overrides)?;
     std::fs::create_dir_all(&config.data_dir)?;
     let keys = bulwark_server::keys::load_or_create(&config.secret_key_file)?;
-    let store = SqliteStore::connect(&config.database.url, config.database.max_connections).await?;
+    if postgres {
+        config.database.url = bulwark_store_postgres::testing::fresh_database_url().await;
+    }
+    let store = bulwark_server::cli::connect_store(&config).await?;
     store.migrate().await?;
-    let store: Arc<dyn Store> = Arc::new(store);
     let app = App::new(config, store, Arc::new(SystemClock), keys)?;
     app.add_user(
         NewUserInput {

@@ -35,8 +35,6 @@ use bulwark_server::config::{CliOverrides, Config};
 use bulwark_server::mail::Transport;
 use bulwark_server::services::users::NewUserInput;
 use bulwark_server::services::ClientInfo;
-use bulwark_store::Store;
-use bulwark_store_sqlite::SqliteStore;
 use clap::Parser;
 use rand::Rng;
 use std::collections::BTreeMap;
@@ -71,6 +69,10 @@ struct Args {
     /// HTTP phases, each between two raw-verify phases (raw, HTTP, raw, HTTP, …, raw).
     #[arg(long, default_value_t = 1)]
     rounds: usize,
+    /// The store: sqlite (a temporary file) or postgres (a fresh database on the server named
+    /// by TEST_POSTGRES_URL, e.g. under scripts/with-postgres).
+    #[arg(long, default_value = "sqlite", value_parser = ["sqlite", "postgres"])]
+    store: String,
 }
 
 fn main() -> ExitCode {
@@ -140,7 +142,12 @@ fn run(args: Args) -> Res<()> {
         p.scheme, p.argon2.memory_kib, p.argon2.iterations, p.argon2.parallelism
     );
     println!(
-        "  database: SQLite (WAL) in a temporary directory, max_connections={}",
+        "  database: {}, max_connections={}",
+        if args.store == "postgres" {
+            "PostgreSQL (a fresh database on the server of TEST_POSTGRES_URL)"
+        } else {
+            "SQLite (WAL) in a temporary directory"
+        },
         config.database.max_connections
     );
     println!(
@@ -153,7 +160,7 @@ fn run(args: Args) -> Res<()> {
     let server_rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let server = server_rt.block_on(start_server(config))?;
+    let server = server_rt.block_on(start_server(config, args.store == "postgres"))?;
 
     let hasher = server.app.hashes.hasher().clone();
     let check = hasher.verify(&server.password, &server.stored);
@@ -535,12 +542,14 @@ struct Server {
     stored: PasswordHash,
 }
 
-async fn start_server(config: Config) -> Res<Server> {
+async fn start_server(mut config: Config, postgres: bool) -> Res<Server> {
     std::fs::create_dir_all(&config.data_dir)?;
     let keys = bulwark_server::keys::load_or_create(&config.secret_key_file)?;
-    let store = SqliteStore::connect(&config.database.url, config.database.max_connections).await?;
+    if postgres {
+        config.database.url = bulwark_store_postgres::testing::fresh_database_url().await;
+    }
+    let store = bulwark_server::cli::connect_store(&config).await?;
     store.migrate().await?;
-    let store: Arc<dyn Store> = Arc::new(store);
     let app = App::new(config, store, Arc::new(SystemClock), keys)?;
     let transport = Transport::from_config(&app.config.mail)?;
     app.mailer.spawn_worker(transport, app.clock.clone());

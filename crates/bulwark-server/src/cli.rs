@@ -415,6 +415,12 @@ impl From<bulwark_store::StoreError> for CliError {
     }
 }
 
+/// Opens (without migrating) the store `database.url` names, as `serve` does; for tools
+/// such as the benchmarks.
+pub async fn connect_store(config: &Config) -> Result<Arc<dyn Store>, String> {
+    open_store(config).await.map_err(|e| e.to_string())
+}
+
 /// Opens the store `database.url` names: the one place that picks a backend.
 async fn open_store(config: &Config) -> Result<Arc<dyn Store>, CliError> {
     let db = &config.database;
