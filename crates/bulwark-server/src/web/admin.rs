@@ -388,6 +388,13 @@ struct UsersPage<'a> {
     next_href: Option<String>,
 }
 
+/// The query parameters, or a 400 page saying what is wrong with them.
+fn query_params<T>(query: Result<Query<T>, QueryRejection>) -> Result<T, PageError> {
+    query
+        .map(|Query(q)| q)
+        .map_err(|e| PageError::BadRequest(e.body_text()))
+}
+
 fn some_text(s: &str) -> Option<String> {
     Some(s.trim().to_string()).filter(|s| !s.is_empty())
 }
@@ -398,9 +405,7 @@ pub async fn users_get(
     AdminSession(current): AdminSession,
     query: Result<Query<UsersQuery>, QueryRejection>,
 ) -> Result<Response, PageError> {
-    let q = query
-        .map(|Query(q)| q)
-        .map_err(|e| PageError::BadRequest(e.body_text()))?;
+    let q = query_params(query)?;
     let status = if q.status.is_empty() {
         UserStatus::All
     } else {
@@ -1113,9 +1118,7 @@ pub async fn audit_get(
     AdminSession(current): AdminSession,
     query: Result<Query<AuditQuery>, QueryRejection>,
 ) -> Result<Response, PageError> {
-    let q = query
-        .map(|Query(q)| q)
-        .map_err(|e| PageError::BadRequest(e.body_text()))?;
+    let q = query_params(query)?;
     let filter = q.filter(AUDIT_PAGE)?;
     let events = app.search_audit(&filter).await?;
     let verification = if q.verify.is_empty() {
@@ -1182,9 +1185,7 @@ pub async fn audit_export_get(
     _: AdminSession,
     query: Result<Query<AuditQuery>, QueryRejection>,
 ) -> Result<Response, PageError> {
-    let q = query
-        .map(|Query(q)| q)
-        .map_err(|e| PageError::BadRequest(e.body_text()))?;
+    let q = query_params(query)?;
     let filter = q.filter(0)?;
     let task_app = app.clone();
     Ok(streamed_download(
