@@ -140,6 +140,9 @@ function run(program, args, { cwd, stdin }) {
             if (code === 0) resolve(out);
             else reject(new Error(`${path.basename(program)} ${args.join(' ')} exited ${code}:\n${out}\n${err}`));
         });
+        // A command that never reads its input may exit before it is written: that EPIPE is
+        // not a failure, the exit code is what counts.
+        child.stdin.on('error', (e) => { if (e.code !== 'EPIPE') reject(e); });
         child.stdin.end(stdin ?? '');
     });
 }
