@@ -595,13 +595,7 @@ async fn my_keys_post(
             "an API key cannot make API keys: sign in with a session",
         ));
     }
-    let Json(b) = body.map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            ErrorCode::InvalidInput,
-            e.body_text(),
-        )
-    })?;
+    let b = json_body(body)?;
     let owner = me.user().login.clone();
     let created = app
         .create_api_key(
@@ -814,13 +808,7 @@ async fn confirm_password_post(
             "an API key has no password to confirm: sign in with a session",
         ));
     };
-    let Json(b) = body.map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            ErrorCode::InvalidInput,
-            e.body_text(),
-        )
-    })?;
+    let b = json_body(body)?;
     app.confirm_password(&current, b.password.expose().to_string(), &client)
         .await?;
     Ok(Json(json!({"done": true})))
