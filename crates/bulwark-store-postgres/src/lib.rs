@@ -36,6 +36,8 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 const MIGRATE_LOCK: i64 = 0x6275_6c77_6172_6b01;
 /// Advisory lock key held by each audit append until it commits ("bulwark" + 2).
 const AUDIT_LOCK: i64 = 0x6275_6c77_6172_6b02;
+/// Advisory lock key held while seeding the settings ("bulwark" + 3).
+const SETTINGS_LOCK: i64 = 0x6275_6c77_6172_6b03;
 
 /// How the connection pool behaves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1777,6 +1779,103 @@ impl ApiKeyStore for PgStore {
         .await
         .map_err(map_err)?;
         Ok(())
+    }
+}
+
+#[async_trait]
+impl SettingsStore for PgStore {
+    async fn list_settings(&self) -> StoreResult<Vec<SettingRecord>> {
+        let rows: Vec<(String, String, i64)> =
+            sqlx::query_as("SELECT name, value, updated_at FROM settings ORDER BY name")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(map_err)?;
+        Ok(rows
+            .into_iter()
+            .map(|(name, value, updated_at)| SettingRecord {
+                name,
+                value,
+                updated_at,
+            })
+            .collect())
+    }
+
+    async fn seed_settings(&self, initial: &[(String, String)], at: UnixTime) -> StoreResult<bool> {
+        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        // A second node starting at the same moment waits here, then finds the settings stored.
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(SETTINGS_LOCK)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM settings")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        if stored > 0 {
+            return Ok(false);
+        }
+        for (name, value) in initial {
+            sqlx::query("INSERT INTO settings (name, value, updated_at) VALUES ($1, $2, $3)")
+                .bind(name)
+                .bind(value)
+                .bind(at)
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err)?;
+        }
+        tx.commit().await.map_err(map_err)?;
+        Ok(true)
+    }
+
+    async fn change_settings(&self, changes: &[SettingChange], at: UnixTime) -> StoreResult<bool> {
+        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        for c in changes {
+            let done = match (&c.old, &c.new) {
+                (None, Some(new)) => sqlx::query(
+                    "INSERT INTO settings (name, value, updated_at) VALUES ($1, $2, $3) \
+                     ON CONFLICT (name) DO NOTHING",
+                )
+                .bind(&c.name)
+                .bind(new)
+                .bind(at)
+                .execute(&mut *tx)
+                .await,
+                (Some(old), Some(new)) => sqlx::query(
+                    "UPDATE settings SET value = $1, updated_at = $2 WHERE name = $3 AND value = $4",
+                )
+                .bind(new)
+                .bind(at)
+                .bind(&c.name)
+                .bind(old)
+                .execute(&mut *tx)
+                .await,
+                (Some(old), None) => sqlx::query("DELETE FROM settings WHERE name = $1 AND value = $2")
+                    .bind(&c.name)
+                    .bind(old)
+                    .execute(&mut *tx)
+                    .await,
+                (None, None) => {
+                    let absent: bool =
+                        sqlx::query_scalar("SELECT NOT EXISTS (SELECT 1 FROM settings WHERE name = $1)")
+                            .bind(&c.name)
+                            .fetch_one(&mut *tx)
+                            .await
+                            .map_err(map_err)?;
+                    if !absent {
+                        return Ok(false);
+                    }
+                    continue;
+                }
+            }
+            .map_err(map_err)?;
+            if done.rows_affected() != 1 {
+                // Dropping the transaction rolls back the steps already taken.
+                return Ok(false);
+            }
+        }
+        tx.commit().await.map_err(map_err)?;
+        Ok(true)
     }
 }
 

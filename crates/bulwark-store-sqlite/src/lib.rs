@@ -1799,6 +1799,112 @@ impl ApiKeyStore for SqliteStore {
 }
 
 #[async_trait]
+impl SettingsStore for SqliteStore {
+    async fn list_settings(&self) -> StoreResult<Vec<SettingRecord>> {
+        let rows: Vec<(String, String, i64)> =
+            sqlx::query_as("SELECT name, value, updated_at FROM settings ORDER BY name")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(map_err)?;
+        Ok(rows
+            .into_iter()
+            .map(|(name, value, updated_at)| SettingRecord {
+                name,
+                value,
+                updated_at,
+            })
+            .collect())
+    }
+
+    async fn seed_settings(&self, initial: &[(String, String)], at: UnixTime) -> StoreResult<bool> {
+        // BEGIN IMMEDIATE: a second node starting at the same moment waits, then finds the
+        // settings stored.
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(map_err)?;
+        let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM settings")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        if stored > 0 {
+            return Ok(false);
+        }
+        for (name, value) in initial {
+            sqlx::query("INSERT INTO settings (name, value, updated_at) VALUES (?, ?, ?)")
+                .bind(name)
+                .bind(value)
+                .bind(at)
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err)?;
+        }
+        tx.commit().await.map_err(map_err)?;
+        Ok(true)
+    }
+
+    async fn change_settings(&self, changes: &[SettingChange], at: UnixTime) -> StoreResult<bool> {
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(map_err)?;
+        for c in changes {
+            let done = match (&c.old, &c.new) {
+                (None, Some(new)) => {
+                    sqlx::query(
+                        "INSERT INTO settings (name, value, updated_at) VALUES (?, ?, ?) \
+                     ON CONFLICT (name) DO NOTHING",
+                    )
+                    .bind(&c.name)
+                    .bind(new)
+                    .bind(at)
+                    .execute(&mut *tx)
+                    .await
+                }
+                (Some(old), Some(new)) => sqlx::query(
+                    "UPDATE settings SET value = ?, updated_at = ? WHERE name = ? AND value = ?",
+                )
+                .bind(new)
+                .bind(at)
+                .bind(&c.name)
+                .bind(old)
+                .execute(&mut *tx)
+                .await,
+                (Some(old), None) => {
+                    sqlx::query("DELETE FROM settings WHERE name = ? AND value = ?")
+                        .bind(&c.name)
+                        .bind(old)
+                        .execute(&mut *tx)
+                        .await
+                }
+                (None, None) => {
+                    let absent: bool = sqlx::query_scalar(
+                        "SELECT NOT EXISTS (SELECT 1 FROM settings WHERE name = ?)",
+                    )
+                    .bind(&c.name)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(map_err)?;
+                    if !absent {
+                        return Ok(false);
+                    }
+                    continue;
+                }
+            }
+            .map_err(map_err)?;
+            if done.rows_affected() != 1 {
+                // Dropping the transaction rolls back the steps already taken.
+                return Ok(false);
+            }
+        }
+        tx.commit().await.map_err(map_err)?;
+        Ok(true)
+    }
+}
+
+#[async_trait]
 impl Store for SqliteStore {
     async fn migrate(&self) -> StoreResult<()> {
         let known = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);

@@ -41,7 +41,8 @@ macro_rules! store_contract_tests {
             trusted_devices_are_listed_touched_and_revoked, second_factors_go_with_the_user,
             api_keys_are_found_by_digest_and_listed, api_key_names_are_unique_among_live_keys,
             api_keys_are_revoked_once, api_key_last_use_moves_forward_in_bulk,
-            api_keys_go_with_the_user);
+            api_keys_go_with_the_user, settings_are_seeded_once, settings_change_all_or_nothing_by_compare_and_set,
+            concurrent_settings_changes_succeed_once);
     };
     (@each $make:expr; $($name:ident),* $(,)?) => {
         $(
@@ -1724,6 +1725,126 @@ pub async fn api_keys_go_with_the_user(s: &dyn Store) {
     assert_eq!(s.find_api_key(&k1.digest()).await.unwrap(), None);
     assert!(s.list_user_api_keys(u.id).await.unwrap().is_empty());
     assert!(s.list_api_keys().await.unwrap().is_empty());
+}
+
+fn setting(name: &str, old: Option<&str>, new: Option<&str>) -> SettingChange {
+    SettingChange {
+        name: name.into(),
+        old: old.map(Into::into),
+        new: new.map(Into::into),
+    }
+}
+
+async fn settings_map(s: &dyn Store) -> BTreeMap<String, String> {
+    s.list_settings()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.name, r.value))
+        .collect()
+}
+
+pub async fn settings_are_seeded_once(s: &dyn Store) {
+    assert!(s.list_settings().await.unwrap().is_empty());
+    let first = [
+        ("a.b".to_string(), "1".to_string()),
+        ("c".to_string(), "\"x\"".to_string()),
+    ];
+    let second = [("a.b".to_string(), "2".to_string())];
+    // Two nodes starting at once: exactly one seeds.
+    let seeded = join_all(vec![
+        s.seed_settings(&first, T0),
+        s.seed_settings(&second, T0 + 1),
+    ])
+    .await;
+    let seeded: Vec<bool> = seeded.into_iter().map(Result::unwrap).collect();
+    assert_eq!(seeded.iter().filter(|&&b| b).count(), 1, "{seeded:?}");
+    let stored = settings_map(s).await;
+    assert!(
+        stored == first.iter().cloned().collect::<BTreeMap<_, _>>()
+            || stored == second.iter().cloned().collect::<BTreeMap<_, _>>(),
+        "one seed wins whole: {stored:?}"
+    );
+    assert!(!s.seed_settings(&first, T0 + 2).await.unwrap());
+    let records = s.list_settings().await.unwrap();
+    assert!(
+        records.windows(2).all(|w| w[0].name < w[1].name),
+        "sorted by name"
+    );
+}
+
+pub async fn settings_change_all_or_nothing_by_compare_and_set(s: &dyn Store) {
+    let initial = [
+        ("x".to_string(), "1".to_string()),
+        ("y".to_string(), "2".to_string()),
+    ];
+    assert!(s.seed_settings(&initial, T0).await.unwrap());
+    // Update, insert and delete in one change.
+    let change = [
+        setting("x", Some("1"), Some("10")),
+        setting("z", None, Some("3")),
+        setting("y", Some("2"), None),
+    ];
+    assert!(s.change_settings(&change, T0 + 5).await.unwrap());
+    let stored = settings_map(s).await;
+    assert_eq!(stored.get("x").map(String::as_str), Some("10"));
+    assert_eq!(stored.get("z").map(String::as_str), Some("3"));
+    assert!(!stored.contains_key("y"));
+    let x = s
+        .list_settings()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|r| r.name == "x")
+        .unwrap();
+    assert_eq!(x.updated_at, T0 + 5);
+    // A stale `old` anywhere refuses the whole change: the first step is rolled back.
+    for stale in [
+        setting("z", Some("999"), Some("4")),
+        setting("z", None, Some("4")),
+        setting("y", Some("2"), Some("5")),
+        setting("y", Some("2"), None),
+        setting("x", None, None),
+    ] {
+        let change = [setting("x", Some("10"), Some("11")), stale.clone()];
+        assert!(
+            !s.change_settings(&change, T0 + 6).await.unwrap(),
+            "{stale:?}"
+        );
+        assert_eq!(settings_map(s).await, stored, "{stale:?} changed nothing");
+    }
+    // "Still absent" holds when it is absent.
+    assert!(s
+        .change_settings(
+            &[
+                setting("y", None, None),
+                setting("x", Some("10"), Some("11"))
+            ],
+            T0 + 7
+        )
+        .await
+        .unwrap());
+    assert_eq!(
+        settings_map(s).await.get("x").map(String::as_str),
+        Some("11")
+    );
+}
+
+pub async fn concurrent_settings_changes_succeed_once(s: &dyn Store) {
+    assert!(s
+        .seed_settings(&[("n".to_string(), "0".to_string())], T0)
+        .await
+        .unwrap());
+    let attempts: Vec<[SettingChange; 1]> = (1..=8)
+        .map(|i| [setting("n", Some("0"), Some(&i.to_string()))])
+        .collect();
+    let results = join_all(attempts.iter().map(|c| s.change_settings(c, T0 + 1))).await;
+    let won = results
+        .into_iter()
+        .map(Result::unwrap)
+        .filter(|&b| b)
+        .count();
+    assert_eq!(won, 1, "exactly one writer saw the old value");
 }
 
 /// Polls futures concurrently without pulling in an executor utility crate.

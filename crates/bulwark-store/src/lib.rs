@@ -349,6 +349,20 @@ pub trait ApiKeyStore: Send + Sync {
     async fn update_api_keys_last_used(&self, uses: &[(i64, UnixTime)]) -> StoreResult<()>;
 }
 
+/// The runtime security policy, one JSON value per dotted setting name.
+#[async_trait]
+pub trait SettingsStore: Send + Sync {
+    /// Every stored setting, by name.
+    async fn list_settings(&self) -> StoreResult<Vec<SettingRecord>>;
+    /// Stores `initial` (name, JSON value) if no setting is stored yet, and says whether it
+    /// did: the first start seeds the policy from the configuration file, later starts leave
+    /// it alone. Nodes starting at once seed it once.
+    async fn seed_settings(&self, initial: &[(String, String)], at: UnixTime) -> StoreResult<bool>;
+    /// Applies every change or none. Each is a compare-and-set on the value the caller saw:
+    /// false (and nothing changed) if any setting no longer holds its `old` value.
+    async fn change_settings(&self, changes: &[SettingChange], at: UnixTime) -> StoreResult<bool>;
+}
+
 /// Everything a Bulwark node needs from its database.
 #[async_trait]
 pub trait Store:
@@ -361,6 +375,7 @@ pub trait Store:
     + TwoFactorStore
     + TrustedDeviceStore
     + ApiKeyStore
+    + SettingsStore
 {
     /// Brings the schema to the newest version this build knows; `SchemaTooNew` if the
     /// database was migrated further by a newer build. Safe to call from several nodes at once.

@@ -423,3 +423,23 @@ pub struct ApiKeyRecord {
     pub last_used_at: Option<UnixTime>,
     pub revoked_at: Option<UnixTime>,
 }
+
+/// One stored setting of the runtime security policy (see the server's `config::policy`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SettingRecord {
+    /// Dotted name, as in the configuration file (`sessions.idle_minutes`).
+    pub name: String,
+    /// The value as JSON text.
+    pub value: String,
+    pub updated_at: UnixTime,
+}
+
+/// One compare-and-set step of a settings change.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SettingChange {
+    pub name: String,
+    /// The value the caller saw (JSON text); `None`: the setting was not stored.
+    pub old: Option<String>,
+    /// The value to store; `None` removes the setting.
+    pub new: Option<String>,
+}
