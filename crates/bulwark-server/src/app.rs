@@ -1,7 +1,7 @@
 //! The shared application state: configuration, store, hashing pool, mailer, clock, key.
 
 use crate::clock::Clock;
-use crate::config::Config;
+use crate::config::{Config, Policy};
 use crate::keys::{KeyError, KeyRing};
 use crate::mail::Mailer;
 use crate::services::api_keys::KeyUsage;
@@ -42,6 +42,9 @@ pub struct AppParts {
     pub(crate) session_cookie_name: String,
     /// This node's counters for `/metrics`.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// The security policy in force (see `config::policy`): the file's until the stored one
+    /// is loaded, then re-read every few seconds (`services::policy`).
+    pub(crate) policy: RwLock<Arc<Policy>>,
 }
 
 impl std::fmt::Debug for App {
@@ -83,7 +86,9 @@ impl App {
             config.gateway.cache_entries,
         ));
         let session_cookie_name = crate::web::session_cookie_name_for(&config);
+        let policy = RwLock::new(Arc::new(Policy::from_config(&config)));
         Ok(Self(Arc::new(AppParts {
+            policy,
             config: Arc::new(config),
             store,
             hashes,
@@ -100,6 +105,14 @@ impl App {
     /// The current time, read once per request by services.
     pub fn now(&self) -> bulwark_core::UnixTime {
         self.clock.now()
+    }
+
+    /// The security policy in force, read once per decision.
+    pub fn policy(&self) -> Arc<Policy> {
+        match self.policy.read() {
+            Ok(p) => p.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
     }
 
     /// A copy of the current key ring.

@@ -78,6 +78,10 @@ enum Command {
     /// The tamper-evident audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// The security policy in force (password rules, two-factor enforcement, trusted
+    /// devices, session timeouts, lockout), stored in the database.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
     /// Reports for auditors.
     #[command(subcommand)]
     Report(ReportCommand),
@@ -127,6 +131,29 @@ enum BackupCommand {
     },
     /// Check a backup file (integrity and schema version) without restoring it.
     Check { file: std::path::PathBuf },
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCommand {
+    /// Print every setting in force; rules not set explicitly come from the preset.
+    Show {
+        /// Print JSON instead of `name = value` lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change settings, all or none, each audited with its old and new value. Running
+    /// servers apply the change within a few seconds.
+    Set {
+        /// NAME=VALUE, e.g. policy.min_length=14, lockout.account.lock_after=5,
+        /// two_factor.required_groups=admins,internal, policy.groups.finance.expiry_days=90
+        #[arg(required = true, value_name = "NAME=VALUE")]
+        settings: Vec<String>,
+    },
+    /// Return password rules to their preset (or, in a group, to the base rules).
+    Unset {
+        #[arg(required = true, value_name = "NAME")]
+        names: Vec<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -477,7 +504,9 @@ async fn build_app(config: Config) -> Result<App, CliError> {
     let key = load_keys(&config)?;
     let store = open_store(&config).await?;
     store.migrate().await?;
-    Ok(App::new(config, store, Arc::new(SystemClock), key)?)
+    let app = App::new(config, store, Arc::new(SystemClock), key)?;
+    app.load_policy().await?;
+    Ok(app)
 }
 
 fn load_keys(config: &Config) -> Result<KeyRing, CliError> {
@@ -567,6 +596,16 @@ async fn dispatch(command: Command, config: Config) -> Result<ExitCode, CliError
         Command::Audit(cmd) => {
             let app = build_app(config).await?;
             audit_command(&app, cmd).await
+        }
+        Command::Policy(cmd) => {
+            // Not `build_app`: that refuses an invalid stored policy, which these commands
+            // must be able to show and repair.
+            create_private_dir(&config.data_dir)?;
+            let key = load_keys(&config)?;
+            let store = open_store(&config).await?;
+            store.migrate().await?;
+            let app = App::new(config, store, Arc::new(SystemClock), key)?;
+            policy_command(&app, cmd).await
         }
         Command::User(cmd) => {
             let app = build_app(config).await?;
@@ -1007,6 +1046,56 @@ async fn compliance_report(app: &App, format: &str, stale_days: u32) -> Result<(
     }
 }
 
+async fn policy_command(app: &App, cmd: PolicyCommand) -> Result<ExitCode, CliError> {
+    use crate::config::policy::{parse_value, value_text};
+    let changes: Vec<(String, Option<serde_json::Value>)> = match cmd {
+        PolicyCommand::Show { json } => {
+            if let Err(e) = app.load_policy().await {
+                say!("{e}");
+                return Ok(ExitCode::FAILURE);
+            }
+            let settings = app.policy().settings();
+            if json {
+                let doc = serde_json::json!({ "settings": settings });
+                say!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+            } else {
+                for s in settings {
+                    let from = if s.set { "" } else { "    # from the preset" };
+                    say!("{} = {}{from}", s.name, value_text(&s.value));
+                }
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        PolicyCommand::Set { settings } => settings
+            .iter()
+            .map(|pair| {
+                let (name, text) = pair
+                    .split_once('=')
+                    .ok_or_else(|| CliError::Message(format!("`{pair}`: expected NAME=VALUE")))?;
+                let name = name.trim();
+                let value = parse_value(name, text)
+                    .map_err(|e| CliError::Message(format!("`{}`: {}", e.key, e.message)))?;
+                Ok((name.to_string(), Some(value)))
+            })
+            .collect::<Result<_, CliError>>()?,
+        PolicyCommand::Unset { names } => names.into_iter().map(|n| (n, None)).collect(),
+    };
+    let diffs = app
+        .change_policy("cli", &ClientInfo::cli(), &changes)
+        .await?;
+    if diffs.is_empty() {
+        say!("nothing changed: every setting already has that value");
+    }
+    for d in diffs {
+        let shown = |v: &Option<serde_json::Value>| match v {
+            Some(v) => value_text(v),
+            None => "(preset)".into(),
+        };
+        say!("{}: {} -> {}", d.name, shown(&d.old), shown(&d.new));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 async fn audit_command(app: &App, cmd: AuditCommand) -> Result<ExitCode, CliError> {
     use crate::services::audit::{event_json, ChainStart};
     match cmd {
@@ -1240,6 +1329,7 @@ async fn serve(config: Config) -> Result<ExitCode, CliError> {
     let transport = Transport::from_config(&app.config.mail)?;
     app.mailer.spawn_worker(transport, app.clock.clone());
     spawn_maintenance(app.clone());
+    crate::services::policy::spawn_policy_refresh(app.clone());
     crate::services::api_keys::spawn_usage_flusher(app.clone());
     let flush_at_exit = app.clone();
 
@@ -1281,7 +1371,6 @@ async fn serve(config: Config) -> Result<ExitCode, CliError> {
 
 fn spawn_maintenance(app: App) {
     tokio::spawn(async move {
-        let policy = app.config.sessions.policy();
         let mut last_reminders: Option<std::time::Instant> = None;
         loop {
             // Reminders walk every user: once an hour is plenty (each is sent once a day).
@@ -1298,6 +1387,7 @@ fn spawn_maintenance(app: App) {
                 }
             }
             let now = app.now();
+            let policy = app.policy().sessions.policy();
             match app
                 .store
                 .delete_expired_sessions(now - policy.idle_secs, now - policy.absolute_secs)

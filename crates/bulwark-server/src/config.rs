@@ -20,10 +20,12 @@ mod api_keys;
 mod audit;
 mod gateway;
 mod metrics;
+pub mod policy;
 pub use api_keys::ApiKeysConfig;
 pub use audit::AuditConfig;
 pub use gateway::{GatewayConfig, RawRule};
 pub use metrics::MetricsConfig;
+pub use policy::Policy;
 
 /// A configuration problem, naming the key and what is allowed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -426,7 +428,7 @@ pub struct PasswordsConfig {
 }
 
 /// Password policy: the base rules and per-group tightenings.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PolicyConfig {
     pub preset: Preset,
     pub base: PasswordPolicy,
@@ -454,7 +456,7 @@ impl PolicyConfig {
 }
 
 /// Session timeouts.
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct SessionsConfig {
     pub idle_minutes: i64,
     pub absolute_hours: i64,
@@ -471,7 +473,7 @@ impl SessionsConfig {
 }
 
 /// Login throttling per account and per client IP.
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct LockoutConfig {
     pub account: LockoutPolicy,
     pub ip: LockoutPolicy,
@@ -676,32 +678,8 @@ impl Config {
         let passwords = validate_passwords(raw.passwords)?;
         let policy = validate_policy(raw.policy)?;
 
-        let sessions = SessionsConfig {
-            idle_minutes: raw.sessions.idle_minutes.unwrap_or(30),
-            absolute_hours: raw.sessions.absolute_hours.unwrap_or(12),
-        };
-        if !(1..=60 * 24 * 30).contains(&sessions.idle_minutes) {
-            return Err(ConfigError::new(
-                "sessions.idle_minutes",
-                "must be between 1 and 43200",
-            ));
-        }
-        if !(1..=24 * 90).contains(&sessions.absolute_hours) {
-            return Err(ConfigError::new(
-                "sessions.absolute_hours",
-                "must be between 1 and 2160",
-            ));
-        }
-
-        let lockout = LockoutConfig {
-            account: lockout_rules(
-                raw.lockout.account,
-                LockoutPolicy::ACCOUNT,
-                "lockout.account",
-            )?,
-            ip: lockout_rules(raw.lockout.ip, LockoutPolicy::IP, "lockout.ip")?,
-            code: lockout_rules(raw.lockout.code, LockoutPolicy::CODE, "lockout.code")?,
-        };
+        let sessions = validate_sessions(raw.sessions)?;
+        let lockout = validate_lockout(raw.lockout)?;
 
         let links = LinksConfig {
             setup_minutes: raw.links.setup_minutes.unwrap_or(60),
@@ -1097,6 +1075,34 @@ fn validate_policy(raw: RawPolicy) -> Result<PolicyConfig, ConfigError> {
         preset,
         base,
         groups,
+    })
+}
+
+fn validate_sessions(raw: RawSessions) -> Result<SessionsConfig, ConfigError> {
+    let sessions = SessionsConfig {
+        idle_minutes: raw.idle_minutes.unwrap_or(30),
+        absolute_hours: raw.absolute_hours.unwrap_or(12),
+    };
+    if !(1..=60 * 24 * 30).contains(&sessions.idle_minutes) {
+        return Err(ConfigError::new(
+            "sessions.idle_minutes",
+            "must be between 1 and 43200",
+        ));
+    }
+    if !(1..=24 * 90).contains(&sessions.absolute_hours) {
+        return Err(ConfigError::new(
+            "sessions.absolute_hours",
+            "must be between 1 and 2160",
+        ));
+    }
+    Ok(sessions)
+}
+
+fn validate_lockout(raw: RawLockout) -> Result<LockoutConfig, ConfigError> {
+    Ok(LockoutConfig {
+        account: lockout_rules(raw.account, LockoutPolicy::ACCOUNT, "lockout.account")?,
+        ip: lockout_rules(raw.ip, LockoutPolicy::IP, "lockout.ip")?,
+        code: lockout_rules(raw.code, LockoutPolicy::CODE, "lockout.code")?,
     })
 }
 

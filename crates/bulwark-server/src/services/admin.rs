@@ -88,8 +88,8 @@ impl App {
             .into_iter()
             .map(String::from)
             .collect();
-        groups.extend(self.config.two_factor.required_groups.iter().cloned());
-        groups.extend(self.config.policy.groups.keys().cloned());
+        groups.extend(self.policy().two_factor.required_groups.iter().cloned());
+        groups.extend(self.policy().passwords.groups.keys().cloned());
         groups.extend(self.config.api_keys.groups.keys().cloned());
         groups.into_iter().collect()
     }
@@ -153,7 +153,7 @@ impl App {
             UserStatus::PasswordExpired => {
                 // The database narrows by the shortest expiry of any policy; the exact policy
                 // of each user decides.
-                let Some(days) = self.config.policy.shortest_expiry_days() else {
+                let Some(days) = self.policy().passwords.shortest_expiry_days() else {
                     return Ok(UserPage {
                         users: Vec::new(),
                         next_after: None,

@@ -115,7 +115,7 @@ pub(crate) fn ip_key(ip: IpAddr) -> String {
 impl App {
     /// The password policy that applies to a member of `groups`.
     pub fn policy_for(&self, groups: &[String]) -> PasswordPolicy {
-        self.config.policy.for_groups(groups)
+        self.policy().passwords.for_groups(groups)
     }
 
     fn change_reason(&self, user: &UserRecord, now: UnixTime) -> Option<ChangeReason> {
@@ -188,10 +188,10 @@ impl App {
         now: UnixTime,
     ) -> Result<bool, ServiceError> {
         let counted = self
-            .gate_key(&account_key(login), &self.config.lockout.account, now)
+            .gate_key(&account_key(login), &self.policy().lockout.account, now)
             .await?;
         if let Some(ip) = client.ip {
-            self.gate_key(&ip_key(ip), &self.config.lockout.ip, now)
+            self.gate_key(&ip_key(ip), &self.policy().lockout.ip, now)
                 .await?;
         }
         Ok(counted)
@@ -204,7 +204,7 @@ impl App {
         now: UnixTime,
     ) -> Result<(), ServiceError> {
         let locked = self
-            .count_key_failure(&account_key(login), &self.config.lockout.account, now)
+            .count_key_failure(&account_key(login), &self.policy().lockout.account, now)
             .await?;
         if locked {
             self.audit(
@@ -219,7 +219,7 @@ impl App {
         }
         if let Some(ip) = client.ip {
             if self
-                .count_key_failure(&ip_key(ip), &self.config.lockout.ip, now)
+                .count_key_failure(&ip_key(ip), &self.policy().lockout.ip, now)
                 .await?
             {
                 self.audit(
@@ -244,7 +244,7 @@ impl App {
             return;
         };
         let Some(email) = &user.email else { return };
-        let until = self.config.lockout.account.lock_secs;
+        let until = self.policy().lockout.account.lock_secs;
         let text = format!(
             "Your account {} was locked at {} after repeated wrong passwords, the last from IP {} ({}). It unlocks by itself in {} minutes, or an administrator can unlock it.\n\nIf these attempts were not yours, someone is guessing your password: choose a new, unique one.",
             user.login,
@@ -423,7 +423,7 @@ impl App {
         let Some(session) = self.store.find_session(&TokenHash::of(cookie)).await? else {
             return Ok(None);
         };
-        let policy = self.config.sessions.policy();
+        let policy = self.policy().sessions.policy();
         let half_expired = session.stage == SessionStage::SecondFactor
             && now - session.created_at >= super::two_factor::SECOND_FACTOR_WINDOW_SECS;
         if half_expired || !policy.is_live(session.created_at, session.last_seen_at, now) {
@@ -466,7 +466,7 @@ impl App {
         let now = self.now();
         let digest: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(cookie.as_bytes()).into();
         if let Some(s) = self.session_cache.get(&digest, now) {
-            let policy = self.config.sessions.policy();
+            let policy = self.policy().sessions.policy();
             if policy.is_live(s.session.created_at, s.session.last_seen_at, now) {
                 return Ok(Some(s));
             }
@@ -623,8 +623,12 @@ impl App {
     ) -> Result<SecretString, ServiceError> {
         let now = self.now();
         let user = &current.user;
-        self.gate_key(&account_key(&user.login), &self.config.lockout.account, now)
-            .await?;
+        self.gate_key(
+            &account_key(&user.login),
+            &self.policy().lockout.account,
+            now,
+        )
+        .await?;
         let old = Password::parse(old)
             .map_err(|_| ServiceError::InvalidInput("Enter your current password.".into()))?;
         let stored = self
@@ -633,8 +637,12 @@ impl App {
             .await?
             .ok_or(ServiceError::InvalidCredentials)?;
         if !self.hashes.verify(old, stored).await?.is_valid() {
-            self.count_key_failure(&account_key(&user.login), &self.config.lockout.account, now)
-                .await?;
+            self.count_key_failure(
+                &account_key(&user.login),
+                &self.policy().lockout.account,
+                now,
+            )
+            .await?;
             self.audit(
                 Audit::event("password_change", "failure")
                     .actor(&user.login)

@@ -186,7 +186,7 @@ impl ComplianceScan {
                 .entry(s.user.groups.clone())
                 .or_insert_with(|| {
                     let policy = app.policy_for(&s.user.groups);
-                    let required = app.config.two_factor.required_for(&s.user.groups);
+                    let required = app.policy().two_factor.required_for(&s.user.groups);
                     (
                         required,
                         (policy.expiry_days > 0).then_some(policy.expiry_days),
@@ -198,7 +198,10 @@ impl ComplianceScan {
             let summary = &mut self.summary;
             summary.all.add(&line);
             for g in &line.groups {
-                let required = app.config.two_factor.required_for(std::slice::from_ref(g));
+                let required = app
+                    .policy()
+                    .two_factor
+                    .required_for(std::slice::from_ref(g));
                 summary
                     .groups
                     .entry(g.clone())
@@ -307,7 +310,7 @@ impl App {
             u.device_account,
             s.totp_active,
             u.grace_started_at,
-            self.config.two_factor.grace_days,
+            self.policy().two_factor.grace_days,
             now,
         );
         let password_expires_at = match (u.has_password, u.password_changed_at, expiry_days) {

@@ -7,6 +7,7 @@ pub mod audit;
 pub mod auth;
 pub mod compliance;
 pub mod passwords;
+pub mod policy;
 pub mod session_cache;
 pub mod two_factor;
 pub mod users;

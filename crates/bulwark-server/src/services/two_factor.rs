@@ -120,14 +120,14 @@ impl App {
         user: &UserRecord,
         now: UnixTime,
     ) -> Result<Standing, ServiceError> {
-        let required = self.config.two_factor.required_for(&user.groups);
+        let required = self.policy().two_factor.required_for(&user.groups);
         let has_factor = self.confirmed_factor(user.id).await?.is_some();
         Ok(enforcement::standing(
             required,
             user.device_account,
             has_factor,
             user.grace_started_at,
-            self.config.two_factor.grace_days,
+            self.policy().two_factor.grace_days,
             now,
         ))
     }
@@ -160,7 +160,7 @@ impl App {
             .await;
             return Err(ServiceError::InvalidCredentials);
         }
-        let required = self.config.two_factor.required_for(&user.groups);
+        let required = self.policy().two_factor.required_for(&user.groups);
         let has_factor = self.confirmed_factor(user.id).await?.is_some();
         // The grace clock starts at the first login under enforcement, once.
         let grace_started = match user.grace_started_at {
@@ -174,7 +174,7 @@ impl App {
             user.device_account,
             has_factor,
             grace_started,
-            self.config.two_factor.grace_days,
+            self.policy().two_factor.grace_days,
             now,
         );
         let needs_second = has_factor || self.email_codes_allowed(user, standing);
@@ -248,7 +248,7 @@ impl App {
         let Some(cookie) = cookie.filter(|c| token::looks_like_token(c)) else {
             return Ok(false);
         };
-        if self.config.two_factor.trusted_device_days == 0 {
+        if self.policy().two_factor.trusted_device_days == 0 {
             return Ok(false);
         }
         let Some(device) = self
@@ -285,7 +285,7 @@ impl App {
         Ok(SecondFactorOptions {
             totp,
             email: !totp && self.email_codes_allowed(&current.user, standing),
-            remember_days: self.config.two_factor.trusted_device_days,
+            remember_days: self.policy().two_factor.trusted_device_days,
         })
     }
 
@@ -295,12 +295,12 @@ impl App {
         client: &ClientInfo,
         now: UnixTime,
     ) -> Result<(), ServiceError> {
-        self.gate_key(&self.code_key(user.id), &self.config.lockout.code, now)
+        self.gate_key(&self.code_key(user.id), &self.policy().lockout.code, now)
             .await?;
         if let Some(ip) = client.ip {
             self.gate_key(
                 &format!("code-{}", super::auth::ip_key(ip)),
-                &self.config.lockout.ip,
+                &self.policy().lockout.ip,
                 now,
             )
             .await?;
@@ -315,7 +315,7 @@ impl App {
         now: UnixTime,
     ) -> Result<(), ServiceError> {
         if self
-            .count_key_failure(&self.code_key(user.id), &self.config.lockout.code, now)
+            .count_key_failure(&self.code_key(user.id), &self.policy().lockout.code, now)
             .await?
         {
             self.audit(
@@ -330,7 +330,7 @@ impl App {
         if let Some(ip) = client.ip {
             self.count_key_failure(
                 &format!("code-{}", super::auth::ip_key(ip)),
-                &self.config.lockout.ip,
+                &self.policy().lockout.ip,
                 now,
             )
             .await?;
@@ -448,9 +448,9 @@ impl App {
             .await;
             self.mail_user(user, "A recovery code was used", &format!("A recovery code was used to log in to your account {} from IP {} ({}) at {}. You have {left} recovery codes left.\n\nIf this was not you, change your password and contact your administrator now.", user.login, ip_text(client), browser_name(client.user_agent.as_deref()), crate::clock::format_time(now)), now).await;
         }
-        let trusted_device = if remember && self.config.two_factor.trusted_device_days > 0 {
+        let trusted_device = if remember && self.policy().two_factor.trusted_device_days > 0 {
             let (cookie, hash) = token::generate();
-            let days = i64::from(self.config.two_factor.trusted_device_days);
+            let days = i64::from(self.policy().two_factor.trusted_device_days);
             self.store
                 .insert_trusted_device(&NewTrustedDevice {
                     token_hash: hash,
@@ -702,8 +702,12 @@ impl App {
         client: &ClientInfo,
         now: UnixTime,
     ) -> Result<(), ServiceError> {
-        self.gate_key(&account_key(&user.login), &self.config.lockout.account, now)
-            .await?;
+        self.gate_key(
+            &account_key(&user.login),
+            &self.policy().lockout.account,
+            now,
+        )
+        .await?;
         let password = Password::parse(password)
             .map_err(|_| ServiceError::InvalidInput("Enter your password.".into()))?;
         let stored = self
@@ -714,8 +718,12 @@ impl App {
         if self.hashes.verify(password, stored).await?.is_valid() {
             Ok(())
         } else {
-            self.count_key_failure(&account_key(&user.login), &self.config.lockout.account, now)
-                .await?;
+            self.count_key_failure(
+                &account_key(&user.login),
+                &self.policy().lockout.account,
+                now,
+            )
+            .await?;
             self.audit(
                 Audit::event("password_check", "failure")
                     .actor(&user.login)
@@ -808,7 +816,7 @@ impl App {
                 .filter(|d| d.expires_at > now)
                 .collect(),
             standing: self.standing_of(user, now).await?,
-            required: self.config.two_factor.required_for(&user.groups),
+            required: self.policy().two_factor.required_for(&user.groups),
         })
     }
 

@@ -389,7 +389,7 @@ struct UsersPage<'a> {
 }
 
 /// The query parameters, or a 400 page saying what is wrong with them.
-fn query_params<T>(query: Result<Query<T>, QueryRejection>) -> Result<T, PageError> {
+pub(super) fn query_params<T>(query: Result<Query<T>, QueryRejection>) -> Result<T, PageError> {
     query
         .map(|Query(q)| q)
         .map_err(|e| PageError::BadRequest(e.body_text()))
@@ -822,7 +822,7 @@ pub struct ActionForm {
 }
 
 /// Opens sensitive acts: a recent password check, or the password typed in the form.
-async fn require_fresh_password(
+pub(super) async fn require_fresh_password(
     app: &App,
     current: &CurrentSession,
     password: String,

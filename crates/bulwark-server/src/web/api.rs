@@ -419,6 +419,8 @@ api_routes! {
     GET "/audit" => audit_get, Admin, "AuditEventList", "Audit events, newest first, filtered by `subject`, `event`, `since` and `until` (Unix seconds, 2026-11-23 or 2026-11-23T19:02 UTC), paged by `limit` (at most 500) and `before` (the previous page's `next_before`).";
     GET "/audit/verify" => audit_verify_get, Admin, "AuditVerification", "Checks the audit log's hash chain and checkpoint signatures; `intact: false` comes with the first broken link.";
     GET "/reports/compliance" => compliance_get, Admin, "ComplianceReport", "Two-factor coverage per group, users without two-factor, expired passwords, stale accounts (`stale_days`, default 90), users with two or fewer recovery codes, 2FA resets and lockouts. `format=csv` gives one line per active user instead (streamed).";
+    GET "/policy" => policy_get, Admin, "Policy", "The security policy in force: password rules (those not `set` come from the preset), two-factor enforcement, trusted-device lifetime, session timeouts and lockout thresholds.";
+    POST "/policy" => policy_post, Admin, "PolicyChange", "Changes settings from `{settings: {name: value}}`, all or none; `null` returns a password rule to its preset. Each moved setting is audited (`policy_changed`) with its old and new value; every node applies it within 5 seconds.";
     GET "/groups" => groups_get, Admin, "GroupList", "The built-in groups and how many active members each has.";
 }
 
@@ -849,6 +851,39 @@ async fn user_reset_2fa_post(
     Ok(Json(json!({"done": true})))
 }
 
+async fn policy_get(State(app): State<App>, _: Admin) -> ApiResult {
+    // Another node may have changed it since this one last looked.
+    app.refresh_policy().await?;
+    Ok(Json(json!({"settings": app.policy().settings()})))
+}
+
+/// The body of `POST /policy`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyBody {
+    settings: serde_json::Map<String, Value>,
+}
+
+async fn policy_post(
+    State(app): State<App>,
+    Client(client): Client,
+    Admin(admin): Admin,
+    body: Result<Json<PolicyBody>, axum::extract::rejection::JsonRejection>,
+) -> ApiResult {
+    fresh_password(&app, &admin)?;
+    let changes: Vec<(String, Option<Value>)> = json_body(body)?
+        .settings
+        .into_iter()
+        .map(|(name, v)| (name, (!v.is_null()).then_some(v)))
+        .collect();
+    let changed = app
+        .change_policy(&admin.user.login, &client, &changes)
+        .await?;
+    Ok(Json(
+        json!({"changed": changed, "settings": app.policy().settings()}),
+    ))
+}
+
 /// The body of `POST /users`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -1220,6 +1255,36 @@ fn schemas() -> Value {
             "properties": {
                 "items": {"type": "array", "items": {"$ref": "#/components/schemas/AuditEvent"}},
                 "next_before": {"type": ["integer", "null"], "description": "Pass as `before` for the next page; null on the last"},
+            },
+        },
+        "Policy": {
+            "type": "object",
+            "required": ["settings"],
+            "properties": {"settings": {"type": "array", "items": {"$ref": "#/components/schemas/Setting"}}},
+        },
+        "Setting": {
+            "type": "object",
+            "required": ["name", "value", "set"],
+            "properties": {
+                "name": {"type": "string", "description": "Dotted, as in the configuration file: `policy.min_length`, `policy.groups.GROUP.RULE`, `two_factor.required_groups`, `sessions.idle_minutes`, `lockout.account.lock_after`…"},
+                "value": {"description": "A number, a boolean, the preset name or a list of groups"},
+                "set": {"type": "boolean", "description": "Stored explicitly; false: from the preset"},
+            },
+        },
+        "PolicyChange": {
+            "type": "object",
+            "required": ["changed", "settings"],
+            "properties": {
+                "changed": {"type": "array", "items": {
+                    "type": "object",
+                    "required": ["name"],
+                    "properties": {
+                        "name": {"type": "string"},
+                        "old": {"description": "null: was not set (from the preset)"},
+                        "new": {"description": "null: now from the preset"},
+                    },
+                }},
+                "settings": {"type": "array", "items": {"$ref": "#/components/schemas/Setting"}},
             },
         },
         "AuditVerification": {

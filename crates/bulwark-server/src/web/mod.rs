@@ -2,6 +2,7 @@
 //! Handlers translate; services decide.
 
 mod admin;
+mod admin_policy;
 mod api;
 mod api_keys;
 mod error;
@@ -44,6 +45,10 @@ pub fn router(app: App) -> Router {
         )
         .route("/admin/users/{login}", get(admin::user_get))
         .route("/admin/users/{login}/action", post(admin::user_action_post))
+        .route(
+            "/admin/policy",
+            get(admin_policy::policy_get).post(admin_policy::policy_post),
+        )
         .route("/admin/audit", get(admin::audit_get))
         .route("/admin/audit.jsonl", get(admin::audit_export_get))
         .route("/admin/compliance", get(admin::compliance_get))

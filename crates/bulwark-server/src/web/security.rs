@@ -115,7 +115,7 @@ pub async fn login_2fa_post(
         Ok(done) => {
             let mut cookies = vec![session_cookie(&app, done.token.expose())];
             if let Some(device) = &done.trusted_device {
-                let days = i64::from(app.config.two_factor.trusted_device_days);
+                let days = i64::from(app.policy().two_factor.trusted_device_days);
                 cookies.push(set_cookie(
                     &app,
                     DEVICE_COOKIE,

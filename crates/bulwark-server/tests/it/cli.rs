@@ -1677,3 +1677,87 @@ fn backup_while_serving_then_restore_after_stopping() {
     let server = Server::start(fresh, &[]);
     server.browser().login_ok("alice", STRONG);
 }
+
+#[test]
+fn policy_set_in_a_shell_reaches_the_running_server() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let server = Server::start(root, &[]);
+    add_user(root, "carol", STRONG);
+    let show = admin_ok(root, &["policy", "show"], None);
+    assert!(
+        show.contains("policy.min_length = 12    # from the preset\n"),
+        "{show}"
+    );
+    assert!(show.contains("lockout.account.lock_after = 10\n"), "{show}");
+    let json_show = admin_ok(root, &["policy", "show", "--json"], None);
+    let doc: serde_json::Value = serde_json::from_str(&json_show).unwrap();
+    assert!(doc["settings"].as_array().unwrap().len() > 30);
+
+    let out = admin_ok(
+        root,
+        &[
+            "policy",
+            "set",
+            "lockout.account.free_attempts=1",
+            "lockout.account.lock_after=2",
+            "lockout.account.max_delay_secs=1",
+        ],
+        None,
+    );
+    assert_eq!(
+        out,
+        "lockout.account.free_attempts: 3 -> 1\nlockout.account.lock_after: 10 -> 2\n\
+         lockout.account.max_delay_secs: 30 -> 1\n"
+    );
+    // Refusals name the setting and change nothing.
+    for args in [
+        &["policy", "set", "sessions.idle_minutes=0"][..],
+        &["policy", "set", "sessions.idle_minutes"][..],
+        &["policy", "set", "server.listen=0.0.0.0:80"][..],
+        &["policy", "unset", "sessions.idle_minutes"][..],
+    ] {
+        let r = run(&mut admin(root, args), None);
+        assert!(!r.success(), "{args:?}: {r:?}");
+        let named = if args[2].starts_with("server") {
+            "server.listen"
+        } else {
+            "sessions.idle_minutes"
+        };
+        assert!(r.stderr.contains(named), "{args:?}: {r:?}");
+    }
+
+    // The server re-reads the policy within its refresh period (5 s).
+    let started = Instant::now();
+    while !server.stderr().contains("the security policy changed") {
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "the server did not pick up the change: {}",
+            server.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Two wrong passwords now lock carol (a one-second delay after the first).
+    let mut b = server.browser();
+    let csrf = b.csrf("/login");
+    let mut attempt = |password: &str| {
+        b.post(
+            "/login",
+            &[
+                ("csrf_token", &csrf),
+                ("login", "carol"),
+                ("password", password),
+            ],
+        )
+    };
+    assert_eq!(attempt("Not-Carols-Password-1").status, 401);
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(attempt("Not-Carols-Password-1").status, 401);
+    let res = attempt(STRONG);
+    assert_eq!(res.status, 429, "{res:#?}");
+    assert!(res.body.contains("locked"), "{}", res.body);
+
+    let audit = admin_ok(root, &["audit", "list", "--event", "policy_changed"], None);
+    assert_eq!(audit.matches("policy_changed").count(), 3, "{audit}");
+    assert!(audit.contains("cli"), "{audit}");
+}
