@@ -19,6 +19,7 @@ mod nodes;
 mod not_me;
 mod outage;
 mod pages;
+mod procs;
 mod proxy;
 mod support;
 mod two_factor;
