@@ -6,7 +6,7 @@
 //! would stop it and started again, after which every committed write must still be there.
 //! Both need a PostgreSQL server (`TEST_POSTGRES_URL`) and return early without one.
 
-use crate::procs::{http, Agent, Deployment};
+use crate::procs::{http, Agent, Deployment, DEADLINE};
 use crate::proxy::CuttableRelay;
 use crate::support::*;
 use axum::http::StatusCode;
@@ -15,7 +15,8 @@ use bulwark_store_postgres::{testing, PgStore, PoolSettings};
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 const PW: &str = "Correct-Horse-Battery-Staple-42";
@@ -441,24 +442,69 @@ fn a_crashed_database_gets_503_from_serve_processes_and_loses_no_committed_write
     assert_eq!(bob.login(b, "bob", PW).status, 303);
     deployment.cli_ok(&["user", "disable", "carol"], None);
 
-    cluster.crash();
-    std::thread::scope(|s| {
-        for node in &nodes {
-            let alice = alice.clone();
-            let key = key.as_str();
-            s.spawn(move || assert_unavailable(node.port, alice, key));
+    // Alice keeps logging in, on one node then the other, while PostgreSQL goes down.
+    let stop = AtomicBool::new(false);
+    let (logged_in, answered) = mpsc::channel();
+    let during = std::thread::scope(|s| {
+        let logins = s.spawn(|| {
+            let mut answers = Vec::new();
+            for port in [a, b].into_iter().cycle() {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let mut browser = Agent::default();
+                let res = browser.login(port, "alice", PW2);
+                let session = browser.jar.get("bulwark_session").map(str::to_string);
+                answers.push((res.status, session));
+                let _ = logged_in.send(());
+            }
+            answers
+        });
+        // A few logins on each node first, then the crash while the next is under way.
+        for _ in 0..4 {
+            answered.recv_timeout(DEADLINE).unwrap();
         }
+        cluster.crash();
+        let checks: Vec<_> = nodes
+            .iter()
+            .map(|node| {
+                let alice = alice.clone();
+                let key = key.as_str();
+                s.spawn(move || assert_unavailable(node.port, alice, key))
+            })
+            .collect();
+        for check in checks {
+            check.join().unwrap();
+        }
+        stop.store(true, Ordering::Relaxed);
+        logins.join().unwrap()
     });
     for node in &mut nodes {
         assert!(node.running(), "node {} exited: {}", node.port, node.log());
     }
+    // Each login was let in, its session committed, or refused with 503: never a 500.
+    let statuses: Vec<u16> = during.iter().map(|(status, _)| *status).collect();
+    assert!(
+        statuses.iter().all(|s| [303, 503].contains(s)),
+        "{statuses:?}"
+    );
+    assert!(statuses.contains(&503), "{statuses:?}");
 
     cluster.start_again();
     // The nodes reconnect by themselves: no restart, no signal.
     for node in &nodes {
         node.wait_healthy();
     }
-    // Sessions made before the crash are still there, on either node.
+    // Sessions made before the crash are still there, up to the last login let in before it.
+    for (status, session) in &during {
+        if *status == 303 {
+            let mut browser = Agent::default();
+            let session = session.as_deref().unwrap();
+            browser.jar.set("bulwark_session", session);
+            let page = browser.get(b, "/account");
+            assert_eq!(page.status, 200, "{page:#?}");
+        }
+    }
     for port in [a, b] {
         let page = alice.get(port, "/account");
         assert_eq!(page.status, 200, "{page:#?}");
