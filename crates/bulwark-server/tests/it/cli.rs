@@ -1,45 +1,22 @@
 //! The `bulwark` binary end to end, as an admin and a browser use it: real processes on free
-//! loopback ports, a fresh data directory per test, a tiny HTTP/1.1 client and cookie jar.
+//! loopback ports, a fresh data directory per test, a tiny HTTP/1.1 client and cookie jar
+//! (see `procs`).
 
-use std::collections::BTreeMap;
+use crate::procs::{
+    bulwark, csrf_in, form_encode, free_port, http, run, ChildGuard, Jar, Response, DEADLINE,
+};
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-/// Upper bound of every wait in these tests.
-const DEADLINE: Duration = Duration::from_secs(20);
 /// A password every policy preset accepts.
 const STRONG: &str = "Correct-Horse-Battery-Staple-42";
 
 // ---------------------------------------------------------------------------------------
 // Processes
-
-/// Kills the child when dropped, so a failing test never leaves a server running.
-struct ChildGuard(Child);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A `bulwark` command run from `cwd`, with no `BULWARK_*` variable of the caller's
-/// environment leaking in.
-fn bulwark(cwd: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_bulwark"));
-    cmd.current_dir(cwd);
-    for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("BULWARK_") {
-            cmd.env_remove(name);
-        }
-    }
-    cmd
-}
 
 fn data_dir(root: &Path) -> PathBuf {
     root.join("data")
@@ -50,61 +27,6 @@ fn admin(root: &Path, args: &[&str]) -> Command {
     let mut cmd = bulwark(root);
     cmd.arg("--data-dir").arg(data_dir(root)).args(args);
     cmd
-}
-
-/// The outcome of a finished command.
-#[derive(Debug)]
-struct Run {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn success(&self) -> bool {
-        self.code == Some(0)
-    }
-}
-
-/// Runs a command to completion (killing it after [`DEADLINE`]), feeding it `stdin`.
-fn run(cmd: &mut Command, stdin: Option<&str>) -> Run {
-    cmd.stdin(if stdin.is_some() {
-        Stdio::piped()
-    } else {
-        Stdio::null()
-    })
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
-    let mut child = ChildGuard(cmd.spawn().expect("spawn bulwark"));
-    if let Some(text) = stdin {
-        let mut pipe = child.0.stdin.take().expect("stdin pipe");
-        pipe.write_all(text.as_bytes()).expect("write stdin");
-    }
-    let drain = |mut r: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = r.read_to_string(&mut s);
-            s
-        })
-    };
-    let out = drain(Box::new(child.0.stdout.take().expect("stdout pipe")));
-    let err = drain(Box::new(child.0.stderr.take().expect("stderr pipe")));
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.0.try_wait().expect("wait for bulwark") {
-            break status;
-        }
-        assert!(
-            started.elapsed() < DEADLINE,
-            "`{cmd:?}` did not finish within {DEADLINE:?}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    Run {
-        code: status.code(),
-        stdout: out.join().expect("stdout reader"),
-        stderr: err.join().expect("stderr reader"),
-    }
 }
 
 /// Runs an admin command that must succeed; returns its standard output.
@@ -132,11 +54,6 @@ fn add_user(root: &Path, login: &str, password: &str) {
         Some(&format!("{password}\n")),
     );
     assert_eq!(out, format!("created user {login} (groups: internal)\n"));
-}
-
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    listener.local_addr().expect("local addr").port()
 }
 
 /// A running `bulwark serve`, killed when dropped.
@@ -202,7 +119,7 @@ impl Server {
     fn wait_healthy(&self) {
         let started = Instant::now();
         loop {
-            if let Ok(res) = try_http(self.port, "GET", "/healthz", "", None) {
+            if let Ok(res) = http(self.port, "GET", "/healthz", &[], None) {
                 if res.status == 200 {
                     assert_eq!(res.body, "ok\n");
                     return;
@@ -251,166 +168,14 @@ impl Server {
 }
 
 // ---------------------------------------------------------------------------------------
-// HTTP/1.1 client
-
-#[derive(Debug)]
-struct Response {
-    status: u16,
-    /// Names lowercased, in order, repeated headers kept.
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
-impl Response {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn location(&self) -> &str {
-        self.header("location")
-            .unwrap_or_else(|| panic!("no Location header in {self:#?}"))
-    }
-
-    fn set_cookies(&self) -> impl Iterator<Item = &str> {
-        self.headers
-            .iter()
-            .filter(|(n, _)| n == "set-cookie")
-            .map(|(_, v)| v.as_str())
-    }
-
-    /// The `Set-Cookie` header for `name`, if the response sets it.
-    fn set_cookie(&self, name: &str) -> Option<&str> {
-        self.set_cookies()
-            .find(|c| c.split_once('=').is_some_and(|(n, _)| n.trim() == name))
-    }
-
-    fn retry_after(&self) -> i64 {
-        self.header("retry-after")
-            .unwrap_or_else(|| panic!("no Retry-After header in {self:#?}"))
-            .parse()
-            .expect("Retry-After is a number of seconds")
-    }
-}
-
-fn try_http(
-    port: u16,
-    method: &str,
-    path: &str,
-    cookie: &str,
-    form: Option<&str>,
-) -> std::io::Result<Response> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
-    stream.set_read_timeout(Some(DEADLINE))?;
-    stream.set_write_timeout(Some(DEADLINE))?;
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\nUser-Agent: bulwark-cli-tests\r\n"
-    );
-    if !cookie.is_empty() {
-        req.push_str(&format!("Cookie: {cookie}\r\n"));
-    }
-    let body = form.unwrap_or("");
-    if form.is_some() {
-        req.push_str("Content-Type: application/x-www-form-urlencoded\r\n");
-    }
-    if form.is_some() || method == "POST" {
-        req.push_str(&format!("Content-Length: {}\r\n", body.len()));
-    }
-    req.push_str("\r\n");
-    req.push_str(body);
-    stream.write_all(req.as_bytes())?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw)?;
-    parse_response(&raw)
-        .ok_or_else(|| std::io::Error::other(format!("malformed response to {method} {path}")))
-}
-
-fn parse_response(raw: &[u8]) -> Option<Response> {
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
-    let head = std::str::from_utf8(&raw[..split]).ok()?;
-    let mut body = raw[split + 4..].to_vec();
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next()?;
-    let mut parts = status_line.splitn(3, ' ');
-    if !parts.next()?.starts_with("HTTP/1.") {
-        return None;
-    }
-    let status = parts.next()?.parse().ok()?;
-    let headers: Vec<(String, String)> = lines
-        .map(|l| {
-            let (n, v) = l.split_once(':')?;
-            Some((n.trim().to_ascii_lowercase(), v.trim().to_string()))
-        })
-        .collect::<Option<_>>()?;
-    let chunked = headers
-        .iter()
-        .any(|(n, v)| n == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"));
-    if chunked {
-        body = dechunk(&body)?;
-    }
-    Some(Response {
-        status,
-        headers,
-        body: String::from_utf8_lossy(&body).into_owned(),
-    })
-}
-
-fn dechunk(mut data: &[u8]) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
-    loop {
-        let eol = data.windows(2).position(|w| w == b"\r\n")?;
-        let size_text = std::str::from_utf8(&data[..eol]).ok()?;
-        let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
-        data = &data[eol + 2..];
-        if size == 0 {
-            return Some(out);
-        }
-        out.extend_from_slice(data.get(..size)?);
-        data = data.get(size + 2..)?;
-    }
-}
-
-/// Percent-encodes a form value (everything but unreserved characters).
-fn form_encode(fields: &[(&str, &str)]) -> String {
-    let enc = |s: &str| {
-        s.bytes()
-            .map(|b| {
-                if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-                    (b as char).to_string()
-                } else {
-                    format!("%{b:02X}")
-                }
-            })
-            .collect::<String>()
-    };
-    fields
-        .iter()
-        .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
-        .collect::<Vec<_>>()
-        .join("&")
-}
-
-/// The CSRF token a page embeds in its forms.
-fn csrf_in(page: &str) -> String {
-    let marker = r#"name="csrf_token" value=""#;
-    let start = page
-        .find(marker)
-        .unwrap_or_else(|| panic!("no csrf_token field in:\n{page}"))
-        + marker.len();
-    let len = page[start..].find('"').expect("closing quote");
-    let token = page[start..start + len].to_string();
-    assert!(!token.is_empty(), "empty csrf_token in:\n{page}");
-    token
-}
+// Browser
 
 /// A browser: a cookie jar in front of the client. Redirects are not followed.
 struct Browser {
     port: u16,
     /// The server's mail outbox, for e-mailed login codes.
     outbox: PathBuf,
-    jar: BTreeMap<String, String>,
+    jar: Jar,
     /// Every cookie value the server ever set, for the log check.
     seen: Vec<(String, String)>,
 }
@@ -420,38 +185,26 @@ impl Browser {
         Self {
             port,
             outbox,
-            jar: BTreeMap::new(),
+            jar: Jar::default(),
             seen: Vec::new(),
         }
     }
 
     fn cookie(&self, name: &str) -> Option<&str> {
-        self.jar.get(name).map(String::as_str)
+        self.jar.get(name)
     }
 
     fn send(&mut self, method: &str, path: &str, form: Option<&str>) -> Response {
-        let cookie = self
-            .jar
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join("; ");
-        let res = try_http(self.port, method, path, &cookie, form)
+        let cookie = self.jar.header();
+        let headers: &[(&str, &str)] = if cookie.is_empty() {
+            &[]
+        } else {
+            &[("Cookie", &cookie)]
+        };
+        let body = form.map(|f| ("application/x-www-form-urlencoded", f));
+        let res = http(self.port, method, path, headers, body)
             .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
-        for set in res.set_cookies() {
-            let mut attrs = set.split(';');
-            let Some((name, value)) = attrs.next().and_then(|p| p.split_once('=')) else {
-                continue;
-            };
-            let (name, value) = (name.trim().to_string(), value.trim().to_string());
-            let expired = attrs.any(|a| a.trim().eq_ignore_ascii_case("max-age=0"));
-            if expired {
-                self.jar.remove(&name);
-            } else {
-                self.seen.push((name.clone(), value.clone()));
-                self.jar.insert(name, value);
-            }
-        }
+        self.seen.extend(self.jar.absorb(&res));
         res
     }
 
@@ -1271,20 +1024,14 @@ flush_secs = 1
 
 /// Asks the running server's `auth-request` endpoint about an XML-RPC call, as nginx does.
 fn ask_gateway(port: u16, authorization: Option<&str>) -> Response {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    stream.set_read_timeout(Some(DEADLINE)).expect("timeout");
-    let mut req = format!(
-        "GET /api/authz/auth-request HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\
-         X-Original-URL: https://odoo.example.com/xmlrpc/2/object\r\nX-Original-Method: POST\r\n"
-    );
+    let mut headers = vec![
+        ("X-Original-URL", "https://odoo.example.com/xmlrpc/2/object"),
+        ("X-Original-Method", "POST"),
+    ];
     if let Some(a) = authorization {
-        req.push_str(&format!("Authorization: {a}\r\n"));
+        headers.push(("Authorization", a));
     }
-    req.push_str("\r\n");
-    stream.write_all(req.as_bytes()).expect("write");
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).expect("read");
-    parse_response(&raw).expect("an HTTP response")
+    http(port, "GET", "/api/authz/auth-request", &headers, None).expect("an HTTP response")
 }
 
 /// Every subject line in the outbox.

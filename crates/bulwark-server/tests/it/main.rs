@@ -20,6 +20,7 @@ mod not_me;
 mod outage;
 mod pages;
 mod policy;
+mod procs;
 mod proxy;
 mod support;
 mod two_factor;

@@ -46,6 +46,22 @@ pub fn on_postgres() -> bool {
     }
 }
 
+/// Whether `TEST_POSTGRES_URL` names a server, for the tests that need PostgreSQL whatever
+/// `TEST_STORE` says (several nodes, a database outage). Without one they return early with
+/// a note; `scripts/test` and `scripts/with-postgres` start a server and set it.
+pub fn postgres_configured() -> bool {
+    let var = bulwark_store_postgres::testing::URL_VAR;
+    if std::env::var_os(var).is_some_and(|v| !v.is_empty()) {
+        return true;
+    }
+    let thread = std::thread::current();
+    eprintln!(
+        "skipped {}: {var} is not set (run it under scripts/with-postgres)",
+        thread.name().unwrap_or("this test")
+    );
+    false
+}
+
 /// A fresh, migrated store of the backend under test, and its URL on PostgreSQL.
 async fn fresh_store(dir: &std::path::Path) -> (Arc<dyn Store>, Option<String>) {
     if on_postgres() {
