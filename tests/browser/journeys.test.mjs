@@ -685,6 +685,37 @@ async function startEnv(vp) {
     return env;
 }
 
+/**
+ * The policy page: a value the configuration would refuse is refused naming the setting,
+ * with what was typed kept; a good one is saved and listed with its old and new value.
+ */
+async function policy(env, vp) {
+    await withAdmin(env, vp, 'policy-admin', async (admin) => {
+        await admin.goto(`${env.bulwark.base}/admin/users`);
+        await admin.getByRole('link', { name: 'Policy' }).click();
+        await expectPath(admin, '/admin/policy');
+        await checkPage(admin, vp, 'admin-policy');
+        const idle = admin.getByLabel('Sign out after this many idle minutes');
+        const save = async () => {
+            // The other journeys may have aged the admin's password check.
+            const password = admin.getByLabel(/Your password/);
+            if (await password.count()) await password.fill(STRONG);
+            await admin.getByRole('button', { name: 'Save changes' }).click();
+        };
+        assert.equal(await idle.inputValue(), '30');
+        await idle.fill('0');
+        await save();
+        await admin.getByRole('alert').filter({ hasText: 'sessions.idle_minutes' }).waitFor();
+        assert.equal(await admin.getByLabel('Sign out after this many idle minutes').inputValue(), '0', 'what was typed is kept');
+        await admin.getByLabel('Sign out after this many idle minutes').fill('45');
+        await save();
+        await admin.getByRole('status').filter({ hasText: 'Saved: 1 setting changed.' }).waitFor();
+        await admin.getByRole('cell', { name: 'sessions.idle_minutes: 30 -> 45' }).waitFor();
+        assert.equal(await admin.getByLabel('Sign out after this many idle minutes').inputValue(), '45');
+        await screenshot(admin, vp, 'admin-policy-saved');
+    });
+}
+
 test('user journeys', { concurrency: true }, async (top) => {
     await Promise.all(VIEWPORTS.map((vp) => top.test(`at ${vp.name} width (${vp.viewport.width}×${vp.viewport.height})`, { concurrency: true }, async (t) => {
         const env = await startEnv(vp);
@@ -707,5 +738,6 @@ test('user journeys', { concurrency: true }, async (top) => {
         }
         await Promise.all(journeys);
         await t.test('compliance page counts an enrolment, its CSV and JSON downloads agree', run(compliance));
+        await t.test('policy page: a refused value is named, a saved one is listed with its old and new value', run(policy));
     })));
 });
