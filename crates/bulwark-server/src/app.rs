@@ -78,8 +78,13 @@ impl App {
         let hasher = PasswordHasher::new(p.argon2, p.scheme, p.pbkdf2_rounds)
             .map_err(|e| StartError::Config(format!("invalid configuration: `passwords`: {e}")))?;
         let metrics = Arc::new(crate::metrics::Metrics::default());
-        let hashes = HashPool::new(hasher, p.max_concurrent_hashes, metrics.clone())
-            .map_err(|e| StartError::Config(format!("cannot start the hashing threads: {e}")))?;
+        let hashes = HashPool::new(
+            hasher,
+            p.max_concurrent_hashes,
+            p.max_queued_hashes,
+            metrics.clone(),
+        )
+        .map_err(|e| StartError::Config(format!("cannot start the hashing threads: {e}")))?;
         let mailer = Mailer::new(store.clone(), &config.mail, metrics.clone())?;
         let session_cache = Arc::new(SessionCache::new(
             config.gateway.cache_seconds,

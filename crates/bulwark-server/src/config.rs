@@ -161,6 +161,7 @@ struct RawPasswords {
     argon2_parallelism: Option<u32>,
     pbkdf2_rounds: Option<u32>,
     max_concurrent_hashes: Option<usize>,
+    max_queued_hashes: Option<usize>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -425,6 +426,8 @@ pub struct PasswordsConfig {
     pub argon2: Argon2Params,
     pub pbkdf2_rounds: u32,
     pub max_concurrent_hashes: usize,
+    /// Password checks that may wait for a hashing thread; more are answered 503.
+    pub max_queued_hashes: usize,
 }
 
 /// Password policy: the base rules and per-group tightenings.
@@ -1012,11 +1015,19 @@ fn validate_passwords(raw: RawPasswords) -> Result<PasswordsConfig, ConfigError>
             "must be between 1 and 256",
         ));
     }
+    let max_queued_hashes = raw.max_queued_hashes.unwrap_or(16 * max_concurrent_hashes);
+    if !(1..=100_000).contains(&max_queued_hashes) {
+        return Err(ConfigError::new(
+            "passwords.max_queued_hashes",
+            "must be between 1 and 100000",
+        ));
+    }
     Ok(PasswordsConfig {
         scheme,
         argon2,
         pbkdf2_rounds,
         max_concurrent_hashes,
+        max_queued_hashes,
     })
 }
 

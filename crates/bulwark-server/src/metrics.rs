@@ -110,6 +110,8 @@ pub struct Metrics {
     counters: Mutex<BTreeMap<(&'static str, String, &'static str), u64>>,
     gateway: [AtomicU64; 4],
     pub password_hashing: Histogram,
+    /// Hash jobs turned away because the queue was full or waited too long.
+    pub hash_rejected: AtomicU64,
     pub mail_sent: AtomicU64,
     pub mail_failures: AtomicU64,
     /// (computed at, coverage per group).
@@ -122,6 +124,7 @@ impl Default for Metrics {
             counters: Mutex::new(BTreeMap::new()),
             gateway: Default::default(),
             password_hashing: Histogram::new(&[0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
+            hash_rejected: AtomicU64::new(0),
             mail_sent: AtomicU64::new(0),
             mail_failures: AtomicU64::new(0),
             coverage: Mutex::new(None),
@@ -259,6 +262,11 @@ impl Metrics {
             &mut out,
             "bulwark_password_hash_seconds",
             "Time from asking for a password hash or verification to its result, queueing included.",
+        );
+        let _ = writeln!(
+            out,
+            "# HELP bulwark_password_hash_rejected_total Password checks answered 503 because too many were waiting for a hashing thread.\n# TYPE bulwark_password_hash_rejected_total counter\nbulwark_password_hash_rejected_total {}",
+            self.hash_rejected.load(Ordering::Relaxed)
         );
         let _ = writeln!(
             out,

@@ -555,7 +555,10 @@ mod tests {
         // Tests run in parallel: one file each.
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let path = dir.join(format!("bulwark-policy-test-{}-{n}.toml", std::process::id()));
+        let path = dir.join(format!(
+            "bulwark-policy-test-{}-{n}.toml",
+            std::process::id()
+        ));
         std::fs::write(&path, text).unwrap();
         let c =
             super::super::Config::load(Some(&path), &[], &super::super::CliOverrides::default());

@@ -43,6 +43,9 @@ pub enum ServiceError {
     /// Refused for a reason safe to show (e.g. removing the last admin).
     #[error("{0}")]
     Refused(String),
+    /// Too many password checks are waiting already: retry in `retry_after` seconds (503).
+    #[error("too many logins at this moment; try again in {retry_after} seconds")]
+    Busy { retry_after: i64 },
     /// The database cannot be reached.
     #[error("the service is temporarily unavailable")]
     Unavailable(String),

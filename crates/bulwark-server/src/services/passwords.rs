@@ -4,6 +4,12 @@
 //! (`passwords.max_concurrent_hashes`) bounds memory at `m × threads` and keeps a login flood
 //! from starving the runtime: requests queue for a thread instead of running all at once.
 //!
+//! The queue is bounded too. Past `passwords.max_queued_hashes` waiting jobs, or when a job
+//! has waited [`MAX_QUEUE_WAIT`] before a thread is free, the caller gets
+//! [`ServiceError::Busy`] (503 with `Retry-After`) at once: a login flood costs a fixed amount
+//! of memory and the logins that do get in are answered quickly, instead of every login
+//! waiting longer and longer.
+//!
 //! The threads live as long as the pool and keep their Argon2 memory between hashes: a fresh
 //! 19 MiB block per hash costs page faults and a memset on every login. A thread takes the
 //! next queued job as soon as it finishes one, without waiting for the async task that
@@ -12,9 +18,17 @@
 use super::ServiceError;
 use bulwark_core::password::hash::{HashMemory, PasswordHash, PasswordHasher, Verification};
 use bulwark_core::password::Password;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
+
+/// The longest a job waits for a hashing thread before it is given up (answered `Busy`).
+pub const MAX_QUEUE_WAIT: Duration = Duration::from_secs(2);
+
+/// What a caller turned away is told to wait, in seconds.
+pub const BUSY_RETRY_AFTER: i64 = 2;
 
 type Job = Box<dyn FnOnce(&PasswordHasher, &mut HashMemory) + Send>;
 
@@ -26,6 +40,10 @@ pub struct HashPool {
     jobs: mpsc::Sender<Job>,
     /// Where the time of each job (queueing included) is recorded.
     metrics: Arc<crate::metrics::Metrics>,
+    /// Jobs submitted and not yet started.
+    queued: Arc<AtomicUsize>,
+    max_queued: usize,
+    max_wait: Duration,
 }
 
 impl HashPool {
@@ -33,6 +51,7 @@ impl HashPool {
     pub fn new(
         hasher: PasswordHasher,
         max_concurrent: usize,
+        max_queued: usize,
         metrics: Arc<crate::metrics::Metrics>,
     ) -> std::io::Result<Self> {
         let hasher = Arc::new(hasher);
@@ -61,26 +80,53 @@ impl HashPool {
             hasher,
             jobs,
             metrics,
+            queued: Arc::new(AtomicUsize::new(0)),
+            max_queued,
+            max_wait: MAX_QUEUE_WAIT,
         })
+    }
+
+    /// Jobs waiting for a thread right now.
+    pub fn queued(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
+    }
+
+    fn busy(&self) -> ServiceError {
+        self.metrics.hash_rejected.fetch_add(1, Ordering::Relaxed);
+        ServiceError::Busy {
+            retry_after: BUSY_RETRY_AFTER,
+        }
     }
 
     async fn run<T: Send + 'static>(
         &self,
         job: impl FnOnce(&PasswordHasher, &mut HashMemory) -> T + Send + 'static,
     ) -> Result<T, ServiceError> {
+        // Count first, then check: concurrent callers cannot all slip under the bound.
+        if self.queued.fetch_add(1, Ordering::AcqRel) >= self.max_queued {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            return Err(self.busy());
+        }
         let (tx, rx) = oneshot::channel();
-        let started = std::time::Instant::now();
-        self.jobs
-            .send(Box::new(move |hasher, memory| {
-                // The requester may have gone (client disconnected): the result is dropped.
-                let _ = tx.send(job(hasher, memory));
-            }))
-            .map_err(|_| ServiceError::Internal("hashing threads stopped".into()))?;
+        let started = Instant::now();
+        let queued = self.queued.clone();
+        let max_wait = self.max_wait;
+        let sent = self.jobs.send(Box::new(move |hasher, memory| {
+            queued.fetch_sub(1, Ordering::AcqRel);
+            // Waited too long: the thread is free for jobs that can still be answered in
+            // time, and this one is answered `Busy` (its requester may also have gone).
+            let result = (started.elapsed() <= max_wait).then(|| job(hasher, memory));
+            let _ = tx.send(result);
+        }));
+        if sent.is_err() {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            return Err(ServiceError::Internal("hashing threads stopped".into()));
+        }
         let result = rx
             .await
-            .map_err(|_| ServiceError::Internal("a hashing thread failed".into()));
+            .map_err(|_| ServiceError::Internal("a hashing thread failed".into()))?;
         self.metrics.password_hashing.observe(started.elapsed());
-        result
+        result.ok_or_else(|| self.busy())
     }
 
     /// Hashes a new password with the configured scheme.
@@ -130,6 +176,83 @@ mod tests {
     use super::*;
     use bulwark_core::password::hash::{Argon2Params, Scheme};
 
+    /// A pool of one thread, with room for `max_queued` waiting jobs that may wait `max_wait`.
+    fn small_pool(max_queued: usize, max_wait: Duration) -> HashPool {
+        let mut p = pool(1);
+        p.max_queued = max_queued;
+        p.max_wait = max_wait;
+        p
+    }
+
+    /// Holds the pool's only thread for `ms` milliseconds.
+    async fn hold(pool: &HashPool, ms: u64) -> Result<(), ServiceError> {
+        pool.run(move |_, _| std::thread::sleep(Duration::from_millis(ms)))
+            .await
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_answers_busy_at_once_and_recovers() {
+        let pool = small_pool(2, Duration::from_secs(10));
+        let holder = tokio::spawn({
+            let pool = pool.clone();
+            async move { hold(&pool, 400).await }
+        });
+        // The thread takes the first job at once.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(pool.queued(), 0);
+        let waiting: Vec<_> = (0..2)
+            .map(|_| {
+                let pool = pool.clone();
+                tokio::spawn(async move { hold(&pool, 1).await })
+            })
+            .collect();
+        while pool.queued() < 2 {
+            tokio::task::yield_now().await;
+        }
+        let started = Instant::now();
+        let refused = hold(&pool, 1).await;
+        assert!(
+            matches!(
+                refused,
+                Err(ServiceError::Busy {
+                    retry_after: BUSY_RETRY_AFTER
+                })
+            ),
+            "{refused:?}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_millis(100),
+            "refused without waiting"
+        );
+        assert_eq!(pool.metrics.hash_rejected.load(Ordering::Relaxed), 1);
+        holder.await.unwrap().unwrap();
+        for w in waiting {
+            w.await.unwrap().unwrap();
+        }
+        assert_eq!(pool.queued(), 0);
+        hold(&pool, 1).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_job_that_waited_too_long_is_answered_busy_without_running() {
+        let pool = small_pool(8, Duration::from_millis(100));
+        let holder = tokio::spawn({
+            let pool = pool.clone();
+            async move { hold(&pool, 400).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let ran = Arc::new(AtomicUsize::new(0));
+        let late = {
+            let ran = ran.clone();
+            pool.run(move |_, _| ran.fetch_add(1, Ordering::Relaxed))
+                .await
+        };
+        assert!(matches!(late, Err(ServiceError::Busy { .. })), "{late:?}");
+        assert_eq!(ran.load(Ordering::Relaxed), 0, "never hashed");
+        holder.await.unwrap().unwrap();
+        assert_eq!(pool.queued(), 0);
+    }
+
     fn pool(threads: usize) -> HashPool {
         let params = Argon2Params {
             memory_kib: 1024,
@@ -139,6 +262,7 @@ mod tests {
         HashPool::new(
             PasswordHasher::new(params, Scheme::Argon2id, 600_000).unwrap(),
             threads,
+            64,
             Arc::default(),
         )
         .unwrap()

@@ -51,6 +51,7 @@ pub enum ErrorCode {
     Conflict,
     Refused,
     Throttled,
+    Busy,
     Unavailable,
     Internal,
 }
@@ -70,12 +71,13 @@ impl ErrorCode {
             Self::Conflict => "conflict",
             Self::Refused => "refused",
             Self::Throttled => "throttled",
+            Self::Busy => "busy",
             Self::Unavailable => "unavailable",
             Self::Internal => "internal",
         }
     }
 
-    const ALL: [Self; 14] = [
+    const ALL: [Self; 15] = [
         Self::Unauthorized,
         Self::Forbidden,
         Self::CsrfFailed,
@@ -88,6 +90,7 @@ impl ErrorCode {
         Self::Conflict,
         Self::Refused,
         Self::Throttled,
+        Self::Busy,
         Self::Unavailable,
         Self::Internal,
     ];
@@ -151,6 +154,16 @@ impl From<ServiceError> for ApiError {
             ServiceError::NotFound => Self::not_found(),
             ServiceError::Conflict(m) => Self::new(StatusCode::CONFLICT, ErrorCode::Conflict, m),
             ServiceError::Refused(m) => Self::new(StatusCode::CONFLICT, ErrorCode::Refused, m),
+            ServiceError::Busy { retry_after } => Self {
+                retry_after: Some(retry_after),
+                ..Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    ErrorCode::Busy,
+                    format!(
+                        "too many password checks at this moment; retry in {retry_after} seconds"
+                    ),
+                )
+            },
             ServiceError::Unavailable(cause) => {
                 tracing::error!(cause = %cause, "database unavailable");
                 Self::new(

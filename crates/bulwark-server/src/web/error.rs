@@ -23,6 +23,10 @@ pub enum PageError {
         retry_after: i64,
         locked: bool,
     },
+    /// Too many password checks waiting: 503 with `Retry-After`.
+    Busy {
+        retry_after: i64,
+    },
     /// The database is unreachable: 503.
     Unavailable,
     /// A bug: 500 with a generic page; the cause was logged where it was converted.
@@ -57,6 +61,7 @@ impl From<ServiceError> for PageError {
                 retry_after,
                 locked,
             },
+            ServiceError::Busy { retry_after } => Self::Busy { retry_after },
             ServiceError::Unavailable(cause) => {
                 tracing::error!(cause = %cause, "database unavailable");
                 Self::Unavailable
@@ -108,6 +113,10 @@ impl IntoResponse for PageError {
             Self::NotFound => message_page(StatusCode::NOT_FOUND, "Page not found", "There is nothing at this address.", Some(("/account", "Go to my account"))),
             Self::TooMany { retry_after, locked } => with_retry_after(
                 message_page(StatusCode::TOO_MANY_REQUESTS, "Too many attempts", &throttle_message(retry_after, locked), None),
+                retry_after,
+            ),
+            Self::Busy { retry_after } => with_retry_after(
+                message_page(StatusCode::SERVICE_UNAVAILABLE, "Too many logins right now", "Bulwark is checking as many passwords as it can at this moment. Try again in a few seconds.", None),
                 retry_after,
             ),
             Self::Unavailable => message_page(StatusCode::SERVICE_UNAVAILABLE, "Temporarily unavailable", "Bulwark cannot reach its database right now. Try again in a minute.", None),

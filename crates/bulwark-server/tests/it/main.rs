@@ -18,6 +18,7 @@ mod metrics;
 mod nodes;
 mod not_me;
 mod outage;
+mod overload;
 mod pages;
 mod policy;
 mod procs;
