@@ -1,0 +1,579 @@
+//! Benchmark: Bulwark with a million users against the same Bulwark with a thousand, in one
+//! run.
+//!
+//! ```text
+//! cargo run --release -p bulwark-server --example bench_scale -- [--users 1000000]
+//!     [--baseline 1000] [--store sqlite|postgres] [--seconds 5] [--connections 32]
+//! ```
+//!
+//! For each population (the baseline, then the large one) the program fills a fresh database
+//! through the store, as the server writes it: users in four groups (60% `internal`, 35%
+//! `portal`, 4% `finance` + `internal`, 1% `admins` + `internal`), every other user with a
+//! confirmed authenticator (a secret sealed by the server key for that user) and ten recovery
+//! codes, a session for one user in ten and an audit event for one user in ten. One Argon2id
+//! hash (the default parameters) serves as every user's password: hashing a million
+//! passwords would take hours and measures nothing about scale.
+//!
+//! Then, through HTTP on loopback, the full router as `serve` assembles it:
+//!
+//! - **gateway**: `GET /api/authz/auth-request` with a valid session, loaded for `--seconds`
+//!   by `--connections` keep-alive connections, with the session cache off
+//!   (`gateway.cache_seconds = 0`: every check reads the session and its user from the
+//!   database, where the size shows) and on (the default 5 s);
+//! - **login latency**: 40 password logins of different users in turn, p50 and p99;
+//! - **compliance export**: `GET /api/v1/reports/compliance?format=csv` as an admin, the time
+//!   until the last byte (one line per active user);
+//! - **admin list**: the console's first page of `/admin/users`, everyone and "two-factor
+//!   off", median of 10;
+//! - **memory**: this process's resident set after the measurements (server, store and
+//!   load generator together: compare the two populations, not the absolute figure).
+//!
+//! Targets (issue 8): gateway checks/s and login latency at the large size within 10% of the
+//! baseline's; the export in at most 2 s; the first page in at most 50 ms; memory flat.
+//! Speed is never a timed test: this is a separate command; see docs/benchmarks.md.
+
+use bulwark_core::account::{DisplayName, Email, GroupName, Login};
+use bulwark_core::password::Password;
+use bulwark_server::app::App;
+use bulwark_server::clock::SystemClock;
+use bulwark_server::config::{CliOverrides, Config};
+use bulwark_store::{NewAuditEvent, NewSession, NewTotpFactor, NewUser, SessionStage, Store};
+use clap::Parser;
+use rand::Rng;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[path = "common/http.rs"]
+mod http;
+use http::{percentile_ms, Conn};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type Res<T> = Result<T, BoxError>;
+
+const PASSWORD: &str = "Scale-Benchmark-Password-2026";
+const HOST: &str = "app.example.com";
+/// Concurrent writers while filling the database.
+const WRITERS: u64 = 1;
+
+#[derive(Debug, Parser)]
+#[command(name = "bench_scale")]
+struct Args {
+    /// The large population.
+    #[arg(long, default_value_t = 1_000_000)]
+    users: u64,
+    /// The population it is compared with.
+    #[arg(long, default_value_t = 1_000)]
+    baseline: u64,
+    /// `sqlite` (a file in a temporary directory) or `postgres` (a fresh database on the
+    /// server in TEST_POSTGRES_URL).
+    #[arg(long, default_value = "sqlite", value_parser = ["sqlite", "postgres"])]
+    store: String,
+    /// Measured seconds per gateway load.
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+    /// Keep-alive connections of the gateway load.
+    #[arg(long, default_value_t = 32)]
+    connections: usize,
+    /// Keep the large population's data directory here (SQLite), for looking into it.
+    #[arg(long)]
+    keep: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, Default)]
+struct Figures {
+    users: u64,
+    fill_secs: f64,
+    gateway_uncached: f64,
+    gateway_cached: f64,
+    gateway_p99_ms: f64,
+    login_p50_ms: f64,
+    login_p99_ms: f64,
+    export_secs: f64,
+    export_lines: usize,
+    list_all_ms: f64,
+    list_off_ms: f64,
+    rss_mib: f64,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bench_scale: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> Res<()> {
+    let mut all = Vec::new();
+    for users in [args.baseline, args.users] {
+        let dir = tempfile::tempdir()?;
+        let f = measure(dir.path(), users, &args).await?;
+        if let Some(keep) = args.keep.as_ref().filter(|_| users == args.users) {
+            std::fs::rename(dir.keep(), keep)?;
+        }
+        println!(
+            "{:>9} users: filled in {:.0} s; gateway {:.0}/s uncached, {:.0}/s cached (p99 {:.2} ms); \
+             login p50 {:.1} ms p99 {:.1} ms; export {:.2} s ({} lines); first page {:.1} ms, \
+             2FA-off {:.1} ms; RSS {:.0} MiB",
+            f.users,
+            f.fill_secs,
+            f.gateway_uncached,
+            f.gateway_cached,
+            f.gateway_p99_ms,
+            f.login_p50_ms,
+            f.login_p99_ms,
+            f.export_secs,
+            f.export_lines,
+            f.list_all_ms,
+            f.list_off_ms,
+            f.rss_mib
+        );
+        all.push(f);
+    }
+    let (small, large) = (&all[0], &all[1]);
+    let met = |ok: bool| if ok { "met" } else { "NOT met" };
+    let gw = large.gateway_uncached / small.gateway_uncached;
+    let gw_cached = large.gateway_cached / small.gateway_cached;
+    let login = large.login_p50_ms / small.login_p50_ms;
+    println!();
+    println!(
+        "| measure | {} users | {} users | ratio | target |",
+        small.users, large.users
+    );
+    println!("|---|---|---|---|---|");
+    println!(
+        "| gateway checks/s, cache off | {:.0} | {:.0} | {gw:.2} | ≥ 0.90: {} |",
+        small.gateway_uncached,
+        large.gateway_uncached,
+        met(gw >= 0.9)
+    );
+    println!(
+        "| gateway checks/s, cache on | {:.0} | {:.0} | {gw_cached:.2} | ≥ 0.90: {} |",
+        small.gateway_cached,
+        large.gateway_cached,
+        met(gw_cached >= 0.9)
+    );
+    println!(
+        "| login latency p50 / p99 ms | {:.1} / {:.1} | {:.1} / {:.1} | {login:.2} | ≤ 1.10: {} |",
+        small.login_p50_ms,
+        small.login_p99_ms,
+        large.login_p50_ms,
+        large.login_p99_ms,
+        met(login <= 1.1)
+    );
+    println!(
+        "| compliance CSV export s | {:.3} | {:.3} | | ≤ 2 s: {} |",
+        small.export_secs,
+        large.export_secs,
+        met(large.export_secs <= 2.0)
+    );
+    println!(
+        "| admin list first page ms (all / 2FA off) | {:.1} / {:.1} | {:.1} / {:.1} | | ≤ 50 ms: {} |",
+        small.list_all_ms,
+        small.list_off_ms,
+        large.list_all_ms,
+        large.list_off_ms,
+        met(large.list_all_ms <= 50.0 && large.list_off_ms <= 50.0)
+    );
+    println!(
+        "| resident memory MiB | {:.0} | {:.0} | {:.2} | flat |",
+        small.rss_mib,
+        large.rss_mib,
+        large.rss_mib / small.rss_mib
+    );
+    Ok(())
+}
+
+/// One population: fill, serve, measure.
+async fn measure(dir: &Path, users: u64, args: &Args) -> Res<Figures> {
+    let (mut config, keys) = configure(dir, 0)?;
+    if args.store == "postgres" {
+        config.database.url = bulwark_store_postgres::testing::fresh_database_url().await;
+    }
+    let store = bulwark_server::cli::connect_store(&config).await?;
+    store.migrate().await?;
+    let uncached = App::new(config, store.clone(), Arc::new(SystemClock), keys.clone())?;
+    let started = Instant::now();
+    fill(&uncached, users).await?;
+    let fill_secs = started.elapsed().as_secs_f64();
+    // The same store behind a second app with the session cache on.
+    let (mut cached_config, _) = configure(dir, 5)?;
+    cached_config.database.url = uncached.config.database.url.clone();
+    let cached = App::new(cached_config, store.clone(), Arc::new(SystemClock), keys)?;
+
+    let admin_cookie = session_cookie(&store, 1, true).await?;
+    // A user in the middle of the population, without a second factor (odd numbers).
+    let user_cookie = session_cookie(&store, (users / 2) | 1, false).await?;
+    let uncached_addr = serve(uncached.clone()).await?;
+    let cached_addr = serve(cached).await?;
+
+    let check = |addr: SocketAddr| {
+        format!(
+            "GET /api/authz/auth-request HTTP/1.1\r\nHost: bulwark\r\nX-Original-URL: https://{HOST}/web\r\n\
+             X-Original-Method: GET\r\nX-Forwarded-For: 203.0.113.9\r\nCookie: {user_cookie}\r\n\r\n"
+        )
+        .replace("Host: bulwark", &format!("Host: {addr}"))
+    };
+    let (gateway_uncached, _) = load(uncached_addr, &check(uncached_addr), args).await?;
+    let (gateway_cached, gateway_p99_ms) = load(cached_addr, &check(cached_addr), args).await?;
+    let (login_p50_ms, login_p99_ms) = logins(uncached_addr, users).await?;
+    let (export_secs, export_lines) = export(uncached_addr, &admin_cookie).await?;
+    let list_all_ms = page_ms(uncached_addr, "/admin/users", &admin_cookie).await?;
+    let list_off_ms = page_ms(uncached_addr, "/admin/users?status=2fa-off", &admin_cookie).await?;
+    Ok(Figures {
+        users,
+        fill_secs,
+        gateway_uncached,
+        gateway_cached,
+        gateway_p99_ms,
+        login_p50_ms,
+        login_p99_ms,
+        export_secs,
+        export_lines,
+        list_all_ms,
+        list_off_ms,
+        rss_mib: rss_mib(),
+    })
+}
+
+fn configure(dir: &Path, cache_seconds: u64) -> Res<(Config, bulwark_server::keys::KeyRing)> {
+    let file = dir.join(format!("bulwark-{cache_seconds}.toml"));
+    std::fs::write(
+        &file,
+        format!(
+            "[server]\ntrusted_proxies = [\"127.0.0.1\"]\n\n[two_factor]\nenforcement = \"admins\"\n\n\
+             [gateway]\nprotected = [\"https://{HOST}\"]\ncache_seconds = {cache_seconds}\n\n\
+             [[gateway.rules]]\nhosts = [\"{HOST}\"]\npolicy = \"one_factor\"\n"
+        ),
+    )?;
+    let overrides = CliOverrides {
+        data_dir: Some(dir.join("data")),
+        listen: Some("127.0.0.1:0".into()),
+        ..Default::default()
+    };
+    let config = Config::load(Some(&file), &[], &overrides)?;
+    std::fs::create_dir_all(&config.data_dir)?;
+    let keys = bulwark_server::keys::load_or_create(&config.secret_key_file)?;
+    Ok((config, keys))
+}
+
+/// The groups of user number `i` (1-based).
+fn groups_of(i: u64) -> Vec<GroupName> {
+    let names: &[&str] = match i % 100 {
+        0 => &["admins", "internal"],
+        1..=4 => &["finance", "internal"],
+        5..=39 if i % 2 == 1 => &["portal"],
+        5..=39 => &["internal"],
+        _ => &["internal"],
+    };
+    // User 1 is the admin the measurements act as.
+    let names: &[&str] = if i == 1 {
+        &["admins", "internal"]
+    } else {
+        names
+    };
+    names
+        .iter()
+        .filter_map(|g| GroupName::parse(g).ok())
+        .collect()
+}
+
+fn login_of(i: u64) -> String {
+    format!("user{i:07}")
+}
+
+/// Fills the store with `users` users (see the module comment), `WRITERS` at a time.
+async fn fill(app: &App, users: u64) -> Res<()> {
+    let hash = app.hashes.hash(Password::parse(PASSWORD.into())?).await?;
+    let now = app.now();
+    let tasks: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let app = app.clone();
+            let hash = hash.clone();
+            tokio::spawn(async move {
+                let mut i = w + 1;
+                while i <= users {
+                    add(&app, i, &hash, now).await?;
+                    i += WRITERS;
+                }
+                Ok::<(), BoxError>(())
+            })
+        })
+        .collect();
+    let mut last_report = Instant::now();
+    for t in tasks {
+        t.await??;
+        if last_report.elapsed() > Duration::from_secs(30) {
+            last_report = Instant::now();
+            eprintln!("  … filling {users} users");
+        }
+    }
+    Ok(())
+}
+
+async fn add(
+    app: &App,
+    i: u64,
+    hash: &bulwark_core::password::hash::PasswordHash,
+    now: i64,
+) -> Res<()> {
+    let store: &Arc<dyn Store> = &app.store;
+    let login = login_of(i);
+    let user = store
+        .insert_user(&NewUser {
+            login: Login::parse(&login)?,
+            email: Some(Email::parse(&format!("{login}@example.com"))?),
+            display_name: DisplayName::parse(&format!("User {i}"))?,
+            groups: groups_of(i),
+            password_hash: Some(hash.clone()),
+            must_change_password: false,
+            created_at: now - 86_400 * 30,
+        })
+        .await?;
+    // Users 1 and even numbers have a confirmed authenticator and ten recovery codes.
+    if i == 1 || i % 2 == 0 {
+        let secret: [u8; 20] = rand::rngs::OsRng.gen();
+        // Sealed as the server seals it: bound to the user (see services::two_factor).
+        let aad = format!("totp:{}", user.id).into_bytes();
+        let (key_id, sealed) = app.key_ring().seal(&secret, &aad)?;
+        store
+            .upsert_pending_totp(&NewTotpFactor {
+                user: user.id,
+                secret_sealed: sealed,
+                key_id,
+                algorithm: "SHA1".into(),
+                digits: 6,
+                period: 30,
+                created_at: now,
+            })
+            .await?;
+        store.confirm_totp(user.id, now, now / 30).await?;
+        let codes: Vec<String> = (0..10)
+            .map(|_| hex(&rand::rngs::OsRng.gen::<[u8; 16]>()))
+            .collect();
+        store.replace_recovery_codes(user.id, &codes, now).await?;
+    }
+    if i % 10 == 3 {
+        store
+            .insert_session(&NewSession {
+                token_hash: bulwark_core::token::generate().1,
+                user: user.id,
+                stage: SessionStage::Full,
+                two_factor: i % 2 == 0,
+                created_at: now,
+                ip: Some("198.51.100.7".into()),
+                user_agent: Some("Mozilla/5.0 (X11; Linux x86_64) Firefox/128.0".into()),
+            })
+            .await?;
+    }
+    if i % 10 == 7 {
+        store
+            .append_audit(&NewAuditEvent {
+                at: now,
+                actor: Some("cli".into()),
+                subject: Some(login),
+                event: "user_created".into(),
+                outcome: "success".into(),
+                ..Default::default()
+            })
+            .await?;
+    }
+    Ok(())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A full session for user number `i` (two factors if `two_factor`); the cookie pair.
+async fn session_cookie(store: &Arc<dyn Store>, i: u64, two_factor: bool) -> Res<String> {
+    let user = store
+        .find_user_by_login(&Login::parse(&login_of(i))?)
+        .await?
+        .ok_or("a generated user is missing")?;
+    let (token, token_hash) = bulwark_core::token::generate();
+    store
+        .insert_session(&NewSession {
+            token_hash,
+            user: user.id,
+            stage: SessionStage::Full,
+            two_factor,
+            created_at: bulwark_server::clock::Clock::now(&SystemClock),
+            ip: None,
+            user_agent: None,
+        })
+        .await?;
+    Ok(format!("bulwark_session={}", token.expose()))
+}
+
+async fn serve(app: App) -> Res<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let router = bulwark_server::web::router(app);
+    tokio::spawn(async move {
+        let service = router.into_make_service_with_connect_info::<SocketAddr>();
+        if let Err(e) = axum::serve(listener, service).await {
+            eprintln!("server error: {e}");
+        }
+    });
+    Ok(addr)
+}
+
+/// Checks per second and p99 (ms) of `request` on `connections` keep-alive connections.
+async fn load(addr: SocketAddr, request: &str, args: &Args) -> Res<(f64, f64)> {
+    let start = Instant::now() + Duration::from_secs(1);
+    let end = start + Duration::from_secs(args.seconds);
+    let tasks: Vec<_> = (0..args.connections)
+        .map(|_| {
+            let request = request.to_string();
+            tokio::spawn(async move {
+                let mut conn = Conn::open(addr).await?;
+                let mut latencies = Vec::new();
+                while Instant::now() < end {
+                    let sent = Instant::now();
+                    let res = conn.exchange(request.as_bytes()).await?;
+                    if res.status != 200 {
+                        return Err::<Vec<Duration>, BoxError>(
+                            format!("gateway answered {}", res.status).into(),
+                        );
+                    }
+                    let done = Instant::now();
+                    if done >= start && done <= end {
+                        latencies.push(done - sent);
+                    }
+                }
+                Ok(latencies)
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await??);
+    }
+    Ok((
+        all.len() as f64 / args.seconds as f64,
+        percentile_ms(&all, 99),
+    ))
+}
+
+/// p50 and p99 (ms) of 40 password logins of different users without a second factor.
+async fn logins(addr: SocketAddr, users: u64) -> Res<(f64, f64)> {
+    let mut conn = Conn::open(addr).await?;
+    let form = conn
+        .exchange(format!("GET /login HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await?;
+    let cookie = form
+        .headers
+        .iter()
+        .filter(|(k, _)| k == "set-cookie")
+        .filter_map(|(_, v)| v.split(';').next())
+        .find(|pair| pair.contains("bulwark_csrf"))
+        .ok_or("no CSRF cookie")?
+        .to_string();
+    let html = String::from_utf8_lossy(&form.body);
+    let token = html
+        .split_once("name=\"csrf_token\" value=\"")
+        .and_then(|(_, rest)| rest.split_once('"'))
+        .map(|(t, _)| t.to_string())
+        .ok_or("no csrf_token in the login form")?;
+    let mut latencies = Vec::new();
+    for n in 0..40u64 {
+        // Odd numbers have no second factor; spread over the whole population.
+        let i = (((n * 7919 * users / 40) % users.max(4)) | 1).max(3);
+        let body = format!(
+            "csrf_token={token}&login={}&password={PASSWORD}",
+            login_of(i)
+        );
+        let post = format!(
+            "POST /login HTTP/1.1\r\nHost: {addr}\r\nCookie: {cookie}\r\nX-Forwarded-For: 198.51.100.{}\r\n\
+             Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+            n % 200,
+            body.len()
+        );
+        let sent = Instant::now();
+        let res = conn.exchange(post.as_bytes()).await?;
+        latencies.push(sent.elapsed());
+        if res.status != 303 || res.header("location") == Some("/login/2fa") {
+            return Err(format!("login of {} answered {}", login_of(i), res.status).into());
+        }
+    }
+    Ok((percentile_ms(&latencies, 50), percentile_ms(&latencies, 99)))
+}
+
+/// Seconds until the last byte of the CSV export, and its lines.
+async fn export(addr: SocketAddr, cookie: &str) -> Res<(f64, usize)> {
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    let started = Instant::now();
+    stream
+        .write_all(
+            format!(
+                "GET /api/v1/reports/compliance?format=csv HTTP/1.1\r\nHost: {addr}\r\nCookie: {cookie}\r\nConnection: close\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await?;
+    let mut buf = vec![0u8; 1 << 16];
+    let mut lines = 0usize;
+    let mut first = Vec::new();
+    loop {
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        if first.len() < 64 {
+            first.extend_from_slice(&buf[..n.min(64)]);
+        }
+        lines += buf[..n].iter().filter(|&&b| b == b'\n').count();
+    }
+    let secs = started.elapsed().as_secs_f64();
+    if !first.starts_with(b"HTTP/1.1 200") {
+        return Err(format!("export answered {}", String::from_utf8_lossy(&first)).into());
+    }
+    Ok((secs, lines))
+}
+
+/// Median of 10 loads of a console page, in milliseconds.
+async fn page_ms(addr: SocketAddr, path: &str, cookie: &str) -> Res<f64> {
+    let mut conn = Conn::open(addr).await?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nCookie: {cookie}\r\n\r\n");
+    let mut times = Vec::new();
+    for _ in 0..10 {
+        let sent = Instant::now();
+        let res = conn.exchange(request.as_bytes()).await?;
+        times.push(sent.elapsed());
+        if res.status != 200 {
+            return Err(format!("{path} answered {}", res.status).into());
+        }
+    }
+    Ok(percentile_ms(&times, 50))
+}
+
+/// This process's resident set, in MiB (Linux; 0 elsewhere).
+fn rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
