@@ -1,35 +1,44 @@
 //! Benchmark: forward-auth checks per second, against a bare axum hello-world, directly and
-//! behind nginx `auth_request`, on the same machine in the same run.
+//! behind nginx `auth_request`, on the same machine in the same run; API-key checks; latency
+//! at half of the peak; checks during a login flood; and, when given one, the same nginx
+//! `auth_request` load against LemonLDAP::NG's handler.
 //!
 //! ```text
 //! cargo run --release -p bulwark-server --example bench_gateway -- [--seconds N]
-//!     [--connections C] [--warmup S] [--rounds R]
+//!     [--connections C] [--warmup S] [--rounds R] [--load wrk|client]
+//!     [--lemonldap-socket PATH --lemonldap-cookie-file FILE] [--summary FILE]
 //! ```
 //!
-//! Four targets, loaded the same way (C keep-alive HTTP/1.1 connections, each sending the
-//! next request when the last one is answered):
+//! Targets, each loaded the same way (C keep-alive HTTP/1.1 connections, each sending the next
+//! request when the last one is answered), by Debian's `wrk` in its own process (`--load
+//! client`: the raw client of `common/http.rs` on a thread of this process):
 //!
-//! - (a) `hello`: a bare axum handler answering 200 "hello", on its own multi-threaded runtime;
+//! - (a) `hello`: a bare axum handler answering 200 "hello";
 //! - (b) `bulwark`: `GET /api/authz/auth-request` on Bulwark, with the headers nginx sends and
-//!   the cookie of a valid session, through the full router with every middleware (the rules
-//!   ask for one factor, so every request reads the session and the user from SQLite);
+//!   the cookie of a valid session, through the full router (the rule asks for one factor);
+//! - `api key`: the same check for `/xmlrpc/…`, which asks for an API key, with
+//!   `Authorization: Bearer bwk_…`;
 //! - (c) `nginx → bulwark`: nginx with `auth_request` to Bulwark, then `proxy_pass` to hello;
-//! - (d) `nginx → hello`: the same nginx server block, with the auth subrequest sent to hello
-//!   (through its own upstream pool, as (c)'s goes to Bulwark's).
+//! - (d) `nginx → hello`: the same nginx server block, with the auth subrequest sent to hello;
+//! - (e) `nginx → LemonLDAP::NG`: the same, with the auth subrequest sent over FastCGI to
+//!   LemonLDAP::NG's handler (`llng-fastcgi-server`, set up and given a session by
+//!   `scripts/bench`), as Debian's handler example configures it.
 //!
-//! Ratios: (b)/(a) (target ≥ 0.8) and (c)/(d) (target ≥ 0.9). nginx is Debian's, started by
-//! the benchmark on a free loopback port with a config in a temporary directory; without it
-//! (c) and (d) are skipped and said so. Phases run a, b, c, d in turn, `--rounds` times; the
-//! summary gives the median of each. Latency p50/p99 are over all requests of a target.
+//! Then two extra phases on (b): latency at half of its median rate (each connection waits
+//! 10 ms after an answer, with enough connections to offer half the rate: wrk2 is not in
+//! Debian), and its rate while `2 × passwords.max_concurrent_hashes` browsers log in (a
+//! different user, right password) as fast as they can.
+//!
+//! Every target must answer 200 before and after it is loaded, and any 4xx, 5xx or socket
+//! error during a phase makes the run invalid. Figures are medians of the rounds.
 //!
 //! Speed is never a timed test: this is a separate command; see docs/benchmarks.md.
 
-use bulwark_server::app::App;
 use bulwark_server::clock::SystemClock;
-use bulwark_server::config::{CliOverrides, Config};
-use bulwark_server::services::users::NewUserInput;
+use bulwark_server::services::api_keys::{ExpiryChoice, KeyActor, NewApiKeyInput};
 use bulwark_server::services::ClientInfo;
 use clap::Parser;
+use setup::{median, Summary, HOST};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
@@ -38,13 +47,21 @@ use std::time::{Duration, Instant};
 
 #[path = "common/http.rs"]
 mod http;
+#[path = "common/login.rs"]
+mod login;
+#[path = "common/setup.rs"]
+mod setup;
+#[path = "common/wrk.rs"]
+mod wrk;
 use http::{percentile_ms, Conn};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type Res<T> = Result<T, BoxError>;
 
-const HOST: &str = "app.example.test";
 const PASSWORD: &str = "Benchmark-Gateway-Password-2026";
+const FLOOD_LOGIN: &str = "flood";
+/// Pause of each connection after an answer in the half-load phase.
+const PACE_MS: u64 = 10;
 
 /// Forward-auth checks/s against hello-world, direct and behind nginx.
 #[derive(Debug, Parser)]
@@ -70,6 +87,27 @@ struct Args {
     /// every check, which is what compares the stores.
     #[arg(long, default_value_t = 5)]
     cache_seconds: u64,
+    /// The load generator: wrk (a separate process) or client (a thread of this process).
+    #[arg(long, default_value = "wrk", value_parser = ["wrk", "client"])]
+    load: String,
+    /// wrk threads.
+    #[arg(long, default_value_t = 1)]
+    wrk_threads: usize,
+    /// LemonLDAP::NG handler's FastCGI socket: adds target (e).
+    #[arg(long, requires = "lemonldap_cookie_file")]
+    lemonldap_socket: Option<PathBuf>,
+    /// A file holding the id of a valid LemonLDAP::NG session.
+    #[arg(long)]
+    lemonldap_cookie_file: Option<PathBuf>,
+    /// The virtual host LemonLDAP::NG's rules accept.
+    #[arg(long, default_value = "test1.example.com")]
+    lemonldap_host: String,
+    /// Skip the half-load and login-flood phases.
+    #[arg(long)]
+    no_extras: bool,
+    /// Append `key=value` results to this file (read by scripts/bench).
+    #[arg(long)]
+    summary: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -82,42 +120,120 @@ fn main() -> ExitCode {
     }
 }
 
+/// One measured phase of one target.
 #[derive(Debug, Default, Clone)]
 struct Stats {
-    ok: u64,
+    rate: f64,
+    p50_ms: f64,
+    p99_ms: f64,
     errors: u64,
     first_error: Option<String>,
-    latencies: Vec<Duration>,
-    seconds: f64,
-}
-
-impl Stats {
-    fn rate(&self) -> f64 {
-        self.ok as f64 / self.seconds.max(1e-9)
-    }
 }
 
 struct Target {
+    /// Name in the summary.
+    key: &'static str,
     name: &'static str,
     addr: SocketAddr,
-    request: String,
+    path: &'static str,
+    /// Host among them.
+    headers: Vec<(String, String)>,
+}
+
+impl Target {
+    fn raw_request(&self) -> String {
+        let mut r = format!("GET {} HTTP/1.1\r\n", self.path);
+        for (k, v) in &self.headers {
+            r.push_str(&format!("{k}: {v}\r\n"));
+        }
+        r.push_str("\r\n");
+        r
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}{}", self.addr, self.path)
+    }
+}
+
+/// Who sends the load.
+enum Load {
+    Wrk(wrk::Wrk),
+    Client,
+}
+
+impl Load {
+    /// Loads `t` for warm-up + `seconds`; with `pace`, each connection waits that long after
+    /// every answer.
+    fn measure(
+        &self,
+        rt: &tokio::runtime::Runtime,
+        t: &Target,
+        connections: usize,
+        args: &Args,
+        pace: Option<(&Path, Duration)>,
+    ) -> Res<Stats> {
+        match self {
+            Load::Wrk(w) => {
+                let script = pace.map(|(s, _)| s);
+                if args.warmup > 0 {
+                    w.run(&t.url(), &t.headers, connections, args.warmup, script)?;
+                }
+                let r = w.run(&t.url(), &t.headers, connections, args.seconds, script)?;
+                Ok(Stats {
+                    rate: r.rate,
+                    p50_ms: r.p50_ms,
+                    p99_ms: r.p99_ms,
+                    errors: r.errors,
+                    first_error: r.error_text,
+                })
+            }
+            Load::Client => rt.block_on(load_client(
+                t,
+                connections,
+                args.warmup,
+                args.seconds,
+                pace.map(|(_, d)| d),
+            )),
+        }
+    }
 }
 
 fn run(args: Args) -> Res<()> {
     let tmp = tempfile::tempdir()?;
+    let mut summary = Summary::open(args.summary.as_deref())?;
+    let load = match args.load.as_str() {
+        "wrk" => Load::Wrk(
+            wrk::Wrk::find(args.wrk_threads)
+                .ok_or("wrk is not installed (Debian package `wrk`); or use --load client")?,
+        ),
+        _ => Load::Client,
+    };
     let server_rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    let client_rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let hello = server_rt.block_on(start_hello())?;
-    let (bulwark, cookie) = server_rt.block_on(start_bulwark(
+    let bulwark = server_rt.block_on(start_bulwark(tmp.path(), &args))?;
+    let lemonldap = match (&args.lemonldap_socket, &args.lemonldap_cookie_file) {
+        (Some(socket), Some(file)) => Some((
+            socket.clone(),
+            std::fs::read_to_string(file)?.trim().to_string(),
+        )),
+        _ => None,
+    };
+    let nginx = match Nginx::start(
         tmp.path(),
-        args.store == "postgres",
-        args.cache_seconds,
-    ))?;
-    let nginx = match Nginx::start(tmp.path(), bulwark, hello) {
+        bulwark.addr,
+        hello,
+        lemonldap
+            .as_ref()
+            .map(|(s, _)| (s.as_path(), args.lemonldap_host.as_str())),
+    ) {
         Ok(n) => Some(n),
         Err(e) => {
-            println!("nginx not started ({e}): targets (c) and (d) are skipped");
+            println!("nginx not started ({e}): targets (c), (d) and (e) are skipped");
             None
         }
     };
@@ -134,123 +250,305 @@ fn run(args: Args) -> Res<()> {
         args.cache_seconds
     );
     println!(
-        "  load:     {} keep-alive connections; {} round(s) of {} s warm-up + {} s measured per target",
-        args.connections, args.rounds, args.warmup, args.seconds
+        "  load:     {}, {} keep-alive connections; {} round(s) of {} s warm-up + {} s measured per target",
+        match &load {
+            Load::Wrk(w) => format!("wrk ({} thread(s), separate process)", w.threads()),
+            Load::Client => "in-process client".into(),
+        },
+        args.connections,
+        args.rounds,
+        args.warmup,
+        args.seconds
     );
     println!();
 
-    let auth_headers = format!(
-        "X-Original-URL: https://{HOST}/web\r\nX-Original-Method: GET\r\nX-Forwarded-For: 203.0.113.7\r\nCookie: {cookie}\r\n"
-    );
+    let auth = |extra: Vec<(String, String)>| {
+        let mut h = vec![
+            ("Host".to_string(), bulwark.addr.to_string()),
+            ("X-Original-Method".into(), "GET".into()),
+            ("X-Forwarded-For".into(), "203.0.113.7".into()),
+        ];
+        h.extend(extra);
+        h
+    };
+    let session = ("Cookie".to_string(), bulwark.cookie.clone());
     let mut targets = vec![
         Target {
+            key: "hello",
             name: "(a) hello",
             addr: hello,
-            request: format!("GET / HTTP/1.1\r\nHost: {hello}\r\n\r\n"),
+            path: "/",
+            headers: vec![("Host".into(), hello.to_string())],
         },
         Target {
+            key: "bulwark",
             name: "(b) bulwark",
-            addr: bulwark,
-            request: format!(
-                "GET /api/authz/auth-request HTTP/1.1\r\nHost: {bulwark}\r\n{auth_headers}\r\n"
-            ),
+            addr: bulwark.addr,
+            path: "/api/authz/auth-request",
+            headers: auth(vec![
+                ("X-Original-URL".into(), format!("https://{HOST}/web")),
+                session.clone(),
+            ]),
+        },
+        Target {
+            key: "api_key",
+            name: "api key → bulwark",
+            addr: bulwark.addr,
+            path: "/api/authz/auth-request",
+            headers: auth(vec![
+                (
+                    "X-Original-URL".into(),
+                    format!("https://{HOST}/xmlrpc/2/object"),
+                ),
+                (
+                    "Authorization".into(),
+                    format!("Bearer {}", bulwark.api_key),
+                ),
+            ]),
         },
     ];
     if let Some(n) = &nginx {
+        let browser = vec![("Host".to_string(), HOST.to_string()), session.clone()];
         targets.push(Target {
+            key: "nginx_bulwark",
             name: "(c) nginx → bulwark",
             addr: n.protected,
-            request: format!("GET /web HTTP/1.1\r\nHost: {HOST}\r\nCookie: {cookie}\r\n\r\n"),
+            path: "/web",
+            headers: browser.clone(),
         });
         targets.push(Target {
+            key: "nginx_hello",
             name: "(d) nginx → hello",
             addr: n.baseline,
-            request: format!("GET /web HTTP/1.1\r\nHost: {HOST}\r\nCookie: {cookie}\r\n\r\n"),
+            path: "/web",
+            headers: browser,
         });
+        if let (Some(addr), Some((_, cookie))) = (n.lemonldap, &lemonldap) {
+            targets.push(Target {
+                key: "nginx_lemonldap",
+                name: "(e) nginx → LemonLDAP",
+                addr,
+                path: "/web",
+                headers: vec![
+                    ("Host".into(), args.lemonldap_host.clone()),
+                    ("Cookie".into(), format!("lemonldap={cookie}")),
+                ],
+            });
+        }
+    }
+    for t in &targets {
+        client_rt.block_on(expect_ok(t))?;
     }
 
-    let client_rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
     let mut results: Vec<Vec<Stats>> = vec![Vec::new(); targets.len()];
     for round in 1..=args.rounds {
         for (i, t) in targets.iter().enumerate() {
-            let s = client_rt.block_on(load(t, &args))?;
-            println!(
-                "  round {round} {:<22} {:>9.0} req/s  p50 {:.2} ms  p99 {:.2} ms{}",
-                t.name,
-                s.rate(),
-                percentile_ms(&s.latencies, 50),
-                percentile_ms(&s.latencies, 99),
-                match &s.first_error {
-                    Some(e) => format!("  ({} errors, first: {e})", s.errors),
-                    None => String::new(),
-                }
-            );
-            if s.errors > 0 {
-                return Err(
-                    format!("{} answered errors: the run has no valid figures", t.name).into(),
-                );
-            }
+            let s = load.measure(&client_rt, t, args.connections, &args, None)?;
+            report(&format!("round {round} {}", t.name), &s)?;
             results[i].push(s);
         }
     }
-    let median = |v: &[Stats]| {
-        let mut rates: Vec<f64> = v.iter().map(Stats::rate).collect();
-        rates.sort_by(f64::total_cmp);
-        rates[rates.len() / 2]
-    };
-    let all = |v: &[Stats]| {
-        v.iter()
-            .flat_map(|s| s.latencies.clone())
-            .collect::<Vec<_>>()
-    };
+    for t in &targets {
+        client_rt.block_on(expect_ok(t))?;
+    }
     println!();
     println!("Result (median of {} rounds)", args.rounds);
-    let mut rows = Vec::new();
+    let mut rates = std::collections::BTreeMap::new();
     for (t, r) in targets.iter().zip(&results) {
-        let lat = all(r);
+        let rate = median(&r.iter().map(|s| s.rate).collect::<Vec<_>>());
+        let p99 = median(&r.iter().map(|s| s.p99_ms).collect::<Vec<_>>());
+        let p50 = median(&r.iter().map(|s| s.p50_ms).collect::<Vec<_>>());
         println!(
-            "  {:<22} {:>9.0} req/s  p50 {:.2} ms  p99 {:.2} ms",
-            t.name,
-            median(r),
-            percentile_ms(&lat, 50),
-            percentile_ms(&lat, 99)
+            "  {:<24} {rate:>9.0} req/s  p50 {p50:.2} ms  p99 {p99:.2} ms",
+            t.name
         );
-        rows.push((median(r), percentile_ms(&lat, 99)));
+        summary.put(&format!("gateway.{}.rate", t.key), format!("{rate:.0}"))?;
+        summary.put(&format!("gateway.{}.p50_ms", t.key), format!("{p50:.2}"))?;
+        summary.put(&format!("gateway.{}.p99_ms", t.key), format!("{p99:.2}"))?;
+        rates.insert(t.key, rate);
     }
-    let ratio_b = rows[1].0 / rows[0].0;
-    println!(
-        "  ratio (b)/(a):          {ratio_b:.2} (target >= 0.80: {})",
-        met(ratio_b, 0.8)
-    );
-    let ratio_c = (rows.len() == 4).then(|| rows[2].0 / rows[3].0);
-    match ratio_c {
-        Some(r) => println!(
-            "  ratio (c)/(d):          {r:.2} (target >= 0.90: {})",
-            met(r, 0.9)
+    let ratio = |a: &str, b: &str| Some(rates.get(a)? / rates.get(b)?);
+    for (key, label, num, den, target) in [
+        ("b_over_a", "(b)/(a)", "bulwark", "hello", Some(0.8)),
+        (
+            "c_over_d",
+            "(c)/(d)",
+            "nginx_bulwark",
+            "nginx_hello",
+            Some(0.9),
         ),
-        None => println!("  ratio (c)/(d):          not measured (no nginx)"),
+        (
+            "c_over_e",
+            "(c)/(e)",
+            "nginx_bulwark",
+            "nginx_lemonldap",
+            Some(8.0),
+        ),
+        (
+            "e_over_d",
+            "(e)/(d)",
+            "nginx_lemonldap",
+            "nginx_hello",
+            None,
+        ),
+        ("api_over_b", "api key/(b)", "api_key", "bulwark", None),
+    ] {
+        if let Some(r) = ratio(num, den) {
+            let verdict = target.map_or(String::new(), |t| {
+                format!(" (target >= {t:.2}: {})", met(r, t))
+            });
+            println!("  ratio {label:<14} {r:.2}{verdict}");
+            summary.put(&format!("gateway.{key}"), format!("{r:.3}"))?;
+        }
     }
-    println!();
-    println!("Markdown row (docs/benchmarks.md):");
-    let fmt = |i: usize| {
-        rows.get(i)
-            .map(|(rate, p99)| format!("{rate:.0} / {p99:.2}"))
-            .unwrap_or_else(|| "–".into())
-    };
-    println!(
-        "| {} | {cores} | {} | {} | {} | {} | {} | **{ratio_b:.2}** | **{}** |",
-        today(),
-        args.connections,
-        fmt(0),
-        fmt(1),
-        fmt(2),
-        fmt(3),
-        ratio_c.map_or("–".into(), |r| format!("{r:.2}"))
-    );
-    println!("(columns: date, cores, connections, then req/s / p99 ms of (a) hello, (b) bulwark, (c) nginx → bulwark, (d) nginx → hello, then (b)/(a), (c)/(d))");
+    let peak = rates.get("bulwark").copied().unwrap_or(0.0);
+    if !args.no_extras && peak > 0.0 {
+        let b = &targets[1];
+        half_load(&load, &client_rt, b, peak, &args, tmp.path(), &mut summary)?;
+        login_flood(&load, &client_rt, b, peak, &bulwark, &args, &mut summary)?;
+    }
+    summary.put("gateway.connections", args.connections)?;
+    summary.put("gateway.seconds", args.seconds)?;
+    summary.put(
+        "gateway.load",
+        match &load {
+            Load::Wrk(w) => format!("wrk, {} thread(s)", w.threads()),
+            Load::Client => "in-process client".into(),
+        },
+    )?;
     drop(nginx);
+    Ok(())
+}
+
+fn report(label: &str, s: &Stats) -> Res<()> {
+    println!(
+        "  {label:<32} {:>9.0} req/s  p50 {:.2} ms  p99 {:.2} ms{}",
+        s.rate,
+        s.p50_ms,
+        s.p99_ms,
+        match &s.first_error {
+            Some(e) => format!("  ({} errors: {e})", s.errors),
+            None => String::new(),
+        }
+    );
+    if s.errors > 0 {
+        return Err(format!("{label} had errors: the run has no valid figures").into());
+    }
+    Ok(())
+}
+
+/// (b) at half of its median rate: p50/p99 when the server is not saturated.
+fn half_load(
+    load: &Load,
+    rt: &tokio::runtime::Runtime,
+    b: &Target,
+    peak: f64,
+    args: &Args,
+    dir: &Path,
+    summary: &mut Summary,
+) -> Res<()> {
+    let offered = peak / 2.0;
+    let script = wrk::pacing_script(dir, PACE_MS)?;
+    let pace = Some((script.as_path(), Duration::from_millis(PACE_MS)));
+    // C / (pause + latency) requests per second: start from the pause alone, then correct C
+    // by what one calibration phase reached.
+    let guess = ((offered * PACE_MS as f64 / 1000.0).round() as usize).max(1);
+    let calibration = load.measure(rt, b, guess, args, pace)?;
+    let connections = if calibration.rate > 0.0 {
+        ((guess as f64 * offered / calibration.rate).round() as usize).max(1)
+    } else {
+        guess
+    };
+    println!();
+    println!(
+        "Half load on (b): {offered:.0} req/s wanted; {connections} connections, each pausing {PACE_MS} ms after an answer ({guess} reached {:.0} req/s)",
+        calibration.rate
+    );
+    let mut runs = Vec::new();
+    for round in 1..=args.rounds {
+        let s = load.measure(rt, b, connections, args, pace)?;
+        report(&format!("round {round} (b) at half load"), &s)?;
+        runs.push(s);
+    }
+    let rate = median(&runs.iter().map(|s| s.rate).collect::<Vec<_>>());
+    let p50 = median(&runs.iter().map(|s| s.p50_ms).collect::<Vec<_>>());
+    let p99 = median(&runs.iter().map(|s| s.p99_ms).collect::<Vec<_>>());
+    println!(
+        "  median: {rate:.0} req/s ({:.2} of peak), p50 {p50:.2} ms, p99 {p99:.2} ms (target < 2 ms: {})",
+        rate / peak,
+        if p99 < 2.0 { "met" } else { "NOT met" }
+    );
+    summary.put("gateway.half.connections", connections)?;
+    summary.put("gateway.half.pace_ms", PACE_MS)?;
+    summary.put("gateway.half.rate", format!("{rate:.0}"))?;
+    summary.put("gateway.half.p50_ms", format!("{p50:.2}"))?;
+    summary.put("gateway.half.p99_ms", format!("{p99:.2}"))?;
+    Ok(())
+}
+
+/// (b) while browsers of another user log in as fast as they can.
+fn login_flood(
+    load: &Load,
+    rt: &tokio::runtime::Runtime,
+    b: &Target,
+    peak: f64,
+    bulwark: &Bulwark,
+    args: &Args,
+    summary: &mut Summary,
+) -> Res<()> {
+    let clients = 2 * bulwark.hash_permits;
+    println!();
+    println!(
+        "Login flood: (b) while {clients} browsers post logins of `{FLOOD_LOGIN}` on their own runtime"
+    );
+    let mut checks = Vec::new();
+    let mut logins = Vec::new();
+    for round in 1..=args.rounds {
+        // The browsers run on their own thread for the whole phase (warm-up included); their
+        // window is the measured one.
+        let window = login::Window::after_warmup(
+            Duration::from_secs(args.warmup),
+            Duration::from_secs(args.seconds),
+        );
+        let addr = bulwark.addr;
+        let flood = std::thread::spawn(move || -> Res<login::HttpStats> {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(login::http_phase(
+                addr,
+                FLOOD_LOGIN.into(),
+                PASSWORD.into(),
+                clients,
+                window,
+            ))
+        });
+        let s = load.measure(rt, b, args.connections, args, None);
+        let stats = flood.join().map_err(|_| "the login flood thread died")??;
+        let s = s?;
+        let rate = stats.ok as f64 / stats.window_secs.max(1e-9);
+        report(&format!("round {round} (b) during logins"), &s)?;
+        println!(
+            "  {:<32} {rate:>9.1} logins/s",
+            format!("round {round} logins")
+        );
+        if !stats.errors.is_empty() {
+            return Err(format!("logins failed during the flood: {:?}", stats.errors).into());
+        }
+        checks.push(s.rate);
+        logins.push(rate);
+    }
+    let rate = median(&checks);
+    let per_s = median(&logins);
+    println!(
+        "  median: {rate:.0} checks/s with {per_s:.1} logins/s = {:.2} of idle (target >= 0.50: {})",
+        rate / peak,
+        met(rate / peak, 0.5)
+    );
+    summary.put("gateway.flood.clients", clients)?;
+    summary.put("gateway.flood.rate", format!("{rate:.0}"))?;
+    summary.put("gateway.flood.logins_per_s", format!("{per_s:.1}"))?;
+    summary.put("gateway.flood.ratio", format!("{:.3}", rate / peak))?;
     Ok(())
 }
 
@@ -262,33 +560,43 @@ fn met(ratio: f64, target: f64) -> &'static str {
     }
 }
 
-fn today() -> String {
-    let days = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() / 86_400) as i64;
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}")
+/// One request: the target must answer 200 (wrk would count a redirect to a login page as a
+/// success).
+async fn expect_ok(t: &Target) -> Res<()> {
+    let mut conn = Conn::open(t.addr).await?;
+    let res = conn.exchange(t.raw_request().as_bytes()).await?;
+    if res.status != 200 {
+        return Err(format!(
+            "{} answered {} (Location: {:?}) instead of 200",
+            t.name,
+            res.status,
+            res.header("location")
+        )
+        .into());
+    }
+    Ok(())
 }
 
-/// Loads one target with `connections` keep-alive connections for warm-up + measured time.
-async fn load(t: &Target, args: &Args) -> Res<Stats> {
-    let start = Instant::now() + Duration::from_secs(args.warmup);
-    let end = start + Duration::from_secs(args.seconds);
-    let tasks: Vec<_> = (0..args.connections)
+/// Loads one target from this process: `connections` keep-alive connections for warm-up +
+/// measured time, each pausing `pace` after every answer if given.
+async fn load_client(
+    t: &Target,
+    connections: usize,
+    warmup: u64,
+    seconds: u64,
+    pace: Option<Duration>,
+) -> Res<Stats> {
+    let start = Instant::now() + Duration::from_secs(warmup);
+    let end = start + Duration::from_secs(seconds);
+    let request = Arc::new(t.raw_request());
+    let tasks: Vec<_> = (0..connections)
         .map(|_| {
             let addr = t.addr;
-            let request = t.request.clone();
+            let request = request.clone();
             tokio::spawn(async move {
-                let mut s = Stats::default();
+                let mut ok = Vec::new();
+                let mut errors = 0u64;
+                let mut first_error = None;
                 let mut conn = Conn::open(addr).await?;
                 while Instant::now() < end {
                     let sent = Instant::now();
@@ -304,35 +612,35 @@ async fn load(t: &Target, args: &Args) -> Res<Stats> {
                     };
                     if done >= start && done <= end {
                         match error {
-                            None => {
-                                s.ok += 1;
-                                s.latencies.push(done - sent);
-                            }
+                            None => ok.push(done - sent),
                             Some(e) => {
-                                s.errors += 1;
-                                s.first_error.get_or_insert(e);
+                                errors += 1;
+                                first_error.get_or_insert(e);
                             }
                         }
                     }
+                    if let Some(p) = pace {
+                        tokio::time::sleep(p).await;
+                    }
                 }
-                Ok::<Stats, BoxError>(s)
+                Ok::<_, BoxError>((ok, errors, first_error))
             })
         })
         .collect();
-    let mut total = Stats {
-        seconds: args.seconds as f64,
-        ..Default::default()
-    };
+    let mut latencies = Vec::new();
+    let mut stats = Stats::default();
     for task in tasks {
-        let s = task.await??;
-        total.ok += s.ok;
-        total.errors += s.errors;
-        if total.first_error.is_none() {
-            total.first_error = s.first_error;
+        let (ok, errors, first_error) = task.await??;
+        latencies.extend(ok);
+        stats.errors += errors;
+        if stats.first_error.is_none() {
+            stats.first_error = first_error;
         }
-        total.latencies.extend(s.latencies);
     }
-    Ok(total)
+    stats.rate = latencies.len() as f64 / seconds.max(1) as f64;
+    stats.p50_ms = percentile_ms(&latencies, 50);
+    stats.p99_ms = percentile_ms(&latencies, 99);
+    Ok(stats)
 }
 
 async fn start_hello() -> Res<SocketAddr> {
@@ -354,66 +662,50 @@ async fn start_hello() -> Res<SocketAddr> {
     Ok(addr)
 }
 
-/// Bulwark as `serve` assembles it, with one user and one session; returns its address and
-/// the session cookie (`name=value`).
-async fn start_bulwark(
-    dir: &Path,
-    postgres: bool,
-    cache_seconds: u64,
-) -> Res<(SocketAddr, String)> {
-    let file = dir.join("bulwark.toml");
-    std::fs::write(
-        &file,
-        format!(
-            "[server]\ntrusted_proxies = [\"127.0.0.1\"]\n\n[two_factor]\nenforcement = \"admins\"\n\n\
-             [gateway]\nprotected = [\"https://{HOST}\"]\ncache_seconds = {cache_seconds}\n\n[[gateway.rules]]\nhosts = [\"{HOST}\"]\npolicy = \"one_factor\"\n"
-        ),
-    )?;
-    let overrides = CliOverrides {
-        data_dir: Some(dir.join("data")),
-        listen: Some("127.0.0.1:0".into()),
-        ..Default::default()
-    };
-    let mut config = Config::load(Some(&file), &[], &overrides)?;
-    std::fs::create_dir_all(&config.data_dir)?;
-    let keys = bulwark_server::keys::load_or_create(&config.secret_key_file)?;
-    if postgres {
-        config.database.url = bulwark_store_postgres::testing::fresh_database_url().await;
-    }
-    let store = bulwark_server::cli::connect_store(&config).await?;
-    store.migrate().await?;
-    let app = App::new(config, store, Arc::new(SystemClock), keys)?;
-    app.add_user(
-        NewUserInput {
-            login: "bench".into(),
-            email: Some("bench@example.com".into()),
-            display_name: "Benchmark".into(),
-            groups: vec!["internal".into()],
-            password: Some(PASSWORD.into()),
-            must_change_password: false,
-        },
-        "bench",
-        &ClientInfo::cli(),
-    )
-    .await?;
+/// The Bulwark under test.
+struct Bulwark {
+    addr: SocketAddr,
+    /// `name=value` of a valid session of user `bench`.
+    cookie: String,
+    /// A gateway-scoped API key of user `bench`.
+    api_key: String,
+    hash_permits: usize,
+}
+
+/// Bulwark as `serve` assembles it, with user `bench` (a session and an API key) and user
+/// `flood` (for the login flood).
+async fn start_bulwark(dir: &Path, args: &Args) -> Res<Bulwark> {
+    let file = setup::write_config(dir, args.cache_seconds)?;
+    let app = setup::build_app(dir, &file, args.store == "postgres", Arc::new(SystemClock)).await?;
+    setup::add_user(&app, "bench", PASSWORD).await?;
+    setup::add_user(&app, FLOOD_LOGIN, PASSWORD).await?;
     let login = app
         .login("bench", PASSWORD.into(), &ClientInfo::cli(), None)
         .await?;
-    let cookie = format!("bulwark_session={}", login.token.expose());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let router = bulwark_server::web::router(app);
-    tokio::spawn(async move {
-        let service = router.into_make_service_with_connect_info::<SocketAddr>();
-        if let Err(e) = axum::serve(listener, service).await {
-            eprintln!("server error: {e}");
-        }
-    });
-    Ok((addr, cookie))
+    let key = app
+        .create_api_key(
+            KeyActor::Cli,
+            "bench",
+            NewApiKeyInput {
+                name: "benchmark".into(),
+                scopes: vec!["gateway".into()],
+                expiry: ExpiryChoice::Days(30),
+                password: None,
+            },
+            &ClientInfo::cli(),
+        )
+        .await?;
+    let hash_permits = app.config.passwords.max_concurrent_hashes;
+    Ok(Bulwark {
+        cookie: format!("bulwark_session={}", login.token.expose()),
+        api_key: key.key.expose().to_string(),
+        hash_permits,
+        addr: setup::serve(app).await?,
+    })
 }
 
-/// Debian's nginx with two server blocks sharing one configuration, differing only in where
-/// the auth subrequest goes.
+/// Debian's nginx with server blocks sharing one configuration, differing only in where the
+/// auth subrequest goes: Bulwark, hello, and LemonLDAP::NG's FastCGI handler if given.
 struct Nginx {
     child: Child,
     bin: PathBuf,
@@ -421,10 +713,16 @@ struct Nginx {
     conf: PathBuf,
     protected: SocketAddr,
     baseline: SocketAddr,
+    lemonldap: Option<SocketAddr>,
 }
 
 impl Nginx {
-    fn start(dir: &Path, bulwark: SocketAddr, hello: SocketAddr) -> Res<Self> {
+    fn start(
+        dir: &Path,
+        bulwark: SocketAddr,
+        hello: SocketAddr,
+        lemonldap: Option<(&Path, &str)>,
+    ) -> Res<Self> {
         let bin = ["/usr/sbin/nginx", "/usr/bin/nginx"]
             .iter()
             .map(PathBuf::from)
@@ -434,6 +732,7 @@ impl Nginx {
         std::fs::create_dir_all(prefix.join("logs"))?;
         let protected = free_port()?;
         let baseline = free_port()?;
+        let lemonldap_port = lemonldap.map(|_| free_port()).transpose()?;
         let server = |port: SocketAddr, auth: &str| {
             format!(
                 "server {{\n  listen {port};\n  server_name {HOST};\n\
@@ -464,6 +763,32 @@ impl Nginx {
             a = server(protected, "http://bulwark/api/authz/auth-request"),
             b = server(baseline, "http://hello_auth/api/authz/auth-request"),
         );
+        // LemonLDAP::NG's handler as its Debian example (test-nginx.conf) calls it: FastCGI on
+        // a Unix socket, the request body dropped, the original URI passed along.
+        let conf = match (lemonldap, lemonldap_port) {
+            (Some((socket, vhost)), Some(port)) => {
+                let e = format!(
+                    "server {{\n  listen {port};\n  server_name {vhost};\n\
+                     location = /lmauth {{\n    internal;\n    include /etc/nginx/fastcgi_params;\n\
+                     fastcgi_pass unix:{socket};\n    fastcgi_pass_request_body off;\n\
+                     fastcgi_param CONTENT_LENGTH \"\";\n    fastcgi_param HTTP_HOST $host;\n\
+                     fastcgi_param X_ORIGINAL_URI $original_uri;\n  }}\n\
+                     location / {{\n    set $original_uri $uri$is_args$args;\n\
+                     auth_request /lmauth;\n\
+                     auth_request_set $lmremote_user $upstream_http_lm_remote_user;\n\
+                     auth_request_set $lmlocation $upstream_http_location;\n\
+                     error_page 401 $lmlocation;\n\
+                     proxy_set_header Remote-User $lmremote_user;\n    proxy_http_version 1.1;\n\
+                     proxy_set_header Connection \"\";\n    proxy_pass http://hello;\n  }}\n}}\n",
+                    socket = socket.display()
+                );
+                match conf.rfind('}') {
+                    Some(i) => format!("{}{e}}}\n", &conf[..i]),
+                    None => conf,
+                }
+            }
+            _ => conf,
+        };
         let file = prefix.join("nginx.conf");
         std::fs::write(&file, conf)?;
         let child = Command::new(&bin)
@@ -483,6 +808,7 @@ impl Nginx {
             conf: file,
             protected,
             baseline,
+            lemonldap: lemonldap_port,
         };
         let started = Instant::now();
         while std::net::TcpStream::connect(nginx.baseline).is_err()

@@ -37,7 +37,6 @@ use bulwark_server::services::users::NewUserInput;
 use bulwark_server::services::ClientInfo;
 use clap::Parser;
 use rand::Rng;
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -45,13 +44,18 @@ use std::time::{Duration, Instant};
 
 #[path = "common/http.rs"]
 mod http;
-use http::{percentile_ms, Conn, Response};
+#[path = "common/login.rs"]
+mod login;
+#[path = "common/setup.rs"]
+mod setup;
+use http::percentile_ms;
+use login::{http_phase, HttpStats, Window};
+use setup::{median, Summary};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type Res<T> = Result<T, BoxError>;
 
 const LOGIN: &str = "bench";
-const USER_AGENT: &str = "bulwark-bench-login/1";
 
 /// Password logins/s through HTTP vs raw Argon2id verifications/s.
 #[derive(Debug, Parser)]
@@ -73,6 +77,9 @@ struct Args {
     /// by TEST_POSTGRES_URL, e.g. under scripts/with-postgres).
     #[arg(long, default_value = "sqlite", value_parser = ["sqlite", "postgres"])]
     store: String,
+    /// Append `key=value` results to this file (read by scripts/bench).
+    #[arg(long)]
+    summary: Option<std::path::PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -82,31 +89,6 @@ fn main() -> ExitCode {
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
-    }
-}
-
-/// Start and end of the measured window of one phase.
-#[derive(Clone, Copy, Debug)]
-struct Window {
-    start: Instant,
-    end: Instant,
-}
-
-impl Window {
-    fn after_warmup(warmup: Duration, measured: Duration) -> Self {
-        let start = Instant::now() + warmup;
-        Self {
-            start,
-            end: start + measured,
-        }
-    }
-
-    fn contains(&self, t: Instant) -> bool {
-        t >= self.start && t <= self.end
-    }
-
-    fn seconds(&self) -> f64 {
-        (self.end - self.start).as_secs_f64()
     }
 }
 
@@ -135,6 +117,10 @@ fn run(args: Args) -> Res<()> {
     let clients = args.clients.unwrap_or(2 * permits).max(1);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let p = &config.passwords;
+    let hashing = format!(
+        "{} m={} KiB t={} p={}",
+        p.scheme, p.argon2.memory_kib, p.argon2.iterations, p.argon2.parallelism
+    );
     println!("Bulwark login benchmark");
     println!("  machine:  {cores} cores ({})", cpu_model());
     println!(
@@ -208,6 +194,7 @@ fn run(args: Args) -> Res<()> {
         let meter = CpuUse::measure(window);
         let stats = client_rt.block_on(http_phase(
             server.addr,
+            LOGIN.into(),
             server.password.expose().to_string(),
             clients,
             window,
@@ -334,6 +321,31 @@ fn run(args: Args) -> Res<()> {
         busiest * 100.0,
     );
     println!("(columns: date, cores, hash permits, clients, rounds × seconds, logins/s, raw verifies/s, ratio, CPU-normalised ratio, p50 / p99 ms, most CPU taken by other processes in a phase)");
+
+    let per_round: Vec<f64> = rounds
+        .iter()
+        .map(|(l, r)| if *r > 0.0 { l / r } else { 0.0 })
+        .collect();
+    let mut summary = Summary::open(args.summary.as_deref())?;
+    summary.put("login.rate", format!("{logins:.1}"))?;
+    summary.put("login.raw_verify_rate", format!("{raw_mean:.1}"))?;
+    summary.put("login.raw_hash_rate", format!("{hashes:.1}"))?;
+    summary.put("login.ratio", format!("{ratio:.3}"))?;
+    summary.put(
+        "login.ratio_median_round",
+        format!("{:.3}", median(&per_round)),
+    )?;
+    summary.put(
+        "login.cpu_ratio",
+        cpu_ratio.map_or_else(|| "n/a".to_string(), |r| format!("{r:.3}")),
+    )?;
+    summary.put("login.p99_ms", format!("{p99:.0}"))?;
+    summary.put("login.clients", clients)?;
+    summary.put("login.permits", permits)?;
+    summary.put("login.rounds", args.rounds)?;
+    summary.put("login.seconds", args.seconds)?;
+    summary.put("login.others_max", format!("{:.0}%", busiest * 100.0))?;
+    summary.put("login.hashing", &hashing)?;
 
     server_rt.shutdown_timeout(Duration::from_secs(5));
     drop(tmp);
@@ -658,148 +670,4 @@ fn raw_rate(
         total += c?;
     }
     Ok(total as f64 / window.seconds())
-}
-
-// ---------------------------------------------------------------------------------------
-// HTTP load
-
-#[derive(Debug, Default)]
-struct HttpStats {
-    ok: u64,
-    /// Where successful logins were sent, and how often.
-    landings: BTreeMap<String, u64>,
-    errors: BTreeMap<String, u64>,
-    latencies: Vec<Duration>,
-    window_secs: f64,
-}
-
-impl HttpStats {
-    fn merge(&mut self, other: HttpStats) {
-        self.ok += other.ok;
-        self.window_secs += other.window_secs;
-        self.latencies.extend(other.latencies);
-        for (k, v) in other.errors {
-            *self.errors.entry(k).or_default() += v;
-        }
-        for (k, v) in other.landings {
-            *self.landings.entry(k).or_default() += v;
-        }
-    }
-}
-
-async fn http_phase(
-    addr: SocketAddr,
-    password: String,
-    clients: usize,
-    window: Window,
-) -> Res<HttpStats> {
-    let password = Arc::new(password);
-    let tasks: Vec<_> = (0..clients)
-        .map(|_| tokio::spawn(client(addr, password.clone(), window)))
-        .collect();
-    let mut total = HttpStats {
-        window_secs: window.seconds(),
-        ..Default::default()
-    };
-    for t in tasks {
-        let mut s = t.await??;
-        s.window_secs = 0.0;
-        total.merge(s);
-    }
-    Ok(total)
-}
-
-/// One browser: fetches the login form once, then logs in again and again on a keep-alive
-/// connection until the window ends.
-async fn client(addr: SocketAddr, password: Arc<String>, window: Window) -> Res<HttpStats> {
-    let mut stats = HttpStats::default();
-    let mut conn = Conn::open(addr).await?;
-    let get = format!(
-        "GET /login HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: {USER_AGENT}\r\nAccept: text/html\r\n\r\n"
-    );
-    let form = conn.exchange(get.as_bytes()).await?;
-    if form.status != 200 {
-        return Err(format!("GET /login answered {}", form.status).into());
-    }
-    let cookie = form
-        .headers
-        .iter()
-        .filter(|(k, _)| k == "set-cookie")
-        .filter_map(|(_, v)| v.split(';').next())
-        .find(|pair| {
-            pair.split_once('=')
-                .is_some_and(|(name, _)| name.ends_with("bulwark_csrf"))
-        })
-        .ok_or("GET /login set no CSRF cookie")?
-        .to_string();
-    let html = String::from_utf8_lossy(&form.body);
-    let marker = "name=\"csrf_token\" value=\"";
-    let token = html
-        .split_once(marker)
-        .and_then(|(_, rest)| rest.split_once('"'))
-        .map(|(token, _)| token.to_string())
-        .ok_or("no csrf_token in the login form")?;
-
-    let body = format!(
-        "csrf_token={}&login={}&password={}",
-        url_encode(&token),
-        url_encode(LOGIN),
-        url_encode(&password)
-    );
-    let post = format!(
-        "POST /login HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: {USER_AGENT}\r\nCookie: {cookie}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    while Instant::now() < window.end {
-        let started = Instant::now();
-        let outcome = conn.exchange(post.as_bytes()).await;
-        let done = Instant::now();
-        let error = match outcome {
-            Ok(res) => {
-                let location = res.header("location").unwrap_or("");
-                if res.status == 303 && logged_in(&res, location) {
-                    if window.contains(done) {
-                        stats.ok += 1;
-                        stats.latencies.push(done - started);
-                        *stats.landings.entry(location.to_string()).or_default() += 1;
-                    }
-                    None
-                } else {
-                    Some(format!("HTTP {} (Location: {location:?})", res.status))
-                }
-            }
-            Err(e) => {
-                conn = Conn::open(addr).await?;
-                Some(format!("connection: {e}"))
-            }
-        };
-        if let Some(e) = error {
-            *stats.errors.entry(e).or_default() += 1;
-        }
-    }
-    Ok(stats)
-}
-
-/// A completed login: a new session cookie and a redirect into the site, not to another
-/// login step (such as `/login/2fa`, which this benchmark's user never needs).
-fn logged_in(res: &Response, location: &str) -> bool {
-    let session = res
-        .headers
-        .iter()
-        .filter(|(k, _)| k == "set-cookie")
-        .filter_map(|(_, v)| v.split(';').next()?.split_once('='))
-        .any(|(name, value)| name.ends_with("bulwark_session") && !value.is_empty());
-    session && location.starts_with('/') && !location.starts_with("/login")
-}
-
-fn url_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }

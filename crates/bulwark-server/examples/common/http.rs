@@ -1,6 +1,11 @@
 //! A minimal HTTP/1.1 client for the benchmarks: raw requests on keep-alive connections,
 //! no client library in the measured path, plus a percentile helper.
 
+#![allow(
+    dead_code,
+    reason = "bench_memory needs the client, not the percentiles"
+)]
+
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
