@@ -82,6 +82,7 @@ impl App {
             hasher,
             p.max_concurrent_hashes,
             p.max_queued_hashes,
+            p.hashing_nice,
             metrics.clone(),
         )
         .map_err(|e| StartError::Config(format!("cannot start the hashing threads: {e}")))?;

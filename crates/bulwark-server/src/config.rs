@@ -162,6 +162,7 @@ struct RawPasswords {
     pbkdf2_rounds: Option<u32>,
     max_concurrent_hashes: Option<usize>,
     max_queued_hashes: Option<usize>,
+    hashing_nice: Option<i32>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -428,6 +429,8 @@ pub struct PasswordsConfig {
     pub max_concurrent_hashes: usize,
     /// Password checks that may wait for a hashing thread; more are answered 503.
     pub max_queued_hashes: usize,
+    /// The hashing threads' nice value (Linux): above the server's so checks come first.
+    pub hashing_nice: i32,
 }
 
 /// Password policy: the base rules and per-group tightenings.
@@ -1022,12 +1025,20 @@ fn validate_passwords(raw: RawPasswords) -> Result<PasswordsConfig, ConfigError>
             "must be between 1 and 100000",
         ));
     }
+    let hashing_nice = raw.hashing_nice.unwrap_or(10);
+    if !(0..=19).contains(&hashing_nice) {
+        return Err(ConfigError::new(
+            "passwords.hashing_nice",
+            "must be between 0 (the server's own priority) and 19 (the lowest)",
+        ));
+    }
     Ok(PasswordsConfig {
         scheme,
         argon2,
         pbkdf2_rounds,
         max_concurrent_hashes,
         max_queued_hashes,
+        hashing_nice,
     })
 }
 

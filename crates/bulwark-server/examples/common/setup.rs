@@ -53,7 +53,11 @@ pub async fn build_app(dir: &Path, file: &Path, postgres: bool, clock: Arc<dyn C
         listen: Some("127.0.0.1:0".into()),
         ..Default::default()
     };
-    let mut config = Config::load(Some(file), &[], &overrides)?;
+    // Hashing settings may be varied from the environment (BULWARK_PASSWORDS__*).
+    let env: Vec<(String, String)> = std::env::vars()
+        .filter(|(k, _)| k.starts_with("BULWARK_PASSWORDS__"))
+        .collect();
+    let mut config = Config::load(Some(file), &env, &overrides)?;
     std::fs::create_dir_all(&config.data_dir)?;
     let keys = bulwark_server::keys::load_or_create(&config.secret_key_file)?;
     if postgres {

@@ -10,6 +10,11 @@
 //! of memory and the logins that do get in are answered quickly, instead of every login
 //! waiting longer and longer.
 //!
+//! The threads run at a lower scheduling priority than the rest of the server (nice
+//! `passwords.hashing_nice`, 10 by default, on Linux): when logins fill every core with Argon2, forward-auth
+//! checks and pages, which take microseconds, still get the CPU first; the hashes use what is
+//! left, which under a flood is nearly all of it.
+//!
 //! The threads live as long as the pool and keep their Argon2 memory between hashes: a fresh
 //! 19 MiB block per hash costs page faults and a memset on every login. A thread takes the
 //! next queued job as soon as it finishes one, without waiting for the async task that
@@ -26,6 +31,23 @@ use tokio::sync::oneshot;
 
 /// The longest a job waits for a hashing thread before it is given up (answered `Busy`).
 pub const MAX_QUEUE_WAIT: Duration = Duration::from_secs(2);
+
+/// Lowers the calling thread's priority to `nice` (0 is the default, 19 the lowest); logged if
+/// refused.
+fn lower_priority(nice: i32) {
+    // On Linux the nice value belongs to the thread: `None` is the calling thread.
+    #[cfg(target_os = "linux")]
+    {
+        use rustix::process::{getpriority_process, setpriority_process};
+        // A server started at a lower priority still keeps its threads' order.
+        let current = getpriority_process(None).unwrap_or(0);
+        if current < nice {
+            if let Err(e) = setpriority_process(None, nice) {
+                tracing::warn!(error = %e, "cannot lower the priority of a hashing thread");
+            }
+        }
+    }
+}
 
 /// What a caller turned away is told to wait, in seconds.
 pub const BUSY_RETRY_AFTER: i64 = 2;
@@ -52,6 +74,7 @@ impl HashPool {
         hasher: PasswordHasher,
         max_concurrent: usize,
         max_queued: usize,
+        nice: i32,
         metrics: Arc<crate::metrics::Metrics>,
     ) -> std::io::Result<Self> {
         let hasher = Arc::new(hasher);
@@ -63,6 +86,7 @@ impl HashPool {
             std::thread::Builder::new()
                 .name(format!("bulwark-hash-{i}"))
                 .spawn(move || {
+                    lower_priority(nice);
                     let mut memory = HashMemory::default();
                     loop {
                         // The lock is held only while waiting for a job, not while hashing.
@@ -190,6 +214,20 @@ mod tests {
             .await
     }
 
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn hashing_threads_run_below_the_servers_priority() {
+        let pool = pool(2);
+        let server = rustix::process::getpriority_process(None).unwrap();
+        for _ in 0..4 {
+            let nice = pool
+                .run(|_, _| rustix::process::getpriority_process(None).unwrap())
+                .await
+                .unwrap();
+            assert_eq!(nice, 10.max(server), "server thread at {server}");
+        }
+    }
+
     #[tokio::test]
     async fn a_full_queue_answers_busy_at_once_and_recovers() {
         let pool = small_pool(2, Duration::from_secs(10));
@@ -263,6 +301,7 @@ mod tests {
             PasswordHasher::new(params, Scheme::Argon2id, 600_000).unwrap(),
             threads,
             64,
+            10,
             Arc::default(),
         )
         .unwrap()
