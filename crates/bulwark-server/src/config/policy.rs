@@ -319,25 +319,31 @@ impl Policy {
                 }
             }
         }
-        let t = &self.two_factor;
-        out.insert(
-            "two_factor.required_groups".into(),
-            serde_json::json!(t.required_groups),
-        );
-        out.insert("two_factor.grace_days".into(), t.grace_days.into());
-        out.insert(
-            "two_factor.trusted_device_days".into(),
-            t.trusted_device_days.into(),
-        );
-        out.insert(
-            "sessions.idle_minutes".into(),
+        out.extend(self.fixed_settings());
+        out
+    }
+
+    /// The settings that are not password rules, always stored, in the order they are
+    /// shown: enforcement, sessions, then each throttle.
+    fn fixed_settings(&self) -> Vec<(String, Value)> {
+        let fixed: [Value; 5] = [
+            serde_json::json!(self.two_factor.required_groups),
+            self.two_factor.grace_days.into(),
+            self.two_factor.trusted_device_days.into(),
             self.sessions.idle_minutes.into(),
-        );
-        out.insert(
-            "sessions.absolute_hours".into(),
             self.sessions.absolute_hours.into(),
-        );
-        for (kind, l) in self.lockout_policies() {
+        ];
+        let mut out: Vec<(String, Value)> = FIXED
+            .iter()
+            .map(|name| (*name).to_string())
+            .zip(fixed)
+            .collect();
+        let throttles: [(&str, LockoutPolicy); 3] = [
+            ("account", self.lockout.account),
+            ("ip", self.lockout.ip),
+            ("code", self.lockout.code),
+        ];
+        for (kind, l) in throttles {
             let fields: [(&str, Value); 5] = [
                 ("free_attempts", l.free_attempts.into()),
                 ("max_delay_secs", l.max_delay_secs.into()),
@@ -346,18 +352,10 @@ impl Policy {
                 ("window_minutes", (l.window_secs / 60).into()),
             ];
             for (field, v) in fields {
-                out.insert(format!("lockout.{kind}.{field}"), v);
+                out.push((format!("lockout.{kind}.{field}"), v));
             }
         }
         out
-    }
-
-    fn lockout_policies(&self) -> [(&'static str, LockoutPolicy); 3] {
-        [
-            ("account", self.lockout.account),
-            ("ip", self.lockout.ip),
-            ("code", self.lockout.code),
-        ]
     }
 
     /// Reads a stored policy through the configuration file's validation; the error names
@@ -449,27 +447,8 @@ impl Policy {
                 push(name.clone(), value.clone());
             }
         }
-        let fixed: [Value; 5] = [
-            serde_json::json!(self.two_factor.required_groups),
-            self.two_factor.grace_days.into(),
-            self.two_factor.trusted_device_days.into(),
-            self.sessions.idle_minutes.into(),
-            self.sessions.absolute_hours.into(),
-        ];
-        for (name, value) in FIXED.iter().zip(fixed) {
-            push((*name).to_string(), value);
-        }
-        for (kind, l) in self.lockout_policies() {
-            let fields: [(&str, Value); 5] = [
-                ("free_attempts", l.free_attempts.into()),
-                ("max_delay_secs", l.max_delay_secs.into()),
-                ("lock_after", l.lock_after.into()),
-                ("lock_minutes", (l.lock_secs / 60).into()),
-                ("window_minutes", (l.window_secs / 60).into()),
-            ];
-            for (field, v) in fields {
-                push(format!("lockout.{kind}.{field}"), v);
-            }
+        for (name, value) in self.fixed_settings() {
+            push(name, value);
         }
         out
     }
