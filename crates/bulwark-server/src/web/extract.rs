@@ -91,24 +91,27 @@ pub fn client_ip(peer: Option<IpAddr>, headers: &HeaderMap, trusted: &[IpNet]) -
     if !is_trusted(&peer) {
         return Some(peer);
     }
-    let mut entries: Vec<&str> = Vec::new();
-    for value in headers.get_all("x-forwarded-for") {
-        let Ok(text) = value.to_str() else {
-            return None;
-        };
-        entries.extend(text.split(','));
+    // Right to left over every X-Forwarded-For value, without collecting them: the first
+    // address that is not a trusted proxy is the client. A value that is not text voids the
+    // whole header.
+    let values = headers.get_all("x-forwarded-for");
+    if values.iter().any(|v| v.to_str().is_err()) {
+        return None;
     }
     let mut nearest = peer;
-    for entry in entries.iter().rev() {
-        let entry = entry.trim();
-        let ip = entry
-            .parse::<IpAddr>()
-            .or_else(|_| entry.parse::<SocketAddr>().map(|a| a.ip()))
-            .ok()?;
-        if !is_trusted(&ip) {
-            return Some(ip);
+    for value in values.iter().rev() {
+        let text = value.to_str().ok()?;
+        for entry in text.rsplit(',') {
+            let entry = entry.trim();
+            let ip = entry
+                .parse::<IpAddr>()
+                .or_else(|_| entry.parse::<SocketAddr>().map(|a| a.ip()))
+                .ok()?;
+            if !is_trusted(&ip) {
+                return Some(ip);
+            }
+            nearest = ip;
         }
-        nearest = ip;
     }
     Some(nearest)
 }
@@ -317,6 +320,31 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_str(xff).unwrap());
         h
+    }
+
+    #[test]
+    fn forwarded_for_lines_are_read_as_one_list_right_to_left() {
+        let peer: IpAddr = "10.0.0.2".parse().unwrap();
+        let trusted = vec!["10.0.0.0/8".parse().unwrap()];
+        let mut h = HeaderMap::new();
+        h.append(
+            "x-forwarded-for",
+            HeaderValue::from_static("1.1.1.1, 198.51.100.7"),
+        );
+        h.append(
+            "x-forwarded-for",
+            HeaderValue::from_static("10.0.0.9, 10.0.0.5"),
+        );
+        assert_eq!(
+            client_ip(Some(peer), &h, &trusted),
+            Some("198.51.100.7".parse().unwrap())
+        );
+        // A line that is not text makes the whole header unreadable.
+        h.append(
+            "x-forwarded-for",
+            HeaderValue::from_bytes(b"203.0.113.1\xff").unwrap(),
+        );
+        assert_eq!(client_ip(Some(peer), &h, &trusted), None);
     }
 
     #[test]

@@ -367,25 +367,51 @@ async fn api_key_check(app: &App, headers: &HeaderMap, t: &Target<'_>) -> Respon
     }
 }
 
-/// 200 with the identity headers of a session.
+/// 200 with the identity headers of a session, built once per cached session.
 fn allowed(s: &CurrentSession) -> Response {
-    identity_headers(&s.user)
+    identity_response(
+        s.identity_headers
+            .get_or_init(|| IdentityHeaders::of(&s.user)),
+    )
 }
 
 /// 200 with the identity headers.
 fn identity_headers(user: &UserRecord) -> Response {
+    identity_response(&IdentityHeaders::of(user))
+}
+
+/// The values of `Remote-User`, `Remote-Groups`, `Remote-Email` and `Remote-Name` for a user.
+/// A value a header cannot carry is left out (values come from validated records).
+#[derive(Debug, Clone)]
+pub struct IdentityHeaders([Option<HeaderValue>; 4]);
+
+const IDENTITY_HEADERS: [&str; 4] = [
+    "remote-user",
+    "remote-groups",
+    "remote-email",
+    "remote-name",
+];
+
+impl IdentityHeaders {
+    fn of(user: &UserRecord) -> Self {
+        let value = |v: &str| HeaderValue::from_bytes(v.as_bytes()).ok();
+        Self([
+            value(&user.login),
+            value(&user.groups.join(",")),
+            value(user.email.as_deref().unwrap_or("")),
+            value(&user.display_name),
+        ])
+    }
+}
+
+fn identity_response(identity: &IdentityHeaders) -> Response {
     let mut res = StatusCode::OK.into_response();
     let h = res.headers_mut();
-    let mut set = |name: &'static str, value: &str| {
-        // Values come from validated records; a value a header cannot carry is left out.
-        if let Ok(v) = HeaderValue::from_bytes(value.as_bytes()) {
-            h.insert(HeaderName::from_static(name), v);
+    for (name, value) in IDENTITY_HEADERS.iter().zip(&identity.0) {
+        if let Some(v) = value {
+            h.insert(HeaderName::from_static(name), v.clone());
         }
-    };
-    set("remote-user", &user.login);
-    set("remote-groups", &user.groups.join(","));
-    set("remote-email", user.email.as_deref().unwrap_or(""));
-    set("remote-name", &user.display_name);
+    }
     res
 }
 

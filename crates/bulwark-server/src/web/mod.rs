@@ -8,6 +8,7 @@ mod api_keys;
 mod error;
 mod extract;
 mod gateway;
+pub use gateway::IdentityHeaders;
 mod metrics;
 mod pages;
 mod security;
