@@ -36,7 +36,6 @@ use bulwark_core::account::{DisplayName, Email, GroupName, Login};
 use bulwark_core::password::Password;
 use bulwark_server::app::App;
 use bulwark_server::clock::SystemClock;
-use bulwark_server::config::{CliOverrides, Config};
 use bulwark_store::{NewAuditEvent, NewSession, NewTotpFactor, NewUser, SessionStage, Store};
 use clap::Parser;
 use rand::Rng;
@@ -49,13 +48,15 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[path = "common/http.rs"]
 mod http;
+#[path = "common/setup.rs"]
+mod setup;
 use http::{percentile_ms, Conn};
+use setup::HOST;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type Res<T> = Result<T, BoxError>;
 
 const PASSWORD: &str = "Scale-Benchmark-Password-2026";
-const HOST: &str = "app.example.com";
 /// Concurrent writers while filling the database.
 const WRITERS: u64 = 1;
 
@@ -203,26 +204,23 @@ async fn run(args: Args) -> Res<()> {
 
 /// One population: fill, serve, measure.
 async fn measure(dir: &Path, users: u64, args: &Args) -> Res<Figures> {
-    let (mut config, keys) = configure(dir, 0)?;
-    if args.store == "postgres" {
-        config.database.url = bulwark_store_postgres::testing::fresh_database_url().await;
-    }
-    let store = bulwark_server::cli::connect_store(&config).await?;
-    store.migrate().await?;
-    let uncached = App::new(config, store.clone(), Arc::new(SystemClock), keys.clone())?;
+    let file = setup::write_config(dir, 0)?;
+    let clock = Arc::new(SystemClock);
+    let uncached = setup::build_app(dir, &file, args.store == "postgres", clock.clone()).await?;
+    let store = uncached.store.clone();
     let started = Instant::now();
     fill(&uncached, users).await?;
     let fill_secs = started.elapsed().as_secs_f64();
     // The same store behind a second app with the session cache on.
-    let (mut cached_config, _) = configure(dir, 5)?;
-    cached_config.database.url = uncached.config.database.url.clone();
-    let cached = App::new(cached_config, store.clone(), Arc::new(SystemClock), keys)?;
+    let mut cached_config = (*uncached.config).clone();
+    cached_config.gateway.cache_seconds = 5;
+    let cached = App::new(cached_config, store.clone(), clock, uncached.key_ring())?;
 
     let admin_cookie = session_cookie(&store, 1, true).await?;
     // A user in the middle of the population, without a second factor (odd numbers).
     let user_cookie = session_cookie(&store, (users / 2) | 1, false).await?;
-    let uncached_addr = serve(uncached.clone()).await?;
-    let cached_addr = serve(cached).await?;
+    let uncached_addr = setup::serve(uncached.clone()).await?;
+    let cached_addr = setup::serve(cached).await?;
 
     let check = |addr: SocketAddr| {
         format!(
@@ -251,27 +249,6 @@ async fn measure(dir: &Path, users: u64, args: &Args) -> Res<Figures> {
         list_off_ms,
         rss_mib: rss_mib(),
     })
-}
-
-fn configure(dir: &Path, cache_seconds: u64) -> Res<(Config, bulwark_server::keys::KeyRing)> {
-    let file = dir.join(format!("bulwark-{cache_seconds}.toml"));
-    std::fs::write(
-        &file,
-        format!(
-            "[server]\ntrusted_proxies = [\"127.0.0.1\"]\n\n[two_factor]\nenforcement = \"admins\"\n\n\
-             [gateway]\nprotected = [\"https://{HOST}\"]\ncache_seconds = {cache_seconds}\n\n\
-             [[gateway.rules]]\nhosts = [\"{HOST}\"]\npolicy = \"one_factor\"\n"
-        ),
-    )?;
-    let overrides = CliOverrides {
-        data_dir: Some(dir.join("data")),
-        listen: Some("127.0.0.1:0".into()),
-        ..Default::default()
-    };
-    let config = Config::load(Some(&file), &[], &overrides)?;
-    std::fs::create_dir_all(&config.data_dir)?;
-    let keys = bulwark_server::keys::load_or_create(&config.secret_key_file)?;
-    Ok((config, keys))
 }
 
 /// The groups of user number `i` (1-based).
@@ -421,19 +398,6 @@ async fn session_cookie(store: &Arc<dyn Store>, i: u64, two_factor: bool) -> Res
         })
         .await?;
     Ok(format!("bulwark_session={}", token.expose()))
-}
-
-async fn serve(app: App) -> Res<SocketAddr> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let router = bulwark_server::web::router(app);
-    tokio::spawn(async move {
-        let service = router.into_make_service_with_connect_info::<SocketAddr>();
-        if let Err(e) = axum::serve(listener, service).await {
-            eprintln!("server error: {e}");
-        }
-    });
-    Ok(addr)
 }
 
 /// Checks per second and p99 (ms) of `request` on `connections` keep-alive connections.
