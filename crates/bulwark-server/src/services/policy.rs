@@ -70,6 +70,8 @@ impl App {
             return Ok(false);
         }
         match Policy::from_stored(stored.values) {
+            // Stored in another form (a hand-written list of groups) but the same policy.
+            Ok(policy) if policy.stored() == self.policy().stored() => Ok(false),
             Ok(policy) => {
                 self.install_policy(policy);
                 Ok(true)

@@ -395,6 +395,15 @@ async fn a_change_on_one_node_reaches_the_others_at_their_next_refresh() {
     a.app.load_policy().await.unwrap();
     b.app.load_policy().await.unwrap();
     assert!(!b.app.refresh_policy().await.unwrap(), "nothing new");
+    // The same groups written another way (`admins` twice): the same policy.
+    a.as_attacker(
+        "UPDATE settings SET value = '[\"admins\", \"admins\"]' WHERE name = 'two_factor.required_groups'",
+    )
+    .await;
+    assert!(
+        !b.app.refresh_policy().await.unwrap(),
+        "the same policy, not a change"
+    );
     a.app
         .change_policy(
             "root",
