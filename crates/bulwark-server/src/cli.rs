@@ -1073,8 +1073,8 @@ async fn policy_command(app: &App, cmd: PolicyCommand) -> Result<ExitCode, CliEr
                     .split_once('=')
                     .ok_or_else(|| CliError::Message(format!("`{pair}`: expected NAME=VALUE")))?;
                 let name = name.trim();
-                let value = parse_value(name, text)
-                    .map_err(|e| CliError::Message(format!("`{}`: {}", e.key, e.message)))?;
+                let value =
+                    parse_value(name, text).map_err(|e| CliError::Message(e.setting_message()))?;
                 Ok((name.to_string(), Some(value)))
             })
             .collect::<Result<_, CliError>>()?,
@@ -1087,11 +1087,7 @@ async fn policy_command(app: &App, cmd: PolicyCommand) -> Result<ExitCode, CliEr
         say!("nothing changed: every setting already has that value");
     }
     for d in diffs {
-        let shown = |v: &Option<serde_json::Value>| match v {
-            Some(v) => value_text(v),
-            None => "(preset)".into(),
-        };
-        say!("{}: {} -> {}", d.name, shown(&d.old), shown(&d.new));
+        say!("{}", d.describe(value_text));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -42,6 +42,11 @@ impl ConfigError {
             message: message.into(),
         }
     }
+
+    /// "`key`: message", for a refused policy setting (not a configuration file problem).
+    pub fn setting_message(&self) -> String {
+        format!("`{}`: {}", self.key, self.message)
+    }
 }
 
 impl fmt::Display for ConfigError {

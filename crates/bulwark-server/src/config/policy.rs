@@ -107,6 +107,14 @@ pub struct SettingDiff {
     pub new: Option<Value>,
 }
 
+impl SettingDiff {
+    /// "name: old -> new", each value written by `show`, an unset one as `(preset)`.
+    pub fn describe(&self, show: impl Fn(&Value) -> String) -> String {
+        let side = |v: &Option<Value>| v.as_ref().map_or_else(|| "(preset)".into(), &show);
+        format!("{}: {} -> {}", self.name, side(&self.old), side(&self.new))
+    }
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawSettings {
@@ -453,14 +461,6 @@ impl Policy {
         out
     }
 
-    /// The policy after `changes`; see [`apply_changes`].
-    pub fn with_changes(
-        &self,
-        changes: &[(String, Option<Value>)],
-    ) -> Result<(Self, Vec<SettingDiff>), ConfigError> {
-        apply_changes(&self.stored, changes)
-    }
-
     /// The settings of the file that differ from this (stored) policy: shown as a warning at
     /// start, since the file no longer decides them.
     pub fn differences_from(&self, other: &Self) -> Vec<String> {
@@ -563,9 +563,11 @@ mod tests {
     fn rules_not_set_follow_the_preset() {
         let p = Policy::from_config(&config("[policy]\nmin_length = 14\n"));
         assert!(!p.stored().contains_key("policy.min_upper"));
-        let (strict, diffs) = p
-            .with_changes(&[("policy.preset".into(), Some(json!("strict")))])
-            .unwrap();
+        let (strict, diffs) = apply_changes(
+            p.stored(),
+            &[("policy.preset".into(), Some(json!("strict")))],
+        )
+        .unwrap();
         assert_eq!(strict.passwords.base.min_upper, 1, "from the strict preset");
         assert_eq!(strict.passwords.base.min_length, 14, "set explicitly, kept");
         assert_eq!(
@@ -576,9 +578,8 @@ mod tests {
                 new: Some(json!("strict"))
             }]
         );
-        let (back, _) = strict
-            .with_changes(&[("policy.min_length".into(), None)])
-            .unwrap();
+        let (back, _) =
+            apply_changes(strict.stored(), &[("policy.min_length".into(), None)]).unwrap();
         assert_eq!(
             back.passwords.base.min_length,
             PasswordPolicy::preset(back.passwords.preset).min_length
@@ -591,14 +592,18 @@ mod tests {
     #[test]
     fn group_rules_tighten_the_base_and_unset_back_to_it() {
         let p = Policy::from_config(&config(""));
-        let (p, _) = p
-            .with_changes(&[("policy.groups.finance.min_length".into(), Some(json!(18)))])
-            .unwrap();
+        let (p, _) = apply_changes(
+            p.stored(),
+            &[("policy.groups.finance.min_length".into(), Some(json!(18)))],
+        )
+        .unwrap();
         assert_eq!(p.passwords.for_groups(&["finance"]).min_length, 18);
         assert_eq!(p.passwords.for_groups(&["internal"]).min_length, 12);
-        let (p, _) = p
-            .with_changes(&[("policy.groups.finance.min_length".into(), None)])
-            .unwrap();
+        let (p, _) = apply_changes(
+            p.stored(),
+            &[("policy.groups.finance.min_length".into(), None)],
+        )
+        .unwrap();
         assert_eq!(p.passwords.for_groups(&["finance"]).min_length, 12);
     }
 
@@ -643,7 +648,7 @@ mod tests {
             ),
             ("server.listen", Some(json!("0.0.0.0:80")), "server.listen"),
         ] {
-            let err = p.with_changes(&[(name.into(), value.clone())]).unwrap_err();
+            let err = apply_changes(p.stored(), &[(name.into(), value.clone())]).unwrap_err();
             assert_eq!(err.key, key, "{name} = {value:?}: {err}");
         }
     }
@@ -651,12 +656,14 @@ mod tests {
     #[test]
     fn admins_always_need_two_factors() {
         let p = Policy::from_config(&config(""));
-        let (p, diffs) = p
-            .with_changes(&[(
+        let (p, diffs) = apply_changes(
+            p.stored(),
+            &[(
                 "two_factor.required_groups".into(),
                 Some(json!(["portal", "internal", "portal"])),
-            )])
-            .unwrap();
+            )],
+        )
+        .unwrap();
         assert_eq!(
             p.two_factor.required_groups,
             ["admins", "internal", "portal"]
@@ -666,9 +673,11 @@ mod tests {
             json!(["admins", "internal", "portal"])
         );
         assert_eq!(diffs.len(), 1);
-        let (p, diffs) = p
-            .with_changes(&[("two_factor.required_groups".into(), Some(json!([])))])
-            .unwrap();
+        let (p, diffs) = apply_changes(
+            p.stored(),
+            &[("two_factor.required_groups".into(), Some(json!([])))],
+        )
+        .unwrap();
         assert_eq!(p.two_factor.required_groups, ["admins"]);
         assert_eq!(diffs[0].new, Some(json!(["admins"])));
     }
@@ -676,9 +685,11 @@ mod tests {
     #[test]
     fn setting_a_value_it_already_has_is_no_change() {
         let p = Policy::from_config(&config(""));
-        let (_, diffs) = p
-            .with_changes(&[("sessions.idle_minutes".into(), Some(json!(30)))])
-            .unwrap();
+        let (_, diffs) = apply_changes(
+            p.stored(),
+            &[("sessions.idle_minutes".into(), Some(json!(30)))],
+        )
+        .unwrap();
         assert!(diffs.is_empty());
     }
 

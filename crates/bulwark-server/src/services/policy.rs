@@ -32,7 +32,7 @@ fn not_json(name: &str, e: &serde_json::Error) -> ServiceError {
 
 /// A policy problem as the user-facing message: the setting, then what is wrong.
 pub fn setting_error(e: &ConfigError) -> ServiceError {
-    ServiceError::InvalidInput(format!("`{}`: {}", e.key, e.message))
+    ServiceError::InvalidInput(e.setting_message())
 }
 
 impl App {
@@ -44,8 +44,8 @@ impl App {
         let stored = self.stored_policy().await?;
         let policy = Policy::from_stored(stored.values).map_err(|e| {
             ServiceError::InvalidInput(format!(
-                "the stored security policy is invalid: `{}`: {} (fix it with `bulwark policy set`)",
-                e.key, e.message
+                "the stored security policy is invalid: {} (fix it with `bulwark policy set`)",
+                e.setting_message()
             ))
         })?;
         let from_file = Policy::from_config(&self.config);
@@ -119,20 +119,11 @@ impl App {
             }
             self.install_policy(next);
             for d in &diffs {
-                let shown = |v: &Option<Value>| match v {
-                    Some(v) => v.to_string(),
-                    None => "(preset)".into(),
-                };
                 self.audit(
                     Audit::event("policy_changed", "success")
                         .actor(actor)
                         .client(client)
-                        .detail(format!(
-                            "{}: {} -> {}",
-                            d.name,
-                            shown(&d.old),
-                            shown(&d.new)
-                        )),
+                        .detail(d.describe(Value::to_string)),
                     now,
                 )
                 .await;

@@ -9,6 +9,7 @@ use crate::app::App;
 use crate::clock::format_time;
 use crate::config::policy::{can_unset, label, parse_value, value_text, RULES};
 use crate::services::auth::CurrentSession;
+use crate::services::policy::setting_error;
 use crate::services::ServiceError;
 use askama::Template;
 use axum::extract::rejection::{FormRejection, QueryRejection};
@@ -302,15 +303,13 @@ pub async fn policy_post(
                 changes.push((name.clone(), None));
                 continue;
             }
-            let value = parse_value(name, text)
-                .map_err(|e| ServiceError::InvalidInput(format!("`{}`: {}", e.key, e.message)))?;
+            let value = parse_value(name, text).map_err(|e| setting_error(&e))?;
             changes.push((name.clone(), Some(value)));
         }
         let (group, rule, value) = &new;
         if !group.is_empty() || !value.trim().is_empty() {
             let name = format!("policy.groups.{group}.{rule}");
-            let value = parse_value(&name, value)
-                .map_err(|e| ServiceError::InvalidInput(format!("`{}`: {}", e.key, e.message)))?;
+            let value = parse_value(&name, value).map_err(|e| setting_error(&e))?;
             changes.push((name, Some(value)));
         }
         if changes.is_empty() {
