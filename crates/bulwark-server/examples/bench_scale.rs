@@ -6,13 +6,13 @@
 //!     [--baseline 1000] [--store sqlite|postgres] [--seconds 5] [--connections 32]
 //! ```
 //!
-//! For each population (the baseline, then the large one) the program fills a fresh database
-//! through the store, as the server writes it: users in four groups (60% `internal`, 35%
-//! `portal`, 4% `finance` + `internal`, 1% `admins` + `internal`), every other user with a
-//! confirmed authenticator (a secret sealed by the server key for that user) and ten recovery
-//! codes, a session for one user in ten and an audit event for one user in ten. One Argon2id
-//! hash (the default parameters) serves as every user's password: hashing a million
-//! passwords would take hours and measures nothing about scale.
+//! For each population (the baseline, then the large one) the program migrates a fresh
+//! database, fills it with generated rows in a few set-based SQL statements (see
+//! `scale/fill.rs`: users in four groups, half of them with a confirmed authenticator and ten
+//! recovery codes, 1% disabled, last logins spread over 200 days, a session for one user in
+//! ten and an audit event for one user in ten) and lets the store seal the audit events into
+//! its chain. One Argon2id hash (the default parameters) serves as every user's password:
+//! hashing a million passwords would take hours and measures nothing about scale.
 //!
 //! Then, through HTTP on loopback, the full router as `serve` assembles it:
 //!
@@ -32,13 +32,12 @@
 //! baseline's; the export in at most 2 s; the first page in at most 50 ms; memory flat.
 //! Speed is never a timed test: this is a separate command; see docs/benchmarks.md.
 
-use bulwark_core::account::{DisplayName, Email, GroupName, Login};
+use bulwark_core::account::Login;
 use bulwark_core::password::Password;
 use bulwark_server::app::App;
 use bulwark_server::clock::SystemClock;
-use bulwark_store::{NewAuditEvent, NewSession, NewTotpFactor, NewUser, SessionStage, Store};
+use bulwark_store::{NewSession, SessionStage, Store};
 use clap::Parser;
-use rand::Rng;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::ExitCode;
@@ -46,10 +45,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+#[path = "scale/fill.rs"]
+mod fill;
 #[path = "common/http.rs"]
 mod http;
 #[path = "common/setup.rs"]
 mod setup;
+use fill::login_of;
 use http::{percentile_ms, Conn};
 use setup::HOST;
 
@@ -57,8 +59,6 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type Res<T> = Result<T, BoxError>;
 
 const PASSWORD: &str = "Scale-Benchmark-Password-2026";
-/// Concurrent writers while filling the database.
-const WRITERS: u64 = 1;
 
 #[derive(Debug, Parser)]
 #[command(name = "bench_scale")]
@@ -251,132 +251,13 @@ async fn measure(dir: &Path, users: u64, args: &Args) -> Res<Figures> {
     })
 }
 
-/// The groups of user number `i` (1-based).
-fn groups_of(i: u64) -> Vec<GroupName> {
-    let names: &[&str] = match i % 100 {
-        0 => &["admins", "internal"],
-        1..=4 => &["finance", "internal"],
-        5..=39 if i % 2 == 1 => &["portal"],
-        5..=39 => &["internal"],
-        _ => &["internal"],
-    };
-    // User 1 is the admin the measurements act as.
-    let names: &[&str] = if i == 1 {
-        &["admins", "internal"]
-    } else {
-        names
-    };
-    names
-        .iter()
-        .filter_map(|g| GroupName::parse(g).ok())
-        .collect()
-}
-
-fn login_of(i: u64) -> String {
-    format!("user{i:07}")
-}
-
-/// Fills the store with `users` users (see the module comment), `WRITERS` at a time.
+/// Fills the store with `users` generated users (see `scale/fill.rs`), then lets the store
+/// seal the generated audit events into its chain.
 async fn fill(app: &App, users: u64) -> Res<()> {
     let hash = app.hashes.hash(Password::parse(PASSWORD.into())?).await?;
-    let now = app.now();
-    let tasks: Vec<_> = (0..WRITERS)
-        .map(|w| {
-            let app = app.clone();
-            let hash = hash.clone();
-            tokio::spawn(async move {
-                let mut i = w + 1;
-                while i <= users {
-                    add(&app, i, &hash, now).await?;
-                    i += WRITERS;
-                }
-                Ok::<(), BoxError>(())
-            })
-        })
-        .collect();
-    let mut last_report = Instant::now();
-    for t in tasks {
-        t.await??;
-        if last_report.elapsed() > Duration::from_secs(30) {
-            last_report = Instant::now();
-            eprintln!("  … filling {users} users");
-        }
-    }
+    fill::fill(&app.config.database.url, users, hash.as_str(), app.now()).await?;
+    app.store.migrate().await?;
     Ok(())
-}
-
-async fn add(
-    app: &App,
-    i: u64,
-    hash: &bulwark_core::password::hash::PasswordHash,
-    now: i64,
-) -> Res<()> {
-    let store: &Arc<dyn Store> = &app.store;
-    let login = login_of(i);
-    let user = store
-        .insert_user(&NewUser {
-            login: Login::parse(&login)?,
-            email: Some(Email::parse(&format!("{login}@example.com"))?),
-            display_name: DisplayName::parse(&format!("User {i}"))?,
-            groups: groups_of(i),
-            password_hash: Some(hash.clone()),
-            must_change_password: false,
-            created_at: now - 86_400 * 30,
-        })
-        .await?;
-    // Users 1 and even numbers have a confirmed authenticator and ten recovery codes.
-    if i == 1 || i % 2 == 0 {
-        let secret: [u8; 20] = rand::rngs::OsRng.gen();
-        // Sealed as the server seals it: bound to the user (see services::two_factor).
-        let aad = format!("totp:{}", user.id).into_bytes();
-        let (key_id, sealed) = app.key_ring().seal(&secret, &aad)?;
-        store
-            .upsert_pending_totp(&NewTotpFactor {
-                user: user.id,
-                secret_sealed: sealed,
-                key_id,
-                algorithm: "SHA1".into(),
-                digits: 6,
-                period: 30,
-                created_at: now,
-            })
-            .await?;
-        store.confirm_totp(user.id, now, now / 30).await?;
-        let codes: Vec<String> = (0..10)
-            .map(|_| hex(&rand::rngs::OsRng.gen::<[u8; 16]>()))
-            .collect();
-        store.replace_recovery_codes(user.id, &codes, now).await?;
-    }
-    if i % 10 == 3 {
-        store
-            .insert_session(&NewSession {
-                token_hash: bulwark_core::token::generate().1,
-                user: user.id,
-                stage: SessionStage::Full,
-                two_factor: i % 2 == 0,
-                created_at: now,
-                ip: Some("198.51.100.7".into()),
-                user_agent: Some("Mozilla/5.0 (X11; Linux x86_64) Firefox/128.0".into()),
-            })
-            .await?;
-    }
-    if i % 10 == 7 {
-        store
-            .append_audit(&NewAuditEvent {
-                at: now,
-                actor: Some("cli".into()),
-                subject: Some(login),
-                event: "user_created".into(),
-                outcome: "success".into(),
-                ..Default::default()
-            })
-            .await?;
-    }
-    Ok(())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A full session for user number `i` (two factors if `two_factor`); the cookie pair.
