@@ -185,10 +185,29 @@ fn count(n: i64) -> u32 {
     u32::try_from(n).unwrap_or(if n < 0 { 0 } else { u32::MAX })
 }
 
-const USER_COLUMNS: &str = "id, login, email, display_name, active, created_at, last_login_at, \
-    password_changed_at, must_change_password, password_hash IS NOT NULL AS has_password, \
-    device_account, allowed_networks, grace_started_at, \
-    ARRAY(SELECT g.group_name FROM user_groups g WHERE g.user_id = users.id ORDER BY g.group_name) AS groups";
+/// The columns of a user row, before its groups.
+macro_rules! user_columns {
+    () => {
+        "id, login, email, display_name, active, created_at, last_login_at, \
+         password_changed_at, must_change_password, password_hash IS NOT NULL AS has_password, \
+         device_account, allowed_networks, grace_started_at"
+    };
+}
+
+/// A user, groups read from the source table (what sign-in and access decisions read).
+const USER_COLUMNS: &str = concat!(
+    user_columns!(),
+    ", ARRAY(SELECT g.group_name FROM user_groups g WHERE g.user_id = users.id \
+     ORDER BY g.group_name) AS groups"
+);
+
+/// A user and their second factors for reports over many users, from the summary the
+/// triggers of migration 0009 keep on the user's row (groups in the same order).
+const SUMMARY_COLUMNS: &str = concat!(
+    user_columns!(),
+    ", coalesce(string_to_array(nullif(group_list, ''), ','), '{}') AS groups, \
+     totp_confirmed AS totp_active, recovery_codes_left AS codes_left"
+);
 
 fn user_from_row(row: &PgRow) -> Result<UserRecord, sqlx::Error> {
     Ok(UserRecord {
@@ -208,11 +227,6 @@ fn user_from_row(row: &PgRow) -> Result<UserRecord, sqlx::Error> {
         grace_started_at: row.try_get("grace_started_at")?,
     })
 }
-
-const SECURITY_COLUMNS: &str = "EXISTS (SELECT 1 FROM totp_factors t \
-     WHERE t.user_id = users.id AND t.confirmed_at IS NOT NULL) AS totp_active, \
-     (SELECT count(*) FROM recovery_codes r \
-      WHERE r.user_id = users.id AND r.used_at IS NULL) AS codes_left";
 
 fn security_from_row(row: &PgRow) -> Result<UserSecurity, sqlx::Error> {
     Ok(UserSecurity {
@@ -376,9 +390,7 @@ impl UserStore for PgStore {
         after_id: UserId,
         limit: u32,
     ) -> StoreResult<Vec<UserSecurity>> {
-        let sql = format!(
-            "SELECT {USER_COLUMNS}, {SECURITY_COLUMNS} FROM users WHERE id > $1 ORDER BY id LIMIT $2"
-        );
+        let sql = format!("SELECT {SUMMARY_COLUMNS} FROM users WHERE id > $1 ORDER BY id LIMIT $2");
         let found = sqlx::query(&sql)
             .bind(after_id)
             .bind(i64::from(limit))
@@ -389,7 +401,7 @@ impl UserStore for PgStore {
     }
 
     async fn list_users_for_admin(&self, f: &AdminUserFilter) -> StoreResult<Vec<UserSecurity>> {
-        let mut sql = format!("SELECT {USER_COLUMNS}, {SECURITY_COLUMNS} FROM users WHERE true");
+        let mut sql = format!("SELECT {SUMMARY_COLUMNS} FROM users WHERE true");
         let mut n = 0;
         let mut next = || {
             n += 1;

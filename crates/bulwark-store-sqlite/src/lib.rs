@@ -284,10 +284,28 @@ fn stored_hash(s: String) -> StoreResult<PasswordHash> {
         .map_err(|e| StoreError::Backend(format!("unreadable stored password hash: {e}")))
 }
 
-const USER_COLUMNS: &str = "id, login, email, display_name, active, created_at, last_login_at, \
-    password_changed_at, must_change_password, password_hash IS NOT NULL AS has_password, \
-    device_account, allowed_networks, grace_started_at, \
-    (SELECT group_concat(group_name, ',') FROM user_groups g WHERE g.user_id = users.id) AS groups";
+/// The columns of a user row, before its groups.
+macro_rules! user_columns {
+    () => {
+        "id, login, email, display_name, active, created_at, last_login_at, \
+         password_changed_at, must_change_password, password_hash IS NOT NULL AS has_password, \
+         device_account, allowed_networks, grace_started_at"
+    };
+}
+
+/// A user, groups read from the source table (what sign-in and access decisions read).
+const USER_COLUMNS: &str = concat!(
+    user_columns!(),
+    ", (SELECT group_concat(group_name, ',') FROM user_groups g WHERE g.user_id = users.id) \
+     AS groups"
+);
+
+/// A user and their second factors for reports over many users, from the summary the
+/// triggers of migration 0009 keep on the user's row.
+const SUMMARY_COLUMNS: &str = concat!(
+    user_columns!(),
+    ", group_list AS groups, totp_confirmed AS totp_active, recovery_codes_left AS codes_left"
+);
 
 fn user_from_row(row: &SqliteRow) -> Result<UserRecord, sqlx::Error> {
     let groups: Option<String> = row.try_get("groups")?;
@@ -475,14 +493,7 @@ impl UserStore for SqliteStore {
         after_id: UserId,
         limit: u32,
     ) -> StoreResult<Vec<UserSecurity>> {
-        let sql = format!(
-            "SELECT {USER_COLUMNS}, \
-             EXISTS (SELECT 1 FROM totp_factors t \
-                     WHERE t.user_id = users.id AND t.confirmed_at IS NOT NULL) AS totp_active, \
-             (SELECT count(*) FROM recovery_codes r \
-              WHERE r.user_id = users.id AND r.used_at IS NULL) AS codes_left \
-             FROM users WHERE id > ? ORDER BY id LIMIT ?"
-        );
+        let sql = format!("SELECT {SUMMARY_COLUMNS} FROM users WHERE id > ? ORDER BY id LIMIT ?");
         let rows = sqlx::query(&sql)
             .bind(after_id)
             .bind(i64::from(limit))
@@ -503,14 +514,7 @@ impl UserStore for SqliteStore {
     }
 
     async fn list_users_for_admin(&self, f: &AdminUserFilter) -> StoreResult<Vec<UserSecurity>> {
-        let mut sql = format!(
-            "SELECT {USER_COLUMNS}, \
-             EXISTS (SELECT 1 FROM totp_factors t \
-                     WHERE t.user_id = users.id AND t.confirmed_at IS NOT NULL) AS totp_active, \
-             (SELECT count(*) FROM recovery_codes r \
-              WHERE r.user_id = users.id AND r.used_at IS NULL) AS codes_left \
-             FROM users WHERE 1 = 1"
-        );
+        let mut sql = format!("SELECT {SUMMARY_COLUMNS} FROM users WHERE 1 = 1");
         let mut text: Vec<String> = Vec::new();
         let mut numbers: Vec<i64> = Vec::new();
         if let Some(search) = &f.search {

@@ -36,6 +36,7 @@ macro_rules! store_contract_tests {
             pending_totp_is_replaced_until_confirmed, totp_step_only_moves_forward, concurrent_totp_use_succeeds_once,
             totp_secret_rotation_checks_the_old_key, recovery_codes_work_once_and_are_replaced,
             concurrent_recovery_code_use_succeeds_once, user_security_lists_second_factors_page_by_page,
+            user_security_follows_every_change,
             audit_events_are_counted_by_kind_since_a_time, admin_user_list_filters_and_pages_by_login,
             session_password_check_time_is_recorded, email_codes_are_single_use_and_expire,
             trusted_devices_are_listed_touched_and_revoked, second_factors_go_with_the_user,
@@ -1239,6 +1240,81 @@ pub async fn user_security_lists_second_factors_page_by_page(s: &dyn Store) {
     assert_eq!(rest[0].user.id, c.id);
     assert!(!rest[0].user.active, "inactive users are listed too");
     assert!(s.list_user_security(c.id, 2).await.unwrap().is_empty());
+}
+
+/// The report rows (`list_user_security`, `list_users_for_admin`) agree with what sign-in
+/// reads (`get_user`, `find_totp`, `count_recovery_codes`) after every kind of change, for
+/// the user changed and no other.
+pub async fn user_security_follows_every_change(s: &dyn Store) {
+    let u = s.insert_user(&new_user("ann")).await.unwrap();
+    let other = s.insert_user(&new_user("bob")).await.unwrap();
+    s.upsert_pending_totp(&factor(other.id, "so"))
+        .await
+        .unwrap();
+    assert!(s.confirm_totp(other.id, T0, 1).await.unwrap());
+    s.replace_recovery_codes(other.id, &["o1".to_string()], T0)
+        .await
+        .unwrap();
+    let check = |what: &'static str| async move {
+        let listed = s.list_user_security(0, 10).await.unwrap();
+        let admin = s
+            .list_users_for_admin(&AdminUserFilter {
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(listed, admin, "{what}: both lists agree");
+        for row in listed {
+            let id = row.user.id;
+            assert_eq!(row.user, s.get_user(id).await.unwrap(), "{what}: user {id}");
+            let confirmed = s
+                .find_totp(id)
+                .await
+                .unwrap()
+                .is_some_and(|f| f.confirmed_at.is_some());
+            assert_eq!(row.totp_active, confirmed, "{what}: authenticator of {id}");
+            assert_eq!(
+                row.recovery_codes_left,
+                s.count_recovery_codes(id).await.unwrap(),
+                "{what}: codes of {id}"
+            );
+        }
+    };
+    check("new users").await;
+    s.update_groups(u.id, &[group("portal"), group("admins"), group("finance")])
+        .await
+        .unwrap();
+    check("groups replaced").await;
+    s.update_groups(u.id, &[]).await.unwrap();
+    check("groups emptied").await;
+    s.upsert_pending_totp(&factor(u.id, "s1")).await.unwrap();
+    check("pending authenticator").await;
+    assert!(s.confirm_totp(u.id, T0, 1).await.unwrap());
+    check("confirmed authenticator").await;
+    let codes: Vec<String> = (0..4).map(|i| format!("c{i}")).collect();
+    s.replace_recovery_codes(u.id, &codes, T0).await.unwrap();
+    check("codes issued").await;
+    assert!(s.use_recovery_code(u.id, "c2", T0 + 1).await.unwrap());
+    check("a code used").await;
+    s.replace_recovery_codes(u.id, &codes[..2], T0 + 2)
+        .await
+        .unwrap();
+    check("codes replaced").await;
+    s.delete_recovery_codes(u.id).await.unwrap();
+    check("codes deleted").await;
+    assert!(s.delete_totp(u.id).await.unwrap());
+    check("authenticator removed").await;
+    s.upsert_pending_totp(&factor(u.id, "s2")).await.unwrap();
+    assert!(s.confirm_totp(u.id, T0 + 3, 2).await.unwrap());
+    s.replace_recovery_codes(u.id, &codes, T0 + 3)
+        .await
+        .unwrap();
+    s.delete_user(u.id).await.unwrap();
+    check("user deleted").await;
+    let left = s.list_user_security(0, 10).await.unwrap();
+    assert_eq!(left.len(), 1);
+    assert!(left[0].totp_active && left[0].recovery_codes_left == 1);
 }
 
 pub async fn admin_user_list_filters_and_pages_by_login(s: &dyn Store) {
