@@ -1028,7 +1028,7 @@ async fn compliance_report(app: &App, format: &str, stale_days: u32) -> Result<(
             if result.is_err() {
                 break;
             }
-            let text: String = page.iter().map(CsvWriter::line).collect();
+            let text = CsvWriter::lines(&page);
             result = out.write_all(text.as_bytes());
         }
         result

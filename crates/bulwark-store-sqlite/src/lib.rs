@@ -14,7 +14,10 @@ use sqlx::sqlite::{
 use sqlx::{Row, SqlitePool};
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
+
+mod bulk;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -22,6 +25,8 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// Reads over every user, for a database file (not an in-memory database).
+    bulk: Option<Arc<bulk::BulkReader>>,
 }
 
 impl SqliteStore {
@@ -44,13 +49,16 @@ impl SqliteStore {
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
         create_private_file(options.get_filename())?;
+        let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+        let bulk = (!in_memory)
+            .then(|| Arc::new(bulk::BulkReader::new(options.get_filename().to_path_buf())));
         let pool = SqlitePoolOptions::new()
             .max_connections(max_connections.max(1))
             .acquire_timeout(acquire_timeout)
             .connect_with(options)
             .await
             .map_err(map_err)?;
-        Ok(Self { pool })
+        Ok(Self { pool, bulk })
     }
 
     /// Opens the database file at `path`.
@@ -302,20 +310,14 @@ const USER_COLUMNS: &str = concat!(
 
 /// A user and their second factors for reports over many users, from the summary the
 /// triggers of migration 0009 keep on the user's row.
-const SUMMARY_COLUMNS: &str = concat!(
+pub(crate) const SUMMARY_COLUMNS: &str = concat!(
     user_columns!(),
     ", group_list AS groups, totp_confirmed AS totp_active, recovery_codes_left AS codes_left"
 );
 
 fn user_from_row(row: &SqliteRow) -> Result<UserRecord, sqlx::Error> {
-    let groups: Option<String> = row.try_get("groups")?;
-    let mut groups: Vec<String> = groups
-        .unwrap_or_default()
-        .split(',')
-        .filter(|g| !g.is_empty())
-        .map(str::to_string)
-        .collect();
-    groups.sort();
+    let groups: Option<&str> = row.try_get("groups")?;
+    let groups = split_groups(groups.unwrap_or_default());
     Ok(UserRecord {
         id: row.try_get("id")?,
         login: row.try_get("login")?,
@@ -329,12 +331,23 @@ fn user_from_row(row: &SqliteRow) -> Result<UserRecord, sqlx::Error> {
         must_change_password: row.try_get("must_change_password")?,
         has_password: row.try_get("has_password")?,
         device_account: row.try_get("device_account")?,
-        allowed_networks: split_list(row.try_get("allowed_networks")?),
+        allowed_networks: split_list(row.try_get::<&str, _>("allowed_networks")?),
         grace_started_at: row.try_get("grace_started_at")?,
     })
 }
 
-fn split_list(s: String) -> Vec<String> {
+/// A comma-separated list of group names, sorted.
+fn split_groups(list: &str) -> Vec<String> {
+    let mut groups: Vec<String> = list
+        .split(',')
+        .filter(|g| !g.is_empty())
+        .map(str::to_string)
+        .collect();
+    groups.sort();
+    groups
+}
+
+fn split_list(s: &str) -> Vec<String> {
     s.split(',')
         .map(str::trim)
         .filter(|x| !x.is_empty())
@@ -493,6 +506,9 @@ impl UserStore for SqliteStore {
         after_id: UserId,
         limit: u32,
     ) -> StoreResult<Vec<UserSecurity>> {
+        if let Some(bulk) = &self.bulk {
+            return bulk.user_security(after_id, limit).await;
+        }
         let sql = format!("SELECT {SUMMARY_COLUMNS} FROM users WHERE id > ? ORDER BY id LIMIT ?");
         let rows = sqlx::query(&sql)
             .bind(after_id)

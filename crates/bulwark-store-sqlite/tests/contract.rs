@@ -6,7 +6,7 @@
     reason = "tests"
 )]
 
-use bulwark_store::Store;
+use bulwark_store::{Store, UserStore};
 use bulwark_store_sqlite::SqliteStore;
 
 async fn fresh_store() -> SqliteStore {
@@ -19,6 +19,46 @@ async fn fresh_store() -> SqliteStore {
 }
 
 bulwark_store::store_contract_tests!(fresh_store());
+
+/// A database file reads the report lists through a connection of its own; an in-memory
+/// database (one connection, nothing to open twice) reads them through the pool. Both give
+/// the same answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_in_memory_database_lists_user_security_too() {
+    let store = SqliteStore::connect("sqlite::memory:", 1)
+        .await
+        .expect("open sqlite");
+    store.migrate().await.expect("migrate");
+    bulwark_store::contract::user_security_follows_every_change(&store).await;
+    let store = SqliteStore::connect("sqlite::memory:", 1)
+        .await
+        .expect("open sqlite");
+    store.migrate().await.expect("migrate");
+    bulwark_store::contract::user_security_lists_second_factors_page_by_page(&store).await;
+}
+
+/// The report lists see what the pool has just committed (the file's own connection reads
+/// the write-ahead log), and keep answering after the pool is the only one writing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn report_lists_see_the_latest_commit() {
+    let store = fresh_store().await;
+    for n in 0..3 {
+        let login = format!("user{n}");
+        let user = bulwark_store::NewUser {
+            login: bulwark_core::account::Login::parse(&login).unwrap(),
+            email: None,
+            display_name: bulwark_core::account::DisplayName::parse("U").unwrap(),
+            groups: vec![],
+            password_hash: None,
+            must_change_password: false,
+            created_at: 1,
+        };
+        let id = store.insert_user(&user).await.unwrap().id;
+        let listed = store.list_user_security(0, 100).await.unwrap();
+        assert_eq!(listed.len(), n + 1);
+        assert_eq!(listed[n].user.id, id);
+    }
+}
 
 #[test]
 fn migration_versions_are_ordered() {

@@ -318,7 +318,7 @@ pub fn compliance_csv(app: App, options: ComplianceOptions) -> Response {
             loop {
                 match scan.next_page().await {
                     Ok(Some(page)) => {
-                        let text: String = page.iter().map(CsvWriter::line).collect();
+                        let text = CsvWriter::lines(&page);
                         if !text.is_empty() && tx.send_data(Bytes::from(text)).await.is_err() {
                             return Ok(());
                         }

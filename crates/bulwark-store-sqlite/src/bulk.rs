@@ -1,0 +1,138 @@
+//! Reads over every user (the compliance report and export, the reminders) through a
+//! connection of their own.
+//!
+//! sqlx runs SQLite on a worker thread and hands each row to the async side with a copy of
+//! every value: about 14 µs a row on two cores, 14 s for a million users before Bulwark has
+//! looked at one. This synchronous connection to the same file (the same SQLite library,
+//! opened read-only) reads a page of rows on a blocking thread at about 1 µs a row. It
+//! serves database files only; an in-memory database is read through sqlx.
+
+use crate::{split_groups, split_list, SUMMARY_COLUMNS};
+use bulwark_store::{StoreError, StoreResult, UserId, UserRecord, UserSecurity};
+use rusqlite::{Connection, OpenFlags};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+/// A lazily opened read-only connection to the store's database file.
+pub(crate) struct BulkReader {
+    path: PathBuf,
+    conn: Mutex<Option<Connection>>,
+}
+
+impl std::fmt::Debug for BulkReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BulkReader")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BulkReader {
+    pub(crate) fn new(path: PathBuf) -> Self {
+        Self {
+            path,
+            conn: Mutex::new(None),
+        }
+    }
+
+    /// Users with ids after `after`, in id order, at most `limit`, with their second factors.
+    pub(crate) async fn user_security(
+        self: &Arc<Self>,
+        after: UserId,
+        limit: u32,
+    ) -> StoreResult<Vec<UserSecurity>> {
+        let reader = Arc::clone(self);
+        tokio::task::spawn_blocking(move || reader.with_connection(|c| read_page(c, after, limit)))
+            .await
+            .map_err(|e| StoreError::Backend(format!("the user read stopped: {e}")))?
+    }
+
+    /// Runs `read` on the connection, opening it first if needed. A failed read closes it, so
+    /// that the next one starts from a fresh connection.
+    fn with_connection<T>(
+        &self,
+        read: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> StoreResult<T> {
+        // A panic while reading leaves nothing half-written: the connection only reads.
+        let mut slot = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
+        let conn = match slot.take() {
+            Some(c) => c,
+            None => open(&self.path).map_err(map_err)?,
+        };
+        let result = read(&conn).map_err(map_err);
+        if result.is_ok() {
+            *slot = Some(conn);
+        }
+        result
+    }
+}
+
+fn open(path: &std::path::Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(Duration::from_secs(10))?;
+    Ok(conn)
+}
+
+fn read_page(conn: &Connection, after: UserId, limit: u32) -> rusqlite::Result<Vec<UserSecurity>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {SUMMARY_COLUMNS} FROM users WHERE id > ?1 ORDER BY id LIMIT ?2"
+    ))?;
+    // Columns by name once per page, by position for every row.
+    let at = |name: &str| stmt.column_index(name);
+    let c = [
+        at("id")?,
+        at("login")?,
+        at("email")?,
+        at("display_name")?,
+        at("active")?,
+        at("created_at")?,
+        at("last_login_at")?,
+        at("password_changed_at")?,
+        at("must_change_password")?,
+        at("has_password")?,
+        at("device_account")?,
+        at("allowed_networks")?,
+        at("grace_started_at")?,
+        at("groups")?,
+        at("totp_active")?,
+        at("codes_left")?,
+    ];
+    let mut rows = stmt.query((after, i64::from(limit)))?;
+    let mut page = Vec::with_capacity(usize::try_from(limit).unwrap_or(0).min(10_000));
+    while let Some(r) = rows.next()? {
+        let codes: i64 = r.get(c[15])?;
+        page.push(UserSecurity {
+            user: UserRecord {
+                id: r.get(c[0])?,
+                login: r.get(c[1])?,
+                email: r.get(c[2])?,
+                display_name: r.get(c[3])?,
+                active: r.get(c[4])?,
+                created_at: r.get(c[5])?,
+                last_login_at: r.get(c[6])?,
+                password_changed_at: r.get(c[7])?,
+                must_change_password: r.get(c[8])?,
+                has_password: r.get(c[9])?,
+                device_account: r.get(c[10])?,
+                allowed_networks: split_list(r.get_ref(c[11])?.as_str()?),
+                grace_started_at: r.get(c[12])?,
+                groups: split_groups(r.get_ref(c[13])?.as_str_or_null()?.unwrap_or("")),
+            },
+            totp_active: r.get(c[14])?,
+            recovery_codes_left: u32::try_from(codes).unwrap_or(0),
+        });
+    }
+    Ok(page)
+}
+
+fn map_err(e: rusqlite::Error) -> StoreError {
+    use rusqlite::ErrorCode::{CannotOpen, DatabaseBusy, DatabaseLocked};
+    match e.sqlite_error_code() {
+        Some(DatabaseBusy | DatabaseLocked | CannotOpen) => StoreError::Unavailable(e.to_string()),
+        _ => StoreError::Backend(e.to_string()),
+    }
+}
