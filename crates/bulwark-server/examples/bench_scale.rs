@@ -255,7 +255,9 @@ async fn measure(dir: &Path, users: u64, args: &Args) -> Res<Figures> {
 /// seal the generated audit events into its chain.
 async fn fill(app: &App, users: u64) -> Res<()> {
     let hash = app.hashes.hash(Password::parse(PASSWORD.into())?).await?;
-    fill::fill(&app.config.database.url, users, hash.as_str(), app.now()).await?;
+    let ring = app.key_ring();
+    let url = &app.config.database.url;
+    fill::fill(url, users, hash.as_str(), ring.current_id(), app.now()).await?;
     app.store.migrate().await?;
     Ok(())
 }

@@ -17,36 +17,79 @@ UPDATE users SET
     recovery_codes_left = (SELECT count(*) FROM recovery_codes r
                            WHERE r.user_id = users.id AND r.used_at IS NULL);
 
--- One function per column; each refreshes the users of the old and the new row.
+-- Statement-level triggers: a statement that writes many rows (a new set of recovery codes,
+-- a bulk import) refreshes each user it touched once, from the rows it changed.
 CREATE FUNCTION users_refresh_group_list() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    UPDATE users SET group_list = coalesce((SELECT string_agg(group_name, ',' ORDER BY group_name)
-        FROM user_groups g WHERE g.user_id = users.id), '')
-    WHERE id IN (CASE WHEN TG_OP <> 'INSERT' THEN OLD.user_id END,
-                 CASE WHEN TG_OP <> 'DELETE' THEN NEW.user_id END);
+    IF TG_OP = 'INSERT' THEN
+        UPDATE users SET group_list = coalesce((SELECT string_agg(group_name, ',' ORDER BY group_name)
+            FROM user_groups g WHERE g.user_id = users.id), '')
+        WHERE id IN (SELECT user_id FROM new_rows);
+    ELSIF TG_OP = 'DELETE' THEN
+        UPDATE users SET group_list = coalesce((SELECT string_agg(group_name, ',' ORDER BY group_name)
+            FROM user_groups g WHERE g.user_id = users.id), '')
+        WHERE id IN (SELECT user_id FROM old_rows);
+    ELSE
+        UPDATE users SET group_list = coalesce((SELECT string_agg(group_name, ',' ORDER BY group_name)
+            FROM user_groups g WHERE g.user_id = users.id), '')
+        WHERE id IN (SELECT user_id FROM old_rows UNION SELECT user_id FROM new_rows);
+    END IF;
     RETURN NULL;
 END $$;
-CREATE TRIGGER user_groups_summary AFTER INSERT OR UPDATE OR DELETE ON user_groups
-    FOR EACH ROW EXECUTE FUNCTION users_refresh_group_list();
+CREATE TRIGGER user_groups_summary_insert AFTER INSERT ON user_groups
+    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION users_refresh_group_list();
+CREATE TRIGGER user_groups_summary_delete AFTER DELETE ON user_groups
+    REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION users_refresh_group_list();
+CREATE TRIGGER user_groups_summary_update AFTER UPDATE ON user_groups
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION users_refresh_group_list();
 
 CREATE FUNCTION users_refresh_totp_confirmed() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    UPDATE users SET totp_confirmed = EXISTS (SELECT 1 FROM totp_factors t
-        WHERE t.user_id = users.id AND t.confirmed_at IS NOT NULL)
-    WHERE id IN (CASE WHEN TG_OP <> 'INSERT' THEN OLD.user_id END,
-                 CASE WHEN TG_OP <> 'DELETE' THEN NEW.user_id END);
+    IF TG_OP = 'INSERT' THEN
+        UPDATE users SET totp_confirmed = EXISTS (SELECT 1 FROM totp_factors t
+            WHERE t.user_id = users.id AND t.confirmed_at IS NOT NULL)
+        WHERE id IN (SELECT user_id FROM new_rows);
+    ELSIF TG_OP = 'DELETE' THEN
+        UPDATE users SET totp_confirmed = EXISTS (SELECT 1 FROM totp_factors t
+            WHERE t.user_id = users.id AND t.confirmed_at IS NOT NULL)
+        WHERE id IN (SELECT user_id FROM old_rows);
+    ELSE
+        UPDATE users SET totp_confirmed = EXISTS (SELECT 1 FROM totp_factors t
+            WHERE t.user_id = users.id AND t.confirmed_at IS NOT NULL)
+        WHERE id IN (SELECT user_id FROM old_rows UNION SELECT user_id FROM new_rows);
+    END IF;
     RETURN NULL;
 END $$;
-CREATE TRIGGER totp_factors_summary AFTER INSERT OR UPDATE OR DELETE ON totp_factors
-    FOR EACH ROW EXECUTE FUNCTION users_refresh_totp_confirmed();
+CREATE TRIGGER totp_factors_summary_insert AFTER INSERT ON totp_factors
+    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION users_refresh_totp_confirmed();
+CREATE TRIGGER totp_factors_summary_delete AFTER DELETE ON totp_factors
+    REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION users_refresh_totp_confirmed();
+CREATE TRIGGER totp_factors_summary_update AFTER UPDATE ON totp_factors
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION users_refresh_totp_confirmed();
 
 CREATE FUNCTION users_refresh_recovery_codes_left() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    UPDATE users SET recovery_codes_left = (SELECT count(*) FROM recovery_codes r
-        WHERE r.user_id = users.id AND r.used_at IS NULL)
-    WHERE id IN (CASE WHEN TG_OP <> 'INSERT' THEN OLD.user_id END,
-                 CASE WHEN TG_OP <> 'DELETE' THEN NEW.user_id END);
+    IF TG_OP = 'INSERT' THEN
+        UPDATE users SET recovery_codes_left = (SELECT count(*) FROM recovery_codes r
+            WHERE r.user_id = users.id AND r.used_at IS NULL)
+        WHERE id IN (SELECT user_id FROM new_rows);
+    ELSIF TG_OP = 'DELETE' THEN
+        UPDATE users SET recovery_codes_left = (SELECT count(*) FROM recovery_codes r
+            WHERE r.user_id = users.id AND r.used_at IS NULL)
+        WHERE id IN (SELECT user_id FROM old_rows);
+    ELSE
+        UPDATE users SET recovery_codes_left = (SELECT count(*) FROM recovery_codes r
+            WHERE r.user_id = users.id AND r.used_at IS NULL)
+        WHERE id IN (SELECT user_id FROM old_rows UNION SELECT user_id FROM new_rows);
+    END IF;
     RETURN NULL;
 END $$;
-CREATE TRIGGER recovery_codes_summary AFTER INSERT OR UPDATE OR DELETE ON recovery_codes
-    FOR EACH ROW EXECUTE FUNCTION users_refresh_recovery_codes_left();
+CREATE TRIGGER recovery_codes_summary_insert AFTER INSERT ON recovery_codes
+    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION users_refresh_recovery_codes_left();
+CREATE TRIGGER recovery_codes_summary_delete AFTER DELETE ON recovery_codes
+    REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION users_refresh_recovery_codes_left();
+CREATE TRIGGER recovery_codes_summary_update AFTER UPDATE ON recovery_codes
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION users_refresh_recovery_codes_left();
