@@ -24,9 +24,10 @@
 //!   LemonLDAP::NG's handler (`llng-fastcgi-server`, set up and given a session by
 //!   `scripts/bench`), as Debian's handler example configures it.
 //!
-//! Then two extra phases on (b): latency at half of its median rate (each connection waits
+//! Then extra phases on (b): latency at half of its median rate, twice (each connection waits
 //! 10 ms after an answer, with enough connections to offer half the rate: wrk2 is not in
-//! Debian), and its rate while `2 × passwords.max_concurrent_hashes` browsers log in (a
+//! Debian; then the same rate at an even pace from this process, see `even_rate`), and its
+//! rate while `2 × passwords.max_concurrent_hashes` browsers log in (a
 //! different user, right password) as fast as they can.
 //!
 //! Every target must answer 200 before and after it is loaded, and any 4xx, 5xx or socket
@@ -483,7 +484,119 @@ fn half_load(
     summary.put("gateway.half.rate", format!("{rate:.0}"))?;
     summary.put("gateway.half.p50_ms", format!("{p50:.2}"))?;
     summary.put("gateway.half.p99_ms", format!("{p99:.2}"))?;
+
+    // The same offered rate at an even pace from this process (see `even_rate`).
+    println!();
+    println!(
+        "Half load on (b) at an even rate: {offered:.0} req/s on {EVEN_CONNECTIONS} connections, each sending on its own schedule"
+    );
+    let mut runs = Vec::new();
+    for round in 1..=args.rounds {
+        let (s, late) = rt.block_on(even_rate(
+            b,
+            offered,
+            EVEN_CONNECTIONS,
+            args.warmup,
+            args.seconds,
+        ))?;
+        report(&format!("round {round} (b) at an even half load"), &s)?;
+        println!("  {:<32} sends late by p99 {late:.2} ms", "");
+        runs.push((s, late));
+    }
+    let pick = |f: fn(&(Stats, f64)) -> f64| median(&runs.iter().map(f).collect::<Vec<_>>());
+    let (rate, p50, p99, late) = (
+        pick(|r| r.0.rate),
+        pick(|r| r.0.p50_ms),
+        pick(|r| r.0.p99_ms),
+        pick(|r| r.1),
+    );
+    println!(
+        "  median: {rate:.0} req/s ({:.2} of peak), p50 {p50:.2} ms, p99 {p99:.2} ms, sends late by p99 {late:.2} ms (target < 2 ms: {})",
+        rate / peak,
+        if p99 < 2.0 { "met" } else { "NOT met" }
+    );
+    summary.put("gateway.even.connections", EVEN_CONNECTIONS)?;
+    summary.put("gateway.even.rate", format!("{rate:.0}"))?;
+    summary.put("gateway.even.p50_ms", format!("{p50:.2}"))?;
+    summary.put("gateway.even.p99_ms", format!("{p99:.2}"))?;
+    summary.put("gateway.even.late_p99_ms", format!("{late:.2}"))?;
     Ok(())
+}
+
+/// Connections of the even-rate load: each sends every `EVEN_CONNECTIONS / rate` seconds.
+const EVEN_CONNECTIONS: usize = 64;
+
+/// Offers `rate` requests/s of `t` at an even pace: connection `c` of `connections` sends its
+/// k-th request at `start + (c / connections + k) × interval`, whatever the answers before
+/// (an open loop, unlike wrk, whose paced connections drift into bursts). Latency is counted
+/// from the actual send, and how late the sends were against their schedule is returned with
+/// the figures (in ms, p99): a large value means the generator did not keep up and the run
+/// says little. The runtime's timer ticks by the millisecond, so the sends due in the same
+/// millisecond leave together: `rate / 1000` at a time.
+async fn even_rate(
+    t: &Target,
+    rate: f64,
+    connections: usize,
+    warmup: u64,
+    seconds: u64,
+) -> Res<(Stats, f64)> {
+    let interval = Duration::from_secs_f64(connections as f64 / rate.max(1.0));
+    let begin = tokio::time::Instant::now() + Duration::from_millis(100);
+    let start = begin + Duration::from_secs(warmup);
+    let end = start + Duration::from_secs(seconds);
+    let request = Arc::new(t.raw_request());
+    let tasks: Vec<_> = (0..connections)
+        .map(|c| {
+            let addr = t.addr;
+            let request = request.clone();
+            let offset = interval.mul_f64(c as f64 / connections as f64);
+            tokio::spawn(async move {
+                let mut conn = Conn::open(addr).await?;
+                let (mut ok, mut late) = (Vec::new(), Vec::new());
+                let mut errors = 0u64;
+                let mut first_error = None;
+                let mut due = begin + offset;
+                while due < end {
+                    tokio::time::sleep_until(due).await;
+                    let sent = tokio::time::Instant::now();
+                    let outcome = conn.exchange(request.as_bytes()).await;
+                    let done = tokio::time::Instant::now();
+                    if due >= start {
+                        late.push(sent - due);
+                        match outcome {
+                            Ok(res) if res.status == 200 => ok.push(done - sent),
+                            Ok(res) => {
+                                errors += 1;
+                                first_error.get_or_insert(format!("HTTP {}", res.status));
+                            }
+                            Err(e) => {
+                                errors += 1;
+                                first_error.get_or_insert(e.to_string());
+                                conn = Conn::open(addr).await?;
+                            }
+                        }
+                    }
+                    due += interval;
+                }
+                Ok::<_, BoxError>((ok, late, errors, first_error))
+            })
+        })
+        .collect();
+    let (mut latencies, mut lateness) = (Vec::new(), Vec::new());
+    let mut stats = Stats::default();
+    for task in tasks {
+        let (ok, late, errors, first_error) = task.await??;
+        latencies.extend(ok);
+        lateness.extend(late);
+        stats.errors += errors;
+        if stats.first_error.is_none() {
+            stats.first_error = first_error;
+        }
+    }
+    stats.rate = latencies.len() as f64 / seconds.max(1) as f64;
+    stats.p50_ms = percentile_ms(&latencies, 50);
+    stats.p99_ms = percentile_ms(&latencies, 99);
+    Ok((stats, percentile_ms(&lateness, 99)))
 }
 
 /// (b) while browsers of another user log in as fast as they can.
