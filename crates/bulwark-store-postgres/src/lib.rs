@@ -388,16 +388,27 @@ impl UserStore for PgStore {
     async fn list_user_security(
         &self,
         after_id: UserId,
+        up_to: UserId,
         limit: u32,
     ) -> StoreResult<Vec<UserSecurity>> {
-        let sql = format!("SELECT {SUMMARY_COLUMNS} FROM users WHERE id > $1 ORDER BY id LIMIT $2");
+        let sql = format!(
+            "SELECT {SUMMARY_COLUMNS} FROM users WHERE id > $1 AND id <= $2 ORDER BY id LIMIT $3"
+        );
         let found = sqlx::query(&sql)
             .bind(after_id)
+            .bind(up_to)
             .bind(i64::from(limit))
             .fetch_all(&self.pool)
             .await
             .map_err(map_err)?;
         rows(&found, security_from_row)
+    }
+
+    async fn max_user_id(&self) -> StoreResult<UserId> {
+        sqlx::query_scalar("SELECT coalesce(max(id), 0) FROM users")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(map_err)
     }
 
     async fn list_users_for_admin(&self, f: &AdminUserFilter) -> StoreResult<Vec<UserSecurity>> {

@@ -504,14 +504,18 @@ impl UserStore for SqliteStore {
     async fn list_user_security(
         &self,
         after_id: UserId,
+        up_to: UserId,
         limit: u32,
     ) -> StoreResult<Vec<UserSecurity>> {
         if let Some(bulk) = &self.bulk {
-            return bulk.user_security(after_id, limit).await;
+            return bulk.user_security(after_id, up_to, limit).await;
         }
-        let sql = format!("SELECT {SUMMARY_COLUMNS} FROM users WHERE id > ? ORDER BY id LIMIT ?");
+        let sql = format!(
+            "SELECT {SUMMARY_COLUMNS} FROM users WHERE id > ? AND id <= ? ORDER BY id LIMIT ?"
+        );
         let rows = sqlx::query(&sql)
             .bind(after_id)
+            .bind(up_to)
             .bind(i64::from(limit))
             .fetch_all(&self.pool)
             .await
@@ -526,6 +530,13 @@ impl UserStore for SqliteStore {
                 })
             })
             .collect::<Result<_, _>>()
+            .map_err(map_err)
+    }
+
+    async fn max_user_id(&self) -> StoreResult<UserId> {
+        sqlx::query_scalar("SELECT coalesce(max(id), 0) FROM users")
+            .fetch_one(&self.pool)
+            .await
             .map_err(map_err)
     }
 

@@ -1216,6 +1216,7 @@ pub async fn recovery_codes_work_once_and_are_replaced(s: &dyn Store) {
 }
 
 pub async fn user_security_lists_second_factors_page_by_page(s: &dyn Store) {
+    assert_eq!(s.max_user_id().await.unwrap(), 0, "no users yet");
     let a = s.insert_user(&new_user("ann")).await.unwrap();
     let b = s.insert_user(&new_user("ben")).await.unwrap();
     let c = s.insert_user(&new_user("cal")).await.unwrap();
@@ -1228,18 +1229,37 @@ pub async fn user_security_lists_second_factors_page_by_page(s: &dyn Store) {
     s.upsert_pending_totp(&factor(b.id, "sb")).await.unwrap();
     s.update_active(c.id, false).await.unwrap();
 
-    let first = s.list_user_security(0, 2).await.unwrap();
+    let first = s.list_user_security(0, UserId::MAX, 2).await.unwrap();
     assert_eq!(first.len(), 2);
     assert_eq!(first[0].user.login, "ann");
     assert!(first[0].totp_active);
     assert_eq!(first[0].recovery_codes_left, 2);
     assert_eq!(first[1].user.login, "ben");
     assert!(!first[1].totp_active, "a pending factor is not active");
-    let rest = s.list_user_security(first[1].user.id, 2).await.unwrap();
+    let rest = s
+        .list_user_security(first[1].user.id, UserId::MAX, 2)
+        .await
+        .unwrap();
     assert_eq!(rest.len(), 1);
     assert_eq!(rest[0].user.id, c.id);
     assert!(!rest[0].user.active, "inactive users are listed too");
-    assert!(s.list_user_security(c.id, 2).await.unwrap().is_empty());
+    assert!(s
+        .list_user_security(c.id, UserId::MAX, 2)
+        .await
+        .unwrap()
+        .is_empty());
+    // A range: ids above the first and up to the second.
+    let range = s.list_user_security(a.id, b.id, 10).await.unwrap();
+    assert_eq!(range.len(), 1);
+    assert_eq!(range[0].user.id, b.id);
+    assert!(s
+        .list_user_security(b.id, b.id, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(s.max_user_id().await.unwrap(), c.id);
+    s.delete_user(c.id).await.unwrap();
+    assert_eq!(s.max_user_id().await.unwrap(), b.id);
 }
 
 /// The report rows (`list_user_security`, `list_users_for_admin`) agree with what sign-in
@@ -1256,7 +1276,7 @@ pub async fn user_security_follows_every_change(s: &dyn Store) {
         .await
         .unwrap();
     let check = |what: &'static str| async move {
-        let listed = s.list_user_security(0, 10).await.unwrap();
+        let listed = s.list_user_security(0, UserId::MAX, 10).await.unwrap();
         let admin = s
             .list_users_for_admin(&AdminUserFilter {
                 limit: 10,
@@ -1312,7 +1332,7 @@ pub async fn user_security_follows_every_change(s: &dyn Store) {
         .unwrap();
     s.delete_user(u.id).await.unwrap();
     check("user deleted").await;
-    let left = s.list_user_security(0, 10).await.unwrap();
+    let left = s.list_user_security(0, UserId::MAX, 10).await.unwrap();
     assert_eq!(left.len(), 1);
     assert!(left[0].totp_active && left[0].recovery_codes_left == 1);
 }

@@ -62,13 +62,17 @@ pub trait UserStore: Send + Sync {
     async fn list_users(&self, filter: &UserFilter) -> StoreResult<Vec<UserRecord>>;
     /// Number of active users in a group.
     async fn count_active_in_group(&self, group: &GroupName) -> StoreResult<u64>;
-    /// Up to `limit` users with an id above `after_id`, in id order, each with the state of
-    /// their second factors (one query per page, for reports over every user).
+    /// Up to `limit` users with `after_id < id <= up_to`, in id order, each with the state of
+    /// their second factors (one query per page, for reports over every user; pages of
+    /// disjoint id ranges may be read at the same time).
     async fn list_user_security(
         &self,
         after_id: UserId,
+        up_to: UserId,
         limit: u32,
     ) -> StoreResult<Vec<UserSecurity>>;
+    /// The highest user id, 0 without users: where a walk over every user ends.
+    async fn max_user_id(&self) -> StoreResult<UserId>;
     /// The admin console's filtered list, ordered by login, with second-factor state.
     async fn list_users_for_admin(
         &self,

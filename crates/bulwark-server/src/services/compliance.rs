@@ -18,8 +18,8 @@ use super::ServiceError;
 use crate::app::App;
 use bulwark_core::enforcement::{self, Standing};
 use bulwark_core::UnixTime;
-use bulwark_store::{StoreError, StoreResult, UserSecurity};
-use std::collections::{BTreeMap, HashMap};
+use bulwark_store::{StoreError, StoreResult, UserId, UserSecurity};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 /// Users read per query. Small enough to stream about 150 kB at a time; a page
 /// costs about 20 µs more than its rows.
@@ -160,16 +160,23 @@ pub struct ComplianceScan {
     app: App,
     now: UnixTime,
     stale_before: UnixTime,
-    after: bulwark_store::UserId,
-    done: bool,
+    /// The ids of the walk: every user up to the highest id when it started, in ranges of
+    /// [`PAGE`] ids (a range of unique ids holds at most that many users). Ranges already
+    /// handed to a read end at `scheduled`.
+    max_id: UserId,
+    scheduled: UserId,
     /// Users share a handful of group sets; policy and enforcement are decided once per set.
     by_groups: HashMap<Vec<String>, (bool, Option<u32>)>,
     grace_days: u32,
     summary: ComplianceSummary,
-    /// The read of the page after the one being processed, started before processing it: on
-    /// SQLite it runs on a blocking thread, so reading and writing the export overlap.
-    next: Option<ReadAhead>,
+    /// Reads of the next ranges, in order, started before the current page is processed: on
+    /// SQLite each runs on a blocking thread with its own connection, so two pages are read
+    /// at once while a third is written.
+    ahead: VecDeque<ReadAhead>,
 }
+
+/// Pages being read while one is processed.
+const READ_AHEAD: usize = 2;
 
 /// A page being read; a scan dropped half-way (a client that went away) stops it.
 struct ReadAhead(tokio::task::JoinHandle<StoreResult<Vec<UserSecurity>>>);
@@ -181,34 +188,29 @@ impl Drop for ReadAhead {
 }
 
 impl ComplianceScan {
-    /// Starts reading the page after `self.after`.
+    /// Starts reading the next ranges, up to [`READ_AHEAD`] in flight.
     fn read_ahead(&mut self) {
-        let store = self.app.store.clone();
-        let after = self.after;
-        self.next = Some(ReadAhead(tokio::spawn(async move {
-            store.list_user_security(after, PAGE).await
-        })));
+        while self.ahead.len() < READ_AHEAD && self.scheduled < self.max_id {
+            let store = self.app.store.clone();
+            let after = self.scheduled;
+            let up_to = after.saturating_add(UserId::from(PAGE)).min(self.max_id);
+            self.scheduled = up_to;
+            self.ahead.push_back(ReadAhead(tokio::spawn(async move {
+                store.list_user_security(after, up_to, PAGE).await
+            })));
+        }
     }
 
     /// The next page of active users (possibly empty), or `None` when every user was seen.
     pub async fn next_page(&mut self) -> Result<Option<Vec<UserCompliance>>, ServiceError> {
-        if self.done {
-            return Ok(None);
-        }
-        let page = match self.next.take() {
-            Some(mut read) => (&mut read.0)
-                .await
-                .map_err(|e| StoreError::Backend(format!("the user read stopped: {e}")))??,
-            None => self.app.store.list_user_security(self.after, PAGE).await?,
-        };
-        let Some(last) = page.last() else {
-            self.done = true;
+        self.read_ahead();
+        let Some(mut read) = self.ahead.pop_front() else {
             return Ok(None);
         };
-        self.after = last.user.id;
-        if page.len() == PAGE as usize {
-            self.read_ahead();
-        }
+        let page = (&mut read.0)
+            .await
+            .map_err(|e| StoreError::Backend(format!("the user read stopped: {e}")))??;
+        self.read_ahead();
         let mut lines = Vec::with_capacity(page.len());
         for s in page.into_iter().filter(|s| s.user.active) {
             let app = &self.app;
@@ -275,11 +277,11 @@ impl App {
             app: self.clone(),
             now,
             stale_before: now.saturating_sub(i64::from(options.stale_days) * DAY),
-            after: 0,
-            done: false,
+            max_id: self.store.max_user_id().await?,
+            scheduled: 0,
             by_groups: HashMap::new(),
             grace_days: self.policy().two_factor.grace_days,
-            next: None,
+            ahead: VecDeque::new(),
             summary: ComplianceSummary {
                 generated_at: now,
                 stale_days: options.stale_days,
