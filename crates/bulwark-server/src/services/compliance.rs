@@ -410,11 +410,6 @@ impl CsvWriter {
         out
     }
 
-    /// One CSV line (with its CRLF) for `u`.
-    pub fn line(u: &UserCompliance) -> String {
-        Self::lines(std::slice::from_ref(u))
-    }
-
     fn write_line(out: &mut String, scratch: &mut String, u: &UserCompliance) {
         let mut field = |out: &mut String, write: &dyn Fn(&mut String)| {
             scratch.clear();
