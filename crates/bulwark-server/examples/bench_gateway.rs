@@ -552,45 +552,80 @@ async fn even_rate(
             let offset = interval.mul_f64(c as f64 / connections as f64);
             tokio::spawn(async move {
                 let mut conn = Conn::open(addr).await?;
-                let (mut ok, mut late) = (Vec::new(), Vec::new());
-                let mut errors = 0u64;
-                let mut first_error = None;
+                let mut tally = Tally::default();
                 let mut due = begin + offset;
                 while due < end {
                     tokio::time::sleep_until(due).await;
                     let sent = tokio::time::Instant::now();
-                    let outcome = conn.exchange(request.as_bytes()).await;
-                    let done = tokio::time::Instant::now();
+                    let outcome = check_once(&mut conn, addr, request.as_bytes()).await?;
                     if due >= start {
-                        late.push(sent - due);
-                        match outcome {
-                            Ok(res) if res.status == 200 => ok.push(done - sent),
-                            Ok(res) => {
-                                errors += 1;
-                                first_error.get_or_insert(format!("HTTP {}", res.status));
-                            }
-                            Err(e) => {
-                                errors += 1;
-                                first_error.get_or_insert(e.to_string());
-                                conn = Conn::open(addr).await?;
-                            }
-                        }
+                        tally.late.push(sent - due);
+                        tally.count(outcome);
                     }
                     due += interval;
                 }
-                Ok::<_, BoxError>((ok, late, errors, first_error))
+                Ok::<_, BoxError>(tally)
             })
         })
         .collect();
+    gather(tasks, seconds).await
+}
+
+/// What one connection of a load saw: latencies of good answers, errors, and (at an even
+/// rate) how late each send was against its schedule.
+#[derive(Default)]
+struct Tally {
+    ok: Vec<Duration>,
+    late: Vec<Duration>,
+    errors: u64,
+    first_error: Option<String>,
+}
+
+impl Tally {
+    fn count(&mut self, outcome: Result<Duration, String>) {
+        match outcome {
+            Ok(latency) => self.ok.push(latency),
+            Err(e) => {
+                self.errors += 1;
+                self.first_error.get_or_insert(e);
+            }
+        }
+    }
+}
+
+/// Sends `request` once: the latency of a 200, or what went wrong instead. A broken
+/// connection is reopened for the next request.
+async fn check_once(
+    conn: &mut Conn,
+    addr: SocketAddr,
+    request: &[u8],
+) -> Res<Result<Duration, String>> {
+    let sent = Instant::now();
+    Ok(match conn.exchange(request).await {
+        Ok(res) if res.status == 200 => Ok(sent.elapsed()),
+        Ok(res) => Err(format!("HTTP {}", res.status)),
+        Err(e) => {
+            *conn = Conn::open(addr).await?;
+            Err(e.to_string())
+        }
+    })
+}
+
+/// The figures of a load from its connections' tallies over `seconds`, and the p99 of how
+/// late the sends were (ms).
+async fn gather(
+    tasks: Vec<tokio::task::JoinHandle<Res<Tally>>>,
+    seconds: u64,
+) -> Res<(Stats, f64)> {
     let (mut latencies, mut lateness) = (Vec::new(), Vec::new());
     let mut stats = Stats::default();
     for task in tasks {
-        let (ok, late, errors, first_error) = task.await??;
-        latencies.extend(ok);
-        lateness.extend(late);
-        stats.errors += errors;
+        let tally = task.await??;
+        latencies.extend(tally.ok);
+        lateness.extend(tally.late);
+        stats.errors += tally.errors;
         if stats.first_error.is_none() {
-            stats.first_error = first_error;
+            stats.first_error = tally.first_error;
         }
     }
     stats.rate = latencies.len() as f64 / seconds.max(1) as f64;
@@ -707,53 +742,23 @@ async fn load_client(
             let addr = t.addr;
             let request = request.clone();
             tokio::spawn(async move {
-                let mut ok = Vec::new();
-                let mut errors = 0u64;
-                let mut first_error = None;
                 let mut conn = Conn::open(addr).await?;
+                let mut tally = Tally::default();
                 while Instant::now() < end {
-                    let sent = Instant::now();
-                    let outcome = conn.exchange(request.as_bytes()).await;
+                    let outcome = check_once(&mut conn, addr, request.as_bytes()).await?;
                     let done = Instant::now();
-                    let error = match outcome {
-                        Ok(res) if res.status == 200 => None,
-                        Ok(res) => Some(format!("HTTP {}", res.status)),
-                        Err(e) => {
-                            conn = Conn::open(addr).await?;
-                            Some(e.to_string())
-                        }
-                    };
                     if done >= start && done <= end {
-                        match error {
-                            None => ok.push(done - sent),
-                            Some(e) => {
-                                errors += 1;
-                                first_error.get_or_insert(e);
-                            }
-                        }
+                        tally.count(outcome);
                     }
                     if let Some(p) = pace {
                         tokio::time::sleep(p).await;
                     }
                 }
-                Ok::<_, BoxError>((ok, errors, first_error))
+                Ok::<_, BoxError>(tally)
             })
         })
         .collect();
-    let mut latencies = Vec::new();
-    let mut stats = Stats::default();
-    for task in tasks {
-        let (ok, errors, first_error) = task.await??;
-        latencies.extend(ok);
-        stats.errors += errors;
-        if stats.first_error.is_none() {
-            stats.first_error = first_error;
-        }
-    }
-    stats.rate = latencies.len() as f64 / seconds.max(1) as f64;
-    stats.p50_ms = percentile_ms(&latencies, 50);
-    stats.p99_ms = percentile_ms(&latencies, 99);
-    Ok(stats)
+    Ok(gather(tasks, seconds).await?.0)
 }
 
 async fn start_hello() -> Res<SocketAddr> {
