@@ -1022,13 +1022,12 @@ async fn compliance_report(app: &App, format: &str, stale_days: u32) -> Result<(
     let options = ComplianceOptions { stale_days };
     let mut out = std::io::stdout().lock();
     let written = if format == "csv" {
-        let mut scan = app.compliance_scan(options).await?;
+        let mut scan = app.compliance_csv_scan(options).await?;
         let mut result = out.write_all(CsvWriter::HEADER.as_bytes());
-        while let Some(page) = scan.next_page().await? {
+        while let Some(text) = scan.next_csv().await? {
             if result.is_err() {
                 break;
             }
-            let text = CsvWriter::lines(&page);
             result = out.write_all(text.as_bytes());
         }
         result

@@ -201,7 +201,7 @@ const USER_COLUMNS: &str = concat!(
      ORDER BY g.group_name) AS groups"
 );
 
-/// A user and their second factors for reports over many users, from the summary the
+/// A user and their second factors for the admin console's list, from the summary the
 /// triggers of migration 0009 keep on the user's row (groups in the same order).
 const SUMMARY_COLUMNS: &str = concat!(
     user_columns!(),
@@ -225,6 +225,32 @@ fn user_from_row(row: &PgRow) -> Result<UserRecord, sqlx::Error> {
         device_account: row.try_get("device_account")?,
         allowed_networks: split_list(row.try_get("allowed_networks")?),
         grace_started_at: row.try_get("grace_started_at")?,
+    })
+}
+
+/// What the reports over every user read of each ([`SecurityRow`]), with the summary the
+/// triggers of migration 0009 keep on the user's row.
+const REPORT_COLUMNS: &str = "id, login, email, display_name, active, created_at, \
+     last_login_at, password_changed_at, password_hash IS NOT NULL AS has_password, \
+     device_account, grace_started_at, group_list AS groups, totp_confirmed AS totp_active, \
+     recovery_codes_left AS codes_left";
+
+fn report_row(row: &PgRow) -> Result<SecurityRow<'_>, sqlx::Error> {
+    Ok(SecurityRow {
+        id: row.try_get("id")?,
+        login: row.try_get("login")?,
+        email: row.try_get("email")?,
+        display_name: row.try_get("display_name")?,
+        active: row.try_get("active")?,
+        created_at: row.try_get("created_at")?,
+        last_login_at: row.try_get("last_login_at")?,
+        password_changed_at: row.try_get("password_changed_at")?,
+        has_password: row.try_get("has_password")?,
+        device_account: row.try_get("device_account")?,
+        grace_started_at: row.try_get("grace_started_at")?,
+        groups: row.try_get("groups")?,
+        totp_active: row.try_get("totp_active")?,
+        recovery_codes_left: count(row.try_get("codes_left")?),
     })
 }
 
@@ -390,9 +416,9 @@ impl UserStore for PgStore {
         after_id: UserId,
         up_to: UserId,
         limit: u32,
-    ) -> StoreResult<Vec<UserSecurity>> {
+    ) -> StoreResult<SecurityPage> {
         let sql = format!(
-            "SELECT {SUMMARY_COLUMNS} FROM users WHERE id > $1 AND id <= $2 ORDER BY id LIMIT $3"
+            "SELECT {REPORT_COLUMNS} FROM users WHERE id > $1 AND id <= $2 ORDER BY id LIMIT $3"
         );
         let found = sqlx::query(&sql)
             .bind(after_id)
@@ -401,7 +427,11 @@ impl UserStore for PgStore {
             .fetch_all(&self.pool)
             .await
             .map_err(map_err)?;
-        rows(&found, security_from_row)
+        let mut page = SecurityPage::with_capacity(found.len());
+        for r in &found {
+            page.push(report_row(r).map_err(map_err)?);
+        }
+        Ok(page)
     }
 
     async fn max_user_id(&self) -> StoreResult<UserId> {

@@ -8,8 +8,8 @@
 //! decoding, and pages of disjoint id ranges on several connections at once. It serves
 //! database files only; an in-memory database is read through sqlx.
 
-use crate::{split_groups, split_list, SUMMARY_COLUMNS};
-use bulwark_store::{StoreError, StoreResult, UserId, UserRecord, UserSecurity};
+use crate::REPORT_COLUMNS;
+use bulwark_store::{SecurityPage, SecurityRow, StoreError, StoreResult, UserId};
 use rusqlite::{Connection, OpenFlags};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -48,7 +48,7 @@ impl BulkReader {
         after: UserId,
         up_to: UserId,
         limit: u32,
-    ) -> StoreResult<Vec<UserSecurity>> {
+    ) -> StoreResult<SecurityPage> {
         let reader = Arc::clone(self);
         tokio::task::spawn_blocking(move || {
             reader.with_connection(|c| read_page(c, after, up_to, limit))
@@ -95,9 +95,9 @@ fn read_page(
     after: UserId,
     up_to: UserId,
     limit: u32,
-) -> rusqlite::Result<Vec<UserSecurity>> {
+) -> rusqlite::Result<SecurityPage> {
     let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {SUMMARY_COLUMNS} FROM users WHERE id > ?1 AND id <= ?2 ORDER BY id LIMIT ?3"
+        "SELECT {REPORT_COLUMNS} FROM users WHERE id > ?1 AND id <= ?2 ORDER BY id LIMIT ?3"
     ))?;
     // Columns by name once per page, by position for every row.
     let at = |name: &str| stmt.column_index(name);
@@ -110,37 +110,31 @@ fn read_page(
         at("created_at")?,
         at("last_login_at")?,
         at("password_changed_at")?,
-        at("must_change_password")?,
         at("has_password")?,
         at("device_account")?,
-        at("allowed_networks")?,
         at("grace_started_at")?,
         at("groups")?,
         at("totp_active")?,
         at("codes_left")?,
     ];
     let mut rows = stmt.query((after, up_to, i64::from(limit)))?;
-    let mut page = Vec::with_capacity(usize::try_from(limit).unwrap_or(0).min(10_000));
+    let mut page = SecurityPage::with_capacity(usize::try_from(limit).unwrap_or(0).min(10_000));
     while let Some(r) = rows.next()? {
-        let codes: i64 = r.get(c[15])?;
-        page.push(UserSecurity {
-            user: UserRecord {
-                id: r.get(c[0])?,
-                login: r.get(c[1])?,
-                email: r.get(c[2])?,
-                display_name: r.get(c[3])?,
-                active: r.get(c[4])?,
-                created_at: r.get(c[5])?,
-                last_login_at: r.get(c[6])?,
-                password_changed_at: r.get(c[7])?,
-                must_change_password: r.get(c[8])?,
-                has_password: r.get(c[9])?,
-                device_account: r.get(c[10])?,
-                allowed_networks: split_list(r.get_ref(c[11])?.as_str()?),
-                grace_started_at: r.get(c[12])?,
-                groups: split_groups(r.get_ref(c[13])?.as_str_or_null()?.unwrap_or("")),
-            },
-            totp_active: r.get(c[14])?,
+        let codes: i64 = r.get(c[13])?;
+        page.push(SecurityRow {
+            id: r.get(c[0])?,
+            login: r.get_ref(c[1])?.as_str()?,
+            email: r.get_ref(c[2])?.as_str_or_null()?,
+            display_name: r.get_ref(c[3])?.as_str()?,
+            active: r.get(c[4])?,
+            created_at: r.get(c[5])?,
+            last_login_at: r.get(c[6])?,
+            password_changed_at: r.get(c[7])?,
+            has_password: r.get(c[8])?,
+            device_account: r.get(c[9])?,
+            grace_started_at: r.get(c[10])?,
+            groups: r.get_ref(c[11])?.as_str_or_null()?.unwrap_or(""),
+            totp_active: r.get(c[12])?,
             recovery_codes_left: u32::try_from(codes).unwrap_or(0),
         });
     }

@@ -308,12 +308,39 @@ const USER_COLUMNS: &str = concat!(
      AS groups"
 );
 
-/// A user and their second factors for reports over many users, from the summary the
+/// What the reports over every user read of each ([`SecurityRow`]), with the summary the
+/// triggers of migration 0009 keep on the user's row.
+pub(crate) const REPORT_COLUMNS: &str = "id, login, email, display_name, active, created_at, \
+     last_login_at, password_changed_at, password_hash IS NOT NULL AS has_password, \
+     device_account, grace_started_at, group_list AS groups, totp_confirmed AS totp_active, \
+     recovery_codes_left AS codes_left";
+
+/// A user and their second factors for the admin console's list, from the summary the
 /// triggers of migration 0009 keep on the user's row.
 pub(crate) const SUMMARY_COLUMNS: &str = concat!(
     user_columns!(),
     ", group_list AS groups, totp_confirmed AS totp_active, recovery_codes_left AS codes_left"
 );
+
+fn report_row(row: &SqliteRow) -> Result<SecurityRow<'_>, sqlx::Error> {
+    let codes: i64 = row.try_get("codes_left")?;
+    Ok(SecurityRow {
+        id: row.try_get("id")?,
+        login: row.try_get("login")?,
+        email: row.try_get("email")?,
+        display_name: row.try_get("display_name")?,
+        active: row.try_get("active")?,
+        created_at: row.try_get("created_at")?,
+        last_login_at: row.try_get("last_login_at")?,
+        password_changed_at: row.try_get("password_changed_at")?,
+        has_password: row.try_get("has_password")?,
+        device_account: row.try_get("device_account")?,
+        grace_started_at: row.try_get("grace_started_at")?,
+        groups: row.try_get::<Option<&str>, _>("groups")?.unwrap_or(""),
+        totp_active: row.try_get("totp_active")?,
+        recovery_codes_left: u32::try_from(codes).unwrap_or(0),
+    })
+}
 
 fn user_from_row(row: &SqliteRow) -> Result<UserRecord, sqlx::Error> {
     let groups: Option<&str> = row.try_get("groups")?;
@@ -506,12 +533,12 @@ impl UserStore for SqliteStore {
         after_id: UserId,
         up_to: UserId,
         limit: u32,
-    ) -> StoreResult<Vec<UserSecurity>> {
+    ) -> StoreResult<SecurityPage> {
         if let Some(bulk) = &self.bulk {
             return bulk.user_security(after_id, up_to, limit).await;
         }
         let sql = format!(
-            "SELECT {SUMMARY_COLUMNS} FROM users WHERE id > ? AND id <= ? ORDER BY id LIMIT ?"
+            "SELECT {REPORT_COLUMNS} FROM users WHERE id > ? AND id <= ? ORDER BY id LIMIT ?"
         );
         let rows = sqlx::query(&sql)
             .bind(after_id)
@@ -520,17 +547,11 @@ impl UserStore for SqliteStore {
             .fetch_all(&self.pool)
             .await
             .map_err(map_err)?;
-        rows.iter()
-            .map(|r| -> Result<UserSecurity, sqlx::Error> {
-                let codes: i64 = r.try_get("codes_left")?;
-                Ok(UserSecurity {
-                    user: user_from_row(r)?,
-                    totp_active: r.try_get("totp_active")?,
-                    recovery_codes_left: u32::try_from(codes).unwrap_or(0),
-                })
-            })
-            .collect::<Result<_, _>>()
-            .map_err(map_err)
+        let mut page = SecurityPage::with_capacity(rows.len());
+        for r in &rows {
+            page.push(report_row(r).map_err(map_err)?);
+        }
+        Ok(page)
     }
 
     async fn max_user_id(&self) -> StoreResult<UserId> {

@@ -56,7 +56,7 @@ async fn report_lists_see_the_latest_commit() {
         let id = store.insert_user(&user).await.unwrap().id;
         let listed = store.list_user_security(0, i64::MAX, 100).await.unwrap();
         assert_eq!(listed.len(), n + 1);
-        assert_eq!(listed[n].user.id, id);
+        assert_eq!(listed.get(n).unwrap().id, id);
     }
 }
 

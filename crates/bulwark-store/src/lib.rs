@@ -6,8 +6,10 @@
 
 pub mod contract;
 mod records;
+mod report_page;
 
 pub use records::*;
+pub use report_page::{SecurityPage, SecurityRow};
 
 use async_trait::async_trait;
 use bulwark_core::account::{Email, GroupName, Login};
@@ -70,7 +72,7 @@ pub trait UserStore: Send + Sync {
         after_id: UserId,
         up_to: UserId,
         limit: u32,
-    ) -> StoreResult<Vec<UserSecurity>>;
+    ) -> StoreResult<SecurityPage>;
     /// The highest user id, 0 without users: where a walk over every user ends.
     async fn max_user_id(&self) -> StoreResult<UserId>;
     /// The admin console's filtered list, ordered by login, with second-factor state.

@@ -18,8 +18,9 @@ use super::ServiceError;
 use crate::app::App;
 use bulwark_core::enforcement::{self, Standing};
 use bulwark_core::UnixTime;
-use bulwark_store::{StoreError, StoreResult, UserId, UserSecurity};
+use bulwark_store::{SecurityPage, SecurityRow, StoreError, UserId};
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
 
 /// Users read per query. Small enough to stream about 150 kB at a time; a page
 /// costs about 20 µs more than its rows.
@@ -59,28 +60,90 @@ pub struct UserCompliance {
 }
 
 impl UserCompliance {
+    fn new(u: &SecurityRow<'_>, v: Verdict) -> Self {
+        Self {
+            login: u.login.to_string(),
+            email: u.email.map(str::to_string),
+            display_name: u.display_name.to_string(),
+            groups: u.groups().map(str::to_string).collect(),
+            two_factor: v.two_factor,
+            standing: v.standing,
+            recovery_codes_left: v.recovery_codes_left,
+            last_login_at: u.last_login_at,
+            password_changed_at: u.password_changed_at,
+            password_expires_at: v.password_expires_at,
+            password_expired: v.password_expired,
+            stale: v.stale,
+        }
+    }
+
+    fn verdict(&self) -> Verdict {
+        Verdict {
+            two_factor: self.two_factor,
+            standing: self.standing,
+            recovery_codes_left: self.recovery_codes_left,
+            password_expires_at: self.password_expires_at,
+            password_expired: self.password_expired,
+            stale: self.stale,
+        }
+    }
+
     pub fn exempt(&self) -> bool {
-        self.standing == Standing::Exempt
+        self.verdict().exempt()
     }
 
     pub fn without_two_factor(&self) -> bool {
-        !self.two_factor && !self.exempt()
+        self.verdict().without_two_factor()
     }
 
     pub fn few_recovery_codes(&self) -> bool {
-        self.two_factor && self.recovery_codes_left <= FEW_RECOVERY_CODES
+        self.verdict().few_recovery_codes()
     }
 
     /// The end of the 2FA grace period, for users still inside it.
     pub fn grace_deadline(&self) -> Option<UnixTime> {
+        self.verdict().grace_deadline()
+    }
+
+    /// The standing as one word: optional, exempt, satisfied, grace, enrolment_required.
+    pub fn standing_name(&self) -> &'static str {
+        self.verdict().standing_name()
+    }
+}
+
+/// What the report says of one user, apart from who they are: what the lines, the counts and
+/// the CSV are made of.
+#[derive(Debug, Clone, Copy)]
+struct Verdict {
+    two_factor: bool,
+    standing: Standing,
+    recovery_codes_left: u32,
+    password_expires_at: Option<UnixTime>,
+    password_expired: bool,
+    stale: bool,
+}
+
+impl Verdict {
+    fn exempt(&self) -> bool {
+        self.standing == Standing::Exempt
+    }
+
+    fn without_two_factor(&self) -> bool {
+        !self.two_factor && !self.exempt()
+    }
+
+    fn few_recovery_codes(&self) -> bool {
+        self.two_factor && self.recovery_codes_left <= FEW_RECOVERY_CODES
+    }
+
+    fn grace_deadline(&self) -> Option<UnixTime> {
         match self.standing {
             Standing::Grace { deadline } => Some(deadline),
             _ => None,
         }
     }
 
-    /// The standing as one word: optional, exempt, satisfied, grace, enrolment_required.
-    pub fn standing_name(&self) -> &'static str {
+    fn standing_name(&self) -> &'static str {
         match self.standing {
             Standing::Optional => "optional",
             Standing::Exempt => "exempt",
@@ -100,10 +163,16 @@ pub struct Coverage {
 }
 
 impl Coverage {
-    fn add(&mut self, u: &UserCompliance) {
+    fn add(&mut self, u: &Verdict) {
         self.active += 1;
         self.with_two_factor += u64::from(u.two_factor);
         self.exempt += u64::from(u.exempt());
+    }
+
+    fn merge(&mut self, other: &Coverage) {
+        self.active += other.active;
+        self.with_two_factor += other.with_two_factor;
+        self.exempt += other.exempt;
     }
 
     /// Share of the active, non-exempt users with 2FA, in percent (100 when there are none).
@@ -153,33 +222,43 @@ pub struct ComplianceReport {
     pub truncated: bool,
 }
 
-/// A walk over every active user, a page at a time: [`ComplianceScan::next_page`] until it
-/// returns `None`, then [`ComplianceScan::summary`]. Memory stays bounded whatever the number
-/// of users, and a caller can pause between pages (e.g. while a client reads the export).
+/// A walk over every active user, a page at a time: [`ComplianceScan::next_page`] (or
+/// [`ComplianceScan::next_csv`] for a scan started as an export) until it returns `None`,
+/// then [`ComplianceScan::summary`]. Memory stays bounded whatever the number of users, and
+/// a caller can pause between pages (e.g. while a client reads the export).
 pub struct ComplianceScan {
-    app: App,
-    now: UnixTime,
-    stale_before: UnixTime,
+    store: Arc<dyn bulwark_store::Store>,
+    judge: Arc<Judge>,
+    output: Output,
     /// The ids of the walk: every user up to the highest id when it started, in ranges of
     /// [`PAGE`] ids (a range of unique ids holds at most that many users). Ranges already
     /// handed to a read end at `scheduled`.
     max_id: UserId,
     scheduled: UserId,
-    /// Users share a handful of group sets; policy and enforcement are decided once per set.
-    by_groups: HashMap<Vec<String>, (bool, Option<u32>)>,
-    grace_days: u32,
     summary: ComplianceSummary,
-    /// Reads of the next ranges, in order, started before the current page is processed: on
-    /// SQLite each runs on a blocking thread with its own connection, so two pages are read
-    /// at once while a third is written.
+    /// The next ranges, in order, each read and judged (and written as CSV for an export)
+    /// by a task of its own: on SQLite each read runs on a blocking thread with its own
+    /// connection, so the pages in flight share the cores while the caller sends the
+    /// current one.
     ahead: VecDeque<ReadAhead>,
 }
 
-/// Pages being read while one is processed.
-const READ_AHEAD: usize = 2;
+/// What the scan hands back of each page besides the numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Output {
+    /// The users' lines ([`ComplianceScan::next_page`]).
+    Lines,
+    /// The page as CSV lines ([`ComplianceScan::next_csv`]).
+    Csv,
+    /// Nothing: the numbers only.
+    Counts,
+}
+
+/// Pages being read and judged while the caller handles one.
+const READ_AHEAD: usize = 3;
 
 /// A page being read; a scan dropped half-way (a client that went away) stops it.
-struct ReadAhead(tokio::task::JoinHandle<StoreResult<Vec<UserSecurity>>>);
+struct ReadAhead(tokio::task::JoinHandle<Result<Judged, ServiceError>>);
 
 impl Drop for ReadAhead {
     fn drop(&mut self) {
@@ -187,77 +266,146 @@ impl Drop for ReadAhead {
     }
 }
 
+/// What every page of one scan is judged by, fixed when the scan starts: the policy in
+/// force then, and the time.
+struct Judge {
+    policy: Arc<crate::config::policy::Policy>,
+    now: UnixTime,
+    stale_before: UnixTime,
+}
+
+/// A page judged: its lines (or their CSV) and its numbers.
+struct Judged {
+    lines: Vec<UserCompliance>,
+    csv: String,
+    tally: Tally,
+}
+
+/// The numbers of one page, added to the scan's summary in page order.
+#[derive(Default)]
+struct Tally {
+    all: Coverage,
+    groups: HashMap<String, Coverage>,
+    without_two_factor: u64,
+    password_expired: u64,
+    stale: u64,
+    few_recovery_codes: u64,
+}
+
+impl Judge {
+    /// The active users of `page`, judged and counted, written as CSV if asked.
+    fn page(&self, page: &SecurityPage, output: Output) -> Judged {
+        // Users share a handful of group sets: policy and enforcement are decided, and users
+        // counted, once per set; the groups' figures are added up from the sets' at the end.
+        let mut sets: HashMap<&str, (bool, Option<u32>, Coverage)> = HashMap::new();
+        let mut tally = Tally::default();
+        let mut lines = Vec::new();
+        let mut csv = String::new();
+        if output == Output::Csv {
+            csv.reserve(page.len() * 160);
+        }
+        let mut scratch = String::new();
+        for u in page.iter().filter(|u| u.active) {
+            let (required, expiry_days, coverage) = sets.entry(u.groups).or_insert_with(|| {
+                let groups: Vec<&str> = u.groups().collect();
+                let expiry = self.policy.passwords.for_groups(&groups).expiry_days;
+                (
+                    self.policy.two_factor.required_for(&groups),
+                    (expiry > 0).then_some(expiry),
+                    Coverage::default(),
+                )
+            });
+            let v = verdict(&u, self, *required, *expiry_days);
+            coverage.add(&v);
+            tally.all.add(&v);
+            tally.without_two_factor += u64::from(v.without_two_factor());
+            tally.password_expired += u64::from(v.password_expired);
+            tally.stale += u64::from(v.stale);
+            tally.few_recovery_codes += u64::from(v.few_recovery_codes());
+            match output {
+                Output::Lines => lines.push(UserCompliance::new(&u, v)),
+                Output::Csv => write_csv_line(&mut csv, &mut scratch, &u, &v),
+                Output::Counts => {}
+            }
+        }
+        for (groups, (_, _, coverage)) in sets {
+            for g in groups.split(',').filter(|g| !g.is_empty()) {
+                match tally.groups.get_mut(g) {
+                    Some(total) => total.merge(&coverage),
+                    None => {
+                        tally.groups.insert(g.to_string(), coverage.clone());
+                    }
+                }
+            }
+        }
+        Judged { lines, csv, tally }
+    }
+}
+
 impl ComplianceScan {
     /// Starts reading the next ranges, up to [`READ_AHEAD`] in flight.
     fn read_ahead(&mut self) {
         while self.ahead.len() < READ_AHEAD && self.scheduled < self.max_id {
-            let store = self.app.store.clone();
+            let store = self.store.clone();
+            let judge = Arc::clone(&self.judge);
+            let output = self.output;
             let after = self.scheduled;
             let up_to = after.saturating_add(UserId::from(PAGE)).min(self.max_id);
             self.scheduled = up_to;
             self.ahead.push_back(ReadAhead(tokio::spawn(async move {
-                store.list_user_security(after, up_to, PAGE).await
+                let page = store.list_user_security(after, up_to, PAGE).await?;
+                // About a millisecond of work a page: off the threads that answer requests.
+                tokio::task::spawn_blocking(move || judge.page(&page, output))
+                    .await
+                    .map_err(|e| stopped(&e))
             })));
         }
     }
 
-    /// The next page of active users (possibly empty), or `None` when every user was seen.
-    pub async fn next_page(&mut self) -> Result<Option<Vec<UserCompliance>>, ServiceError> {
+    /// The next page judged, its numbers added to the summary, or `None` when every user
+    /// was seen.
+    async fn next_judged(&mut self) -> Result<Option<Judged>, ServiceError> {
         self.read_ahead();
         let Some(mut read) = self.ahead.pop_front() else {
             return Ok(None);
         };
-        let page = (&mut read.0)
-            .await
-            .map_err(|e| StoreError::Backend(format!("the user read stopped: {e}")))??;
+        let judged = (&mut read.0).await.map_err(|e| stopped(&e))??;
         self.read_ahead();
-        let mut lines = Vec::with_capacity(page.len());
-        for s in page.into_iter().filter(|s| s.user.active) {
-            let app = &self.app;
-            // Looked up by slice: a set of groups seen before costs no allocation.
-            let (required, expiry_days) = match self.by_groups.get(s.user.groups.as_slice()) {
-                Some(decided) => *decided,
+        let (summary, tally) = (&mut self.summary, &judged.tally);
+        summary.all.merge(&tally.all);
+        for (g, coverage) in &tally.groups {
+            match summary.groups.get_mut(g) {
+                Some((_, total)) => total.merge(coverage),
                 None => {
-                    let policy = app.policy_for(&s.user.groups);
-                    let decided = (
-                        app.policy().two_factor.required_for(&s.user.groups),
-                        (policy.expiry_days > 0).then_some(policy.expiry_days),
-                    );
-                    self.by_groups.insert(s.user.groups.clone(), decided);
-                    decided
-                }
-            };
-            let line = compliance_line(
-                s,
-                self.now,
-                required,
-                expiry_days,
-                self.grace_days,
-                self.stale_before,
-            );
-            let summary = &mut self.summary;
-            summary.all.add(&line);
-            for g in &line.groups {
-                match summary.groups.get_mut(g) {
-                    Some((_, coverage)) => coverage.add(&line),
-                    None => {
-                        let required = app
-                            .policy()
-                            .two_factor
-                            .required_for(std::slice::from_ref(g));
-                        let mut coverage = Coverage::default();
-                        coverage.add(&line);
-                        summary.groups.insert(g.clone(), (required, coverage));
-                    }
+                    let required = self
+                        .judge
+                        .policy
+                        .two_factor
+                        .required_for(std::slice::from_ref(g));
+                    summary
+                        .groups
+                        .insert(g.clone(), (required, coverage.clone()));
                 }
             }
-            summary.without_two_factor += u64::from(line.without_two_factor());
-            summary.password_expired += u64::from(line.password_expired);
-            summary.stale += u64::from(line.stale);
-            summary.few_recovery_codes += u64::from(line.few_recovery_codes());
-            lines.push(line);
         }
-        Ok(Some(lines))
+        summary.without_two_factor += tally.without_two_factor;
+        summary.password_expired += tally.password_expired;
+        summary.stale += tally.stale;
+        summary.few_recovery_codes += tally.few_recovery_codes;
+        Ok(Some(judged))
+    }
+
+    /// The next page of active users (possibly empty), or `None` when every user was seen.
+    /// Empty pages only for a scan started by [`App::compliance_csv_scan`].
+    pub async fn next_page(&mut self) -> Result<Option<Vec<UserCompliance>>, ServiceError> {
+        Ok(self.next_judged().await?.map(|j| j.lines))
+    }
+
+    /// The CSV lines of the next page of active users (possibly empty), or `None` when
+    /// every user was seen. Empty unless the scan was started by
+    /// [`App::compliance_csv_scan`].
+    pub async fn next_csv(&mut self) -> Result<Option<String>, ServiceError> {
+        Ok(self.next_judged().await?.map(|j| j.csv))
     }
 
     /// The numbers over the users seen so far (all of them once `next_page` gave `None`).
@@ -266,21 +414,54 @@ impl ComplianceScan {
     }
 }
 
+fn stopped(e: &tokio::task::JoinError) -> ServiceError {
+    StoreError::Backend(format!("the user read stopped: {e}")).into()
+}
+
 impl App {
     /// Starts a walk over every active user (see [`ComplianceScan`]).
     pub async fn compliance_scan(
         &self,
         options: ComplianceOptions,
     ) -> Result<ComplianceScan, ServiceError> {
+        self.start_scan(options, Output::Lines).await
+    }
+
+    /// Starts the CSV export: a walk whose pages come as CSV lines
+    /// ([`ComplianceScan::next_csv`]), written while they are read.
+    pub async fn compliance_csv_scan(
+        &self,
+        options: ComplianceOptions,
+    ) -> Result<ComplianceScan, ServiceError> {
+        self.start_scan(options, Output::Csv).await
+    }
+
+    /// The numbers of a walk over every user, without the lists.
+    pub async fn compliance_summary(
+        &self,
+        options: ComplianceOptions,
+    ) -> Result<ComplianceSummary, ServiceError> {
+        let mut scan = self.start_scan(options, Output::Counts).await?;
+        while scan.next_judged().await?.is_some() {}
+        Ok(scan.summary)
+    }
+
+    async fn start_scan(
+        &self,
+        options: ComplianceOptions,
+        output: Output,
+    ) -> Result<ComplianceScan, ServiceError> {
         let now = self.now();
         Ok(ComplianceScan {
-            app: self.clone(),
-            now,
-            stale_before: now.saturating_sub(i64::from(options.stale_days) * DAY),
+            store: self.store.clone(),
+            judge: Arc::new(Judge {
+                policy: self.policy(),
+                now,
+                stale_before: now.saturating_sub(i64::from(options.stale_days) * DAY),
+            }),
+            output,
             max_id: self.store.max_user_id().await?,
             scheduled: 0,
-            by_groups: HashMap::new(),
-            grace_days: self.policy().two_factor.grace_days,
             ahead: VecDeque::new(),
             summary: ComplianceSummary {
                 generated_at: now,
@@ -355,41 +536,32 @@ impl App {
     }
 }
 
-/// One user's line of the report; `s` is consumed (its strings move into the line).
-fn compliance_line(
-    s: UserSecurity,
-    now: UnixTime,
+/// What the report says of `u`, under the scan's policy and time.
+fn verdict(
+    u: &SecurityRow<'_>,
+    judge: &Judge,
     required: bool,
     expiry_days: Option<u32>,
-    grace_days: u32,
-    stale_before: UnixTime,
-) -> UserCompliance {
-    let u = s.user;
+) -> Verdict {
     let standing = enforcement::standing(
         required,
         u.device_account,
-        s.totp_active,
+        u.totp_active,
         u.grace_started_at,
-        grace_days,
-        now,
+        judge.policy.two_factor.grace_days,
+        judge.now,
     );
     let password_expires_at = match (u.has_password, u.password_changed_at, expiry_days) {
         (true, Some(changed), Some(days)) => Some(changed.saturating_add(i64::from(days) * DAY)),
         _ => None,
     };
-    UserCompliance {
-        login: u.login,
-        email: u.email,
-        display_name: u.display_name,
-        groups: u.groups,
-        two_factor: s.totp_active,
+    Verdict {
+        two_factor: u.totp_active,
         standing,
-        recovery_codes_left: s.recovery_codes_left,
-        last_login_at: u.last_login_at,
-        password_changed_at: u.password_changed_at,
+        recovery_codes_left: u.recovery_codes_left,
         password_expires_at,
-        password_expired: password_expires_at.is_some_and(|at| now >= at),
-        stale: u.last_login_at.unwrap_or(u.created_at) < stale_before,
+        password_expired: password_expires_at.is_some_and(|at| judge.now >= at),
+        stale: u.last_login_at.unwrap_or(u.created_at) < judge.stale_before,
     }
 }
 
@@ -399,67 +571,58 @@ pub struct CsvWriter;
 
 impl CsvWriter {
     pub const HEADER: &'static str = "login,email,display_name,groups,two_factor,standing,grace_deadline,recovery_codes_left,last_login,password_changed,password_expires,password_expired,stale\r\n";
+}
 
-    /// The CSV lines (each with its CRLF) of a page of users, written into one buffer.
-    pub fn lines(users: &[UserCompliance]) -> String {
-        let mut out = String::with_capacity(users.len() * 192);
-        let mut scratch = String::new();
-        for u in users {
-            Self::write_line(&mut out, &mut scratch, u);
+/// Appends the CSV line of `u` (with its CRLF); `scratch` is room for a field being built.
+fn write_csv_line(out: &mut String, scratch: &mut String, u: &SecurityRow<'_>, v: &Verdict) {
+    let mut field = |out: &mut String, write: &dyn Fn(&mut String)| {
+        scratch.clear();
+        write(scratch);
+        push_field(out, scratch);
+    };
+    let time = |t: Option<UnixTime>| {
+        move |s: &mut String| {
+            if let Some(t) = t {
+                crate::clock::write_iso(s, t);
+            }
         }
-        out
-    }
-
-    fn write_line(out: &mut String, scratch: &mut String, u: &UserCompliance) {
-        let mut field = |out: &mut String, write: &dyn Fn(&mut String)| {
-            scratch.clear();
-            write(scratch);
-            push_field(out, scratch);
-        };
-        let time = |t: Option<UnixTime>| {
-            move |s: &mut String| {
-                if let Some(t) = t {
-                    crate::clock::write_iso(s, t);
-                }
+    };
+    push_field(out, u.login);
+    out.push(',');
+    push_field(out, u.email.unwrap_or_default());
+    out.push(',');
+    push_field(out, u.display_name);
+    out.push(',');
+    field(out, &|s| {
+        for (i, g) in u.groups().enumerate() {
+            if i > 0 {
+                s.push(' ');
             }
-        };
-        push_field(out, &u.login);
-        out.push(',');
-        push_field(out, u.email.as_deref().unwrap_or_default());
-        out.push(',');
-        push_field(out, &u.display_name);
-        out.push(',');
-        field(out, &|s| {
-            for (i, g) in u.groups.iter().enumerate() {
-                if i > 0 {
-                    s.push(' ');
-                }
-                s.push_str(g);
-            }
-        });
-        out.push(',');
-        out.push_str(yes_no(u.two_factor));
-        out.push(',');
-        out.push_str(u.standing_name());
-        out.push(',');
-        field(out, &time(u.grace_deadline()));
-        out.push(',');
-        field(out, &|s| {
-            use std::fmt::Write;
-            let _ = write!(s, "{}", u.recovery_codes_left);
-        });
-        out.push(',');
-        field(out, &time(u.last_login_at));
-        out.push(',');
-        field(out, &time(u.password_changed_at));
-        out.push(',');
-        field(out, &time(u.password_expires_at));
-        out.push(',');
-        out.push_str(yes_no(u.password_expired));
-        out.push(',');
-        out.push_str(yes_no(u.stale));
-        out.push_str("\r\n");
-    }
+            s.push_str(g);
+        }
+    });
+    out.push(',');
+    out.push_str(yes_no(v.two_factor));
+    out.push(',');
+    out.push_str(v.standing_name());
+    out.push(',');
+    field(out, &time(v.grace_deadline()));
+    out.push(',');
+    field(out, &|s| {
+        use std::fmt::Write;
+        let _ = write!(s, "{}", v.recovery_codes_left);
+    });
+    out.push(',');
+    field(out, &time(u.last_login_at));
+    out.push(',');
+    field(out, &time(u.password_changed_at));
+    out.push(',');
+    field(out, &time(v.password_expires_at));
+    out.push(',');
+    out.push_str(yes_no(v.password_expired));
+    out.push(',');
+    out.push_str(yes_no(v.stale));
+    out.push_str("\r\n");
 }
 
 fn yes_no(b: bool) -> &'static str {
@@ -574,7 +737,7 @@ impl App {
         client: &super::ClientInfo,
     ) -> Result<u64, ServiceError> {
         let mut scan = self.compliance_scan(ComplianceOptions::default()).await?;
-        let now = scan.now;
+        let now = scan.judge.now;
         let link = self.url("/account/security");
         let mut sent = 0;
         while let Some(page) = scan.next_page().await? {
@@ -618,7 +781,7 @@ impl App {
     /// already logged.
     pub async fn send_reminders(&self) -> Result<RemindersSent, ServiceError> {
         let mut scan = self.compliance_scan(ComplianceOptions::default()).await?;
-        let now = scan.now;
+        let now = scan.judge.now;
         let soon = now + REMIND_DAYS_BEFORE * DAY;
         let mut sent = RemindersSent::default();
         while let Some(page) = scan.next_page().await? {

@@ -308,7 +308,7 @@ pub fn compliance_csv(app: App, options: ComplianceOptions) -> Response {
             let failed = |e: ServiceError| {
                 tracing::error!(error = %e, "compliance export failed");
             };
-            let mut scan = match task_app.compliance_scan(options).await {
+            let mut scan = match task_app.compliance_csv_scan(options).await {
                 Ok(scan) => scan,
                 Err(e) => {
                     failed(e);
@@ -316,9 +316,8 @@ pub fn compliance_csv(app: App, options: ComplianceOptions) -> Response {
                 }
             };
             loop {
-                match scan.next_page().await {
-                    Ok(Some(page)) => {
-                        let text = CsvWriter::lines(&page);
+                match scan.next_csv().await {
+                    Ok(Some(text)) => {
                         if !text.is_empty() && tx.send_data(Bytes::from(text)).await.is_err() {
                             return Ok(());
                         }

@@ -88,10 +88,9 @@ pub async fn metrics_get(State(app): State<App>, req: Request) -> Response {
 }
 
 async fn coverage(app: &App) -> Result<Vec<GroupCoverage>, crate::services::ServiceError> {
-    let mut scan = app.compliance_scan(ComplianceOptions::default()).await?;
-    while scan.next_page().await?.is_some() {}
-    Ok(scan
-        .summary()
+    Ok(app
+        .compliance_summary(ComplianceOptions::default())
+        .await?
         .groups
         .iter()
         .map(|(group, (_, c))| GroupCoverage {
