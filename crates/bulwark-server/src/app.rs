@@ -5,8 +5,8 @@ use crate::config::{Config, Policy};
 use crate::keys::{KeyError, KeyRing};
 use crate::mail::Mailer;
 use crate::services::api_keys::KeyUsage;
+use crate::services::check_cache::{KeyCache, SessionCache};
 use crate::services::passwords::HashPool;
-use crate::services::session_cache::SessionCache;
 use bulwark_core::password::hash::PasswordHasher;
 use bulwark_store::Store;
 use std::sync::{Arc, RwLock};
@@ -34,8 +34,10 @@ pub struct AppParts {
     /// Server keys (CSRF, TOTP secret sealing). Loaded from the key file or the environment,
     /// never stored in the database.
     pub(crate) keys: Arc<RwLock<KeyRing>>,
-    /// Sessions recently checked by the gateway (see `services::session_cache`).
+    /// Sessions recently checked by the gateway (see `services::check_cache`).
     pub(crate) session_cache: Arc<SessionCache>,
+    /// API keys recently checked by the gateway (see `services::check_cache`).
+    pub(crate) key_cache: Arc<KeyCache>,
     /// API key uses not yet written to the store (flushed every `api_keys.flush_secs`).
     pub key_usage: Arc<KeyUsage>,
     /// The session cookie's name, computed once: the gateway reads it on every check.
@@ -91,6 +93,10 @@ impl App {
             config.gateway.cache_seconds,
             config.gateway.cache_entries,
         ));
+        let key_cache = Arc::new(KeyCache::new(
+            config.gateway.cache_seconds,
+            config.gateway.cache_entries,
+        ));
         let session_cookie_name = crate::web::session_cookie_name_for(&config);
         let policy = RwLock::new(Arc::new(Policy::from_config(&config)));
         Ok(Self(Arc::new(AppParts {
@@ -101,6 +107,7 @@ impl App {
             mailer,
             clock,
             session_cache,
+            key_cache,
             keys: Arc::new(RwLock::new(keys)),
             key_usage: Arc::new(KeyUsage::default()),
             session_cookie_name,

@@ -1326,6 +1326,7 @@ async fn serve(config: Config) -> Result<ExitCode, CliError> {
     spawn_maintenance(app.clone());
     crate::services::policy::spawn_policy_refresh(app.clone());
     crate::services::api_keys::spawn_usage_flusher(app.clone());
+    crate::services::check_cache::spawn_cache_sync(app.clone()).await?;
     let flush_at_exit = app.clone();
 
     let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {

@@ -6,6 +6,8 @@
 //! ```text
 //!  presented text --parse (no I/O)--> malformed? ----------------------------> refused
 //!       | SHA-256 of the whole key
+//!  (gateway) in the key cache and not expired? --yes------------------------> scope check
+//!       |
 //!  find by digest (one indexed read) --> unknown / revoked / expired? ------> refused
 //!       |
 //!  owner by id (one read) --> gone or disabled? ----------------------------> refused
@@ -18,6 +20,12 @@
 //! It never writes to the store and never hashes a password: keys carry 200 random bits, so
 //! one SHA-256 is all the stretching they need. Failures are not counted per IP either (that
 //! would be a write per request); guessing a key is hopeless at any rate.
+//!
+//! The gateway's check goes through a cache of keys that passed, kept at most
+//! `gateway.cache_seconds` like the sessions' (see `services::check_cache`): revoking a key
+//! or disabling its owner on this node stops it at the next request, elsewhere (another
+//! node, the CLI) within that bound. Refusals are never cached. The JSON API reads the store
+//! every time.
 //!
 //! Last use. A use is noted in [`KeyUsage`], a map in this node's memory (one entry per key,
 //! so its size is bounded by the number of keys). [`spawn_usage_flusher`] writes it to the
@@ -41,7 +49,7 @@ use bulwark_core::api_key::{self, ApiKey, ApiKeyError, KeyName, Scope, Scopes};
 use bulwark_core::{SecretString, UnixTime};
 use bulwark_store::{ApiKeyRecord, NewApiKey, StoreError, UserRecord};
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 /// Who asks for an API key operation.
@@ -135,10 +143,13 @@ pub enum KeyRef {
 }
 
 /// A key that passed the check, with its owner.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct AuthenticatedKey {
     pub key: ApiKeyRecord,
     pub user: UserRecord,
+    /// The gateway's identity header values, built at the first check that needs them and
+    /// shared by every later check of this (cached) key.
+    pub(crate) identity_headers: OnceLock<crate::web::IdentityHeaders>,
 }
 
 /// Why a presented key was refused: for logs, never shown to the client.
@@ -169,7 +180,7 @@ impl Refusal {
 /// The outcome of checking a presented key.
 #[derive(Debug)]
 pub enum KeyCheck {
-    Valid(Box<AuthenticatedKey>),
+    Valid(Arc<AuthenticatedKey>),
     Refused(Refusal),
 }
 
@@ -532,30 +543,76 @@ impl App {
             return Ok(KeyCheck::Refused(Refusal::Malformed));
         };
         let now = self.now();
+        Ok(match self.read_key(&key, now).await? {
+            Ok(found) => self.grant(Arc::new(found), scope, now),
+            Err(why) => KeyCheck::Refused(why),
+        })
+    }
+
+    /// [`authenticate_api_key`](Self::authenticate_api_key) for the gateway's check path,
+    /// through the key cache (`gateway.cache_seconds`).
+    pub async fn authenticate_api_key_cached(
+        &self,
+        presented: &str,
+        scope: Scope,
+    ) -> Result<KeyCheck, ServiceError> {
+        if !self.key_cache.enabled() {
+            return self.authenticate_api_key(presented, scope).await;
+        }
+        let Ok(key) = ApiKey::parse(presented) else {
+            return Ok(KeyCheck::Refused(Refusal::Malformed));
+        };
+        let now = self.now();
+        let digest: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(key.expose()).into();
+        if let Some(found) = self.key_cache.get(&digest, now) {
+            if api_key::is_live(found.key.expires_at, None, now) {
+                return Ok(self.grant(found, scope, now));
+            }
+        }
+        let epoch = self.key_cache.epoch();
+        Ok(match self.read_key(&key, now).await? {
+            Ok(found) => {
+                let found = Arc::new(found);
+                self.key_cache.put(digest, epoch, now, found.clone());
+                self.grant(found, scope, now)
+            }
+            Err(why) => KeyCheck::Refused(why),
+        })
+    }
+
+    /// The key and its owner from the store, if the key is live and its owner active.
+    async fn read_key(
+        &self,
+        key: &ApiKey,
+        now: UnixTime,
+    ) -> Result<Result<AuthenticatedKey, Refusal>, ServiceError> {
         let Some(record) = self.store.find_api_key(&key.digest()).await? else {
-            return Ok(KeyCheck::Refused(Refusal::Unknown));
+            return Ok(Err(Refusal::Unknown));
         };
         if record.revoked_at.is_some() {
-            return Ok(KeyCheck::Refused(Refusal::Revoked));
+            return Ok(Err(Refusal::Revoked));
         }
         if !api_key::is_live(record.expires_at, None, now) {
-            return Ok(KeyCheck::Refused(Refusal::Expired));
+            return Ok(Err(Refusal::Expired));
         }
-        let user = match self.store.get_user(record.user).await {
-            Ok(u) if u.active => u,
-            Ok(_) | Err(StoreError::NotFound) => {
-                return Ok(KeyCheck::Refused(Refusal::OwnerDisabled))
-            }
-            Err(e) => return Err(e.into()),
-        };
-        if !record.scopes.allows(scope) {
-            return Ok(KeyCheck::Refused(Refusal::MissingScope));
+        match self.store.get_user(record.user).await {
+            Ok(user) if user.active => Ok(Ok(AuthenticatedKey {
+                key: record,
+                user,
+                identity_headers: OnceLock::new(),
+            })),
+            Ok(_) | Err(StoreError::NotFound) => Ok(Err(Refusal::OwnerDisabled)),
+            Err(e) => Err(e.into()),
         }
-        self.key_usage.record(record.id, now);
-        Ok(KeyCheck::Valid(Box::new(AuthenticatedKey {
-            key: record,
-            user,
-        })))
+    }
+
+    /// A live key with an active owner, if its scopes cover `scope`; notes the use.
+    fn grant(&self, found: Arc<AuthenticatedKey>, scope: Scope, now: UnixTime) -> KeyCheck {
+        if !found.key.scopes.allows(scope) {
+            return KeyCheck::Refused(Refusal::MissingScope);
+        }
+        self.key_usage.record(found.key.id, now);
+        KeyCheck::Valid(found)
     }
 
     /// Writes the key uses noted since the last flush in one store call; returns how many

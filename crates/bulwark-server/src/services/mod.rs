@@ -5,10 +5,10 @@ pub mod admin;
 pub mod api_keys;
 pub mod audit;
 pub mod auth;
+pub mod check_cache;
 pub mod compliance;
 pub mod passwords;
 pub mod policy;
-pub mod session_cache;
 pub mod two_factor;
 pub mod users;
 
@@ -136,9 +136,10 @@ impl Audit {
 impl App {
     /// Appends an audit event. A failure to write is logged: it must not turn a login into an
     /// error. Every change to a user or a session is audited, so this is also where the
-    /// gateway's session cache is invalidated.
+    /// gateway's caches of sessions and API keys are invalidated.
     pub async fn audit(&self, audit: Audit, now: UnixTime) {
         self.session_cache.invalidate(audit.0.subject.as_deref());
+        self.key_cache.invalidate(audit.0.subject.as_deref());
         let mut event = audit.0;
         event.at = now;
         self.metrics

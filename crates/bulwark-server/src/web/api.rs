@@ -32,6 +32,7 @@ use bulwark_core::SecretString;
 use bulwark_store::{AuditFilter, SessionStage, UserFilter, UserRecord};
 use serde::Deserialize;
 use serde_json::{json, Value};
+use std::sync::Arc;
 
 // ---------------------------------------------------------------------------------------
 // Errors
@@ -205,7 +206,7 @@ type ApiResult<T = Json<Value>> = Result<T, ApiError>;
 /// Who is calling: a browser session or an API key.
 pub enum Principal {
     Session(Box<CurrentSession>),
-    Key(Box<AuthenticatedKey>),
+    Key(Arc<AuthenticatedKey>),
 }
 
 impl Principal {

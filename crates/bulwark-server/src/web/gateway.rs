@@ -13,7 +13,7 @@
 //! that cannot be read unambiguously (the proxy turns any other status into a 500).
 //!
 //! The check reads the session (by the SHA-256 of its token) and its user from the store, or
-//! from a cache kept at most `gateway.cache_seconds` (see `services::session_cache`): a
+//! from a cache kept at most `gateway.cache_seconds` (see `services::check_cache`): a
 //! session ended on this node stops passing at the next request, one ended on another node
 //! within that bound. It never writes on its own, apart from the throttled `last_seen` touch
 //! every session gets, and never hashes a password.
@@ -28,8 +28,8 @@
 //! factor its owner has. Anything wrong with a key (missing, malformed, unknown, revoked,
 //! expired, its owner disabled, no `gateway` scope) gets the same 401 with
 //! `WWW-Authenticate` and no `Location`; the reason is logged, never the key. Checking a key
-//! reads the store twice and writes nothing (its last use is kept in memory, see
-//! `services::api_keys`).
+//! reads the store twice, or reuses a check at most `gateway.cache_seconds` old, and writes
+//! nothing (its last use is kept in memory, see `services::api_keys`).
 
 use super::extract::{client_ip, get_cookie};
 use super::pages::url_encode;
@@ -334,7 +334,10 @@ async fn api_key_check(app: &App, headers: &HeaderMap, t: &Target<'_>) -> Respon
             return unauthorized_api();
         }
     };
-    let key = match app.authenticate_api_key(&presented, Scope::Gateway).await {
+    let key = match app
+        .authenticate_api_key_cached(&presented, Scope::Gateway)
+        .await
+    {
         Ok(KeyCheck::Valid(k)) => k,
         Ok(KeyCheck::Refused(why)) => {
             tracing::info!(reason = why.as_str(), "forward-auth: API key refused");
@@ -353,7 +356,10 @@ async fn api_key_check(app: &App, headers: &HeaderMap, t: &Target<'_>) -> Respon
         Decision::Apply {
             policy: Policy::ApiKey,
             ..
-        } => identity_headers(&key.user),
+        } => identity_response(
+            key.identity_headers
+                .get_or_init(|| IdentityHeaders::of(&key.user)),
+        ),
         Decision::Apply {
             policy: Policy::Bypass,
             ..
@@ -373,11 +379,6 @@ fn allowed(s: &CurrentSession) -> Response {
         s.identity_headers
             .get_or_init(|| IdentityHeaders::of(&s.user)),
     )
-}
-
-/// 200 with the identity headers.
-fn identity_headers(user: &UserRecord) -> Response {
-    identity_response(&IdentityHeaders::of(user))
 }
 
 /// The values of `Remote-User`, `Remote-Groups`, `Remote-Email` and `Remote-Name` for a user.

@@ -11,7 +11,7 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use bulwark_core::api_key::Scope;
 use bulwark_server::services::api_keys::{
-    CreatedApiKey, ExpiryChoice, KeyActor, KeyCheck, KeyRef, KeyStatus, NewApiKeyInput,
+    CreatedApiKey, ExpiryChoice, KeyActor, KeyCheck, KeyRef, KeyStatus, NewApiKeyInput, Refusal,
 };
 use bulwark_server::services::{ClientInfo, ServiceError};
 use http_body_util::BodyExt;
@@ -296,6 +296,162 @@ async fn refused_keys_all_get_the_same_challenge() {
 
     let never_issued = bulwark_core::api_key::ApiKey::generate();
     assert_challenge(&bearer(&t, RPC, never_issued.expose()).await, "unknown key");
+}
+
+#[tokio::test]
+async fn a_key_revoked_on_another_node_stops_passing_within_the_cache_bound() {
+    let t = TestApp::with_config(RULES).await;
+    assert_eq!(
+        t.app.config.gateway.cache_seconds, 5,
+        "the documented default"
+    );
+    t.add_user("alice", PW, &["internal"]).await;
+    let created = cli_key(&t, "alice", "rpc", &["gateway", "api:read"]).await;
+    let key = created.key.expose();
+    let res = bearer(&t, RPC, key).await;
+    assert_eq!(res.status, StatusCode::OK, "{}", res.body);
+
+    // Another node revokes it in the shared database: nothing is audited here.
+    let alice = t.app.user_by_login("alice").await.unwrap();
+    let id = t.store.list_user_api_keys(alice.id).await.unwrap()[0].id;
+    assert!(t
+        .store
+        .revoke_api_key(alice.id, id, t.app.now())
+        .await
+        .unwrap());
+    // The JSON API reads the store at every call.
+    assert!(matches!(
+        t.app
+            .authenticate_api_key(key, Scope::ApiRead)
+            .await
+            .unwrap(),
+        KeyCheck::Refused(Refusal::Revoked)
+    ));
+    // The gateway may reuse its check for gateway.cache_seconds, with the same identity.
+    t.clock.advance(4);
+    let res = bearer(&t, RPC, key).await;
+    assert_eq!(res.status, StatusCode::OK, "within the bound");
+    assert_eq!(header(&res, "remote-user"), Some("alice"));
+    t.clock.advance(1);
+    assert_challenge(&bearer(&t, RPC, key).await, "after gateway.cache_seconds");
+
+    // Without the cache, the very next check reads the store.
+    let t = TestApp::with_config(&RULES.replace(
+        "default_policy = \"deny\"",
+        "default_policy = \"deny\"\ncache_seconds = 0",
+    ))
+    .await;
+    t.add_user("alice", PW, &["internal"]).await;
+    let created = cli_key(&t, "alice", "rpc", &["gateway"]).await;
+    let key = created.key.expose();
+    assert_eq!(bearer(&t, RPC, key).await.status, StatusCode::OK);
+    let alice = t.app.user_by_login("alice").await.unwrap();
+    let id = t.store.list_user_api_keys(alice.id).await.unwrap()[0].id;
+    assert!(t
+        .store
+        .revoke_api_key(alice.id, id, t.app.now())
+        .await
+        .unwrap());
+    assert_challenge(&bearer(&t, RPC, key).await, "no cache");
+}
+
+#[tokio::test]
+async fn events_written_by_other_processes_drop_the_cached_keys_of_their_subjects() {
+    let t = TestApp::with_config(RULES).await;
+    t.add_user("alice", PW, &["internal"]).await;
+    t.add_user("bob", PW, &["internal"]).await;
+    let alices = cli_key(&t, "alice", "rpc", &["gateway"]).await;
+    let bobs = cli_key(&t, "bob", "rpc", &["gateway"]).await;
+    let from = t.app.newest_audit_id().await.unwrap();
+    assert_eq!(from, t.app.sync_caches(0).await.unwrap(), "newest id");
+    for key in [&alices, &bobs] {
+        assert_eq!(
+            bearer(&t, RPC, key.key.expose()).await.status,
+            StatusCode::OK
+        );
+    }
+
+    // Another process revokes both keys in the shared database, and audits one revocation
+    // (a process that audits nothing is the bound of the test above).
+    for login in ["alice", "bob"] {
+        let user = t.app.user_by_login(login).await.unwrap();
+        let id = t.store.list_user_api_keys(user.id).await.unwrap()[0].id;
+        assert!(t
+            .store
+            .revoke_api_key(user.id, id, t.app.now())
+            .await
+            .unwrap());
+    }
+    let event = t
+        .store
+        .append_audit(&bulwark_store::NewAuditEvent {
+            at: t.app.now(),
+            actor: Some("cli".into()),
+            subject: Some("alice".into()),
+            event: "api_key_revoked".into(),
+            outcome: "success".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    for key in [&alices, &bobs] {
+        assert_eq!(
+            bearer(&t, RPC, key.key.expose()).await.status,
+            StatusCode::OK,
+            "cached, and nothing read yet"
+        );
+    }
+    // What `serve` does every second.
+    assert_eq!(t.app.sync_caches(from).await.unwrap(), event);
+    assert_challenge(
+        &bearer(&t, RPC, alices.key.expose()).await,
+        "read of in the log",
+    );
+    assert_eq!(
+        bearer(&t, RPC, bobs.key.expose()).await.status,
+        StatusCode::OK,
+        "no event about bob: his entry lives out cache_seconds"
+    );
+    assert_eq!(
+        t.app.sync_caches(event).await.unwrap(),
+        event,
+        "nothing new"
+    );
+}
+
+#[tokio::test]
+async fn a_cached_key_is_checked_for_scope_and_expiry_at_every_request() {
+    let t = TestApp::with_config(RULES).await;
+    t.add_user("alice", PW, &["internal"]).await;
+    // A key for the JSON API only: refused by the gateway however often it asks.
+    let reader = cli_key(&t, "alice", "reader", &["api:read"]).await;
+    for _ in 0..2 {
+        assert_challenge(
+            &bearer(&t, RPC, reader.key.expose()).await,
+            "no gateway scope",
+        );
+    }
+    let day = t
+        .app
+        .create_api_key(
+            KeyActor::Cli,
+            "alice",
+            input("day", &["gateway"], ExpiryChoice::Days(1)),
+            &ClientInfo::cli(),
+        )
+        .await
+        .unwrap();
+    t.clock.advance(86_400 - 2);
+    assert_eq!(
+        bearer(&t, RPC, day.key.expose()).await.status,
+        StatusCode::OK
+    );
+    // Cached a second ago, expired now.
+    t.clock.advance(2);
+    assert_challenge(
+        &bearer(&t, RPC, day.key.expose()).await,
+        "expired while cached",
+    );
 }
 
 #[tokio::test]

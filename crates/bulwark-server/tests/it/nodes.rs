@@ -245,10 +245,12 @@ trusted_proxies = ["127.0.0.1/32"]
 [gateway]
 protected = ["https://odoo.example.com"]
 default_policy = "one_factor"
-cache_seconds = 2
+cache_seconds = 60
 "#;
-/// `gateway.cache_seconds` of [`GATEWAY_CONFIG`].
-const CACHE_SECONDS: u64 = 2;
+/// How soon a node must learn of a revocation made through the other: it reads the audit
+/// log every second (`check_cache::SYNC_INTERVAL`); the rest is slack for a busy machine,
+/// and far below `gateway.cache_seconds` of [`GATEWAY_CONFIG`].
+const SYNC_BOUND: Duration = Duration::from_secs(10);
 
 /// An empty database on the test server.
 fn fresh_database() -> String {
@@ -470,7 +472,7 @@ fn a_recovery_code_raced_on_two_serve_processes_is_accepted_once() {
 }
 
 #[test]
-fn a_session_revoked_through_one_serve_process_stops_passing_the_others_gateway_within_cache_seconds(
+fn a_session_revoked_through_one_serve_process_stops_passing_the_others_gateway_within_the_audit_sync(
 ) {
     if !postgres_configured() {
         return;
@@ -503,14 +505,13 @@ fn a_session_revoked_through_one_serve_process_stops_passing_the_others_gateway_
     assert_eq!(res.status, 303, "{res:#?}");
     let revoked = Instant::now();
     assert_eq!(ask(&a), 401, "the node that ended it refuses it at once");
-    // B read the session before the revocation, so its copy expires sooner than this.
-    let bound = Duration::from_secs(CACHE_SECONDS) + Duration::from_millis(900);
+    // B keeps its copy for a minute, unless it reads of the revocation in the audit log.
     wait_until(
-        bound,
+        SYNC_BOUND,
         || ask(&b) == 401,
         || "B still lets the revoked session through".into(),
     );
-    assert!(revoked.elapsed() < bound, "{:?}", revoked.elapsed());
+    assert!(revoked.elapsed() < SYNC_BOUND, "{:?}", revoked.elapsed());
 }
 
 #[test]

@@ -1,0 +1,254 @@
+//! Short-lived caches for the gateway's check path: of authenticated sessions, and of
+//! API keys.
+//!
+//! A forward-auth check runs for every request to every protected application, so it must not
+//! cost three database reads each time. Entries live at most `gateway.cache_seconds` (by the
+//! app clock) and are keyed by the SHA-256 of the session token or the API key, never the
+//! secret itself.
+//!
+//! Every security event on this node is audited, and auditing invalidates: an event about a
+//! user drops that user's entries (a logout, revocation of a session or key, password change,
+//! disable or group change made here stops passing at the next request), an event about no
+//! user drops them all. Other users' entries stay, so a busy login page does not empty the
+//! cache. Changes made by other processes (another node sharing the database, a CLI
+//! command) are audited too: `serve` reads the audit events it did not write every
+//! [`SYNC_INTERVAL`] ([`spawn_cache_sync`]) and drops their subjects' entries the same way,
+//! so such a change stops passing within about a second. A change that leaves no audit
+//! event (someone editing the database by hand), or one made while the audit log cannot be
+//! read, stops passing within `cache_seconds`. The bounds are documented in docs/gateway.md.
+//!
+//! Race: a check that reads a session while an event is audited must not cache what it
+//! read. Every event bumps a global counter; a read caches its result only if the counter
+//! did not move while it ran.
+
+use super::api_keys::AuthenticatedKey;
+use super::auth::CurrentSession;
+use super::ServiceError;
+use crate::app::App;
+use bulwark_core::UnixTime;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// What a cache holds: something about one user, named by their login.
+pub trait Cached {
+    /// The login of the user it is about, as the store keeps it (lower case).
+    fn login(&self) -> &str;
+}
+
+impl Cached for CurrentSession {
+    fn login(&self) -> &str {
+        &self.user.login
+    }
+}
+
+impl Cached for AuthenticatedKey {
+    fn login(&self) -> &str {
+        &self.user.login
+    }
+}
+
+struct Entry<V> {
+    /// The user's invalidation count when the entry was made.
+    user_epoch: u64,
+    /// The all-users invalidation count when the entry was made.
+    all_epoch: u64,
+    at: UnixTime,
+    /// Shared with every check that hits it: no copy of the user's fields per request.
+    value: Arc<V>,
+}
+
+struct State<V> {
+    entries: HashMap<[u8; 32], Entry<V>>,
+    /// Invalidations per login; a login never invalidated counts 0.
+    users: HashMap<String, u64>,
+    all_epoch: u64,
+}
+
+impl<V> Default for State<V> {
+    fn default() -> Self {
+        Self {
+            entries: HashMap::new(),
+            users: HashMap::new(),
+            all_epoch: 0,
+        }
+    }
+}
+
+/// Bounded, time-limited, event-invalidated map from a secret's digest to what it proved.
+pub struct CheckCache<V> {
+    ttl_secs: i64,
+    max_entries: usize,
+    /// Bumped by every event: reads that overlap one do not cache.
+    events: AtomicU64,
+    state: Mutex<State<V>>,
+}
+
+/// The gateway's sessions, by the digest of their token.
+pub type SessionCache = CheckCache<CurrentSession>;
+
+/// The gateway's API keys, by the digest of the key.
+pub type KeyCache = CheckCache<AuthenticatedKey>;
+
+impl<V> std::fmt::Debug for CheckCache<V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CheckCache")
+            .field("ttl_secs", &self.ttl_secs)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<V: Cached> CheckCache<V> {
+    /// A cache keeping entries `ttl_secs` (0 switches it off) and at most `max_entries`.
+    pub fn new(ttl_secs: i64, max_entries: usize) -> Self {
+        Self {
+            ttl_secs,
+            max_entries: max_entries.max(1),
+            events: AtomicU64::new(0),
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    /// Whether the cache is on.
+    pub fn enabled(&self) -> bool {
+        self.ttl_secs > 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State<V>> {
+        // A panic while holding the lock cannot leave the maps half-updated in a way that
+        // matters: at worst an entry is missing or one more is dropped.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// An event about `subject` (a login), or about no one in particular: drops that user's
+    /// entries, or every entry.
+    pub fn invalidate(&self, subject: Option<&str>) {
+        self.events.fetch_add(1, Ordering::SeqCst);
+        if !self.enabled() {
+            return;
+        }
+        let mut state = self.lock();
+        match subject {
+            Some(login) => *state.users.entry(login.to_lowercase()).or_insert(0) += 1,
+            None => {
+                state.all_epoch += 1;
+                state.entries.clear();
+                state.users.clear();
+            }
+        }
+    }
+
+    /// The cached value for a digest, if fresh and not invalidated since.
+    pub fn get(&self, digest: &[u8; 32], now: UnixTime) -> Option<Arc<V>> {
+        let state = self.lock();
+        let e = state.entries.get(digest)?;
+        let user_epoch = state.users.get(e.value.login()).copied().unwrap_or(0);
+        (e.all_epoch == state.all_epoch
+            && e.user_epoch == user_epoch
+            && now >= e.at
+            && now - e.at < self.ttl_secs)
+            .then(|| e.value.clone())
+    }
+
+    /// The marker to pass to [`put`](Self::put) for a read that starts now.
+    pub fn epoch(&self) -> u64 {
+        self.events.load(Ordering::SeqCst)
+    }
+
+    /// Remembers a value read at `now` by a read that started at `epoch`; skipped when an
+    /// event happened meanwhile (what was read may already be stale).
+    pub fn put(&self, digest: [u8; 32], epoch: u64, now: UnixTime, value: Arc<V>) {
+        if !self.enabled() {
+            return;
+        }
+        let mut state = self.lock();
+        // Checked under the lock: an event bumps the counter before taking the lock, so one
+        // that lands after this check is applied after the insert, and drops it.
+        if self.events.load(Ordering::SeqCst) != epoch {
+            return;
+        }
+        if state.entries.len() >= self.max_entries {
+            let all = state.all_epoch;
+            let ttl = self.ttl_secs;
+            state
+                .entries
+                .retain(|_, e| e.all_epoch == all && now - e.at < ttl);
+            if state.entries.len() >= self.max_entries {
+                state.entries.clear();
+            }
+        }
+        let user_epoch = state.users.get(value.login()).copied().unwrap_or(0);
+        let all_epoch = state.all_epoch;
+        state.entries.insert(
+            digest,
+            Entry {
+                user_epoch,
+                all_epoch,
+                at: now,
+                value,
+            },
+        );
+    }
+}
+
+/// How often `serve` reads the audit events of other processes to drop what they changed.
+pub const SYNC_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Events read per store call by [`App::sync_caches`].
+const SYNC_BATCH: u32 = 500;
+
+impl App {
+    /// Reads the audit events after id `after`, whoever wrote them, and drops the cached
+    /// sessions and keys of each one's subject (every entry for an event about no user), as
+    /// [`App::audit`] does for this process's own events. Returns the id to go on from.
+    pub async fn sync_caches(&self, after: i64) -> Result<i64, ServiceError> {
+        let mut after = after;
+        loop {
+            let events = self.store.audit_chain(after, SYNC_BATCH).await?;
+            for e in &events {
+                self.session_cache.invalidate(e.subject.as_deref());
+                self.key_cache.invalidate(e.subject.as_deref());
+                after = after.max(e.id);
+            }
+            if events.len() < SYNC_BATCH as usize {
+                return Ok(after);
+            }
+        }
+    }
+
+    /// The id of the newest audit event: where [`sync_caches`](Self::sync_caches) starts.
+    pub async fn newest_audit_id(&self) -> Result<i64, ServiceError> {
+        Ok(self
+            .store
+            .last_audit_before(UnixTime::MAX)
+            .await?
+            .map_or(0, |e| e.id))
+    }
+}
+
+/// Runs [`App::sync_caches`] every [`SYNC_INTERVAL`] for as long as the server runs, from
+/// the newest event now (before any request: the caches are empty). Nothing to do with the
+/// caches off.
+pub async fn spawn_cache_sync(app: App) -> Result<(), ServiceError> {
+    if !app.session_cache.enabled() {
+        return Ok(());
+    }
+    let mut after = app.newest_audit_id().await?;
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(SYNC_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            match app.sync_caches(after).await {
+                Ok(id) => after = id,
+                // The entries expire after `cache_seconds` meanwhile.
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    "cannot read the audit log to refresh the gateway's caches"
+                ),
+            }
+        }
+    });
+    Ok(())
+}
