@@ -149,12 +149,20 @@ fn run(args: Args) -> Res<()> {
 }
 
 /// Enrols `n` users through the service: login, enrolment with the password, confirmation.
-/// All at once: the hashing threads bound how many hash together.
+/// As many at once as there are hashing threads, so that none waits long enough in the
+/// hashing queue to be turned away as an overload (`passwords.max_queued_hashes`).
 async fn enrol(app: &App, n: usize) -> Res<Vec<Enrolled>> {
+    let at_once = Arc::new(tokio::sync::Semaphore::new(
+        app.config.passwords.max_concurrent_hashes.max(1),
+    ));
     let tasks: Vec<_> = (0..n)
         .map(|i| {
             let app = app.clone();
-            tokio::spawn(async move { enrol_one(&app, &format!("totp{i}")).await })
+            let at_once = at_once.clone();
+            tokio::spawn(async move {
+                let _turn = at_once.acquire().await?;
+                enrol_one(&app, &format!("totp{i}")).await
+            })
         })
         .collect();
     let mut users = Vec::with_capacity(n);
