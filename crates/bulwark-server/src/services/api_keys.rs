@@ -49,7 +49,7 @@ use bulwark_core::api_key::{self, ApiKey, ApiKeyError, KeyName, Scope, Scopes};
 use bulwark_core::{SecretString, UnixTime};
 use bulwark_store::{ApiKeyRecord, NewApiKey, StoreError, UserRecord};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Who asks for an API key operation.
@@ -147,9 +147,6 @@ pub enum KeyRef {
 pub struct AuthenticatedKey {
     pub key: ApiKeyRecord,
     pub user: UserRecord,
-    /// The gateway's identity header values, built at the first check that needs them and
-    /// shared by every later check of this (cached) key.
-    pub(crate) identity_headers: OnceLock<crate::web::IdentityHeaders>,
 }
 
 /// Why a presented key was refused: for logs, never shown to the client.
@@ -596,11 +593,7 @@ impl App {
             return Ok(Err(Refusal::Expired));
         }
         match self.store.get_user(record.user).await {
-            Ok(user) if user.active => Ok(Ok(AuthenticatedKey {
-                key: record,
-                user,
-                identity_headers: OnceLock::new(),
-            })),
+            Ok(user) if user.active => Ok(Ok(AuthenticatedKey { key: record, user })),
             Ok(_) | Err(StoreError::NotFound) => Ok(Err(Refusal::OwnerDisabled)),
             Err(e) => Err(e.into()),
         }

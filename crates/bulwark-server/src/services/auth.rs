@@ -47,9 +47,6 @@ pub struct CurrentSession {
     pub change_required: Option<ChangeReason>,
     /// Where the user stands with respect to 2FA enforcement.
     pub standing: Standing,
-    /// The gateway's identity header values, built at the first check that needs them and
-    /// shared by every later check of this (cached) session.
-    pub(crate) identity_headers: std::sync::OnceLock<crate::web::IdentityHeaders>,
 }
 
 /// Why a password change is forced.
@@ -451,7 +448,6 @@ impl App {
             session,
             change_required,
             standing,
-            identity_headers: std::sync::OnceLock::new(),
         }))
     }
 

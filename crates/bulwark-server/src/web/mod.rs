@@ -8,7 +8,6 @@ mod api_keys;
 mod error;
 mod extract;
 mod gateway;
-pub use gateway::IdentityHeaders;
 mod metrics;
 mod pages;
 mod security;

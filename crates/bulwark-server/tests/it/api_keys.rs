@@ -189,6 +189,46 @@ async fn a_gateway_key_passes_with_its_owners_identity() {
 }
 
 #[tokio::test]
+async fn identity_headers_carry_names_beyond_ascii_as_utf8() {
+    let t = TestApp::with_config(RULES).await;
+    t.app
+        .add_user(
+            bulwark_server::services::users::NewUserInput {
+                login: "zoe".into(),
+                email: Some("zoé@example.com".into()),
+                display_name: "Zoé Müller-Łukasiewicz".into(),
+                groups: vec!["internal".into(), "finance".into()],
+                password: Some(PW.into()),
+                must_change_password: false,
+            },
+            "test",
+            &ClientInfo::cli(),
+        )
+        .await
+        .unwrap();
+    let created = cli_key(&t, "zoe", "rpc", &["gateway"]).await;
+    // Twice: read from the store, then from the cache.
+    for _ in 0..2 {
+        let res = bearer(&t, RPC, created.key.expose()).await;
+        assert_eq!(res.status, StatusCode::OK, "{}", res.body);
+        let raw = |name: &str| res.headers.get(name).map(|v| v.as_bytes().to_vec());
+        assert_eq!(raw("remote-user").as_deref(), Some("zoe".as_bytes()));
+        assert_eq!(
+            raw("remote-groups").as_deref(),
+            Some("finance,internal".as_bytes())
+        );
+        assert_eq!(
+            raw("remote-name").as_deref(),
+            Some("Zoé Müller-Łukasiewicz".as_bytes())
+        );
+        assert_eq!(
+            raw("remote-email").as_deref(),
+            Some("zoé@example.com".as_bytes())
+        );
+    }
+}
+
+#[tokio::test]
 async fn basic_auth_carries_the_key_as_password() {
     let t = TestApp::with_config(RULES).await;
     t.add_user("alice", PW, &["internal"]).await;
