@@ -25,6 +25,9 @@ pub(crate) struct BulkReader {
 /// Connections kept open between reads.
 const MAX_IDLE: usize = 4;
 
+/// SQLite's page cache of each connection, as `PRAGMA cache_size` (negative: in KiB).
+const BULK_CACHE_KIB: i64 = -256;
+
 impl std::fmt::Debug for BulkReader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BulkReader")
@@ -87,6 +90,9 @@ fn open(path: &std::path::Path) -> rusqlite::Result<Connection> {
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
     conn.busy_timeout(Duration::from_secs(10))?;
+    // A walk reads each page of the user table once, an hour or more apart: SQLite's default
+    // cache of 2 MB per connection would only hold on to memory (up to MAX_IDLE of them).
+    conn.pragma_update(None, "cache_size", BULK_CACHE_KIB)?;
     Ok(conn)
 }
 
