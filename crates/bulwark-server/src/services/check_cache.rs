@@ -129,9 +129,16 @@ impl<V: Cached> CheckCache<V> {
             return;
         }
         let mut state = self.lock();
-        match subject {
-            Some(login) => *state.users.entry(login.to_lowercase()).or_insert(0) += 1,
-            None => {
+        let login = subject.map(str::to_lowercase);
+        match login {
+            // Subjects include whatever login was typed at a failed attempt: the count per
+            // login is bounded like the entries, by emptying everything when it is full.
+            Some(login)
+                if state.users.len() < self.max_entries || state.users.contains_key(&login) =>
+            {
+                *state.users.entry(login).or_insert(0) += 1;
+            }
+            _ => {
                 state.all_epoch += 1;
                 state.entries.clear();
                 state.users.clear();
@@ -198,23 +205,47 @@ pub const SYNC_INTERVAL: Duration = Duration::from_secs(1);
 /// Events read per store call by [`App::sync_caches`].
 const SYNC_BATCH: u32 = 500;
 
+/// Batches [`App::sync_caches`] reads in one call before it gives up on the backlog (after an
+/// outage, say): it then empties both caches and goes on from the newest event.
+const SYNC_MAX_BATCHES: usize = 20;
+
+/// Whether an audited event can change what a cached session or key proves. Refusals and
+/// failures change nothing there, and an address locked out (`ip_locked`, about no user)
+/// would otherwise empty every node's caches for anyone who can fail logins from many
+/// addresses.
+pub fn changes_access(event: &str, outcome: &str) -> bool {
+    outcome == "success" && event != "ip_locked"
+}
+
 impl App {
-    /// Reads the audit events after id `after`, whoever wrote them, and drops the cached
+    /// Drops the cached sessions and keys an event makes stale, if it can make any.
+    pub(crate) fn forget_cached(&self, event: &str, outcome: &str, subject: Option<&str>) {
+        if changes_access(event, outcome) {
+            self.session_cache.invalidate(subject);
+            self.key_cache.invalidate(subject);
+        }
+    }
+
+    /// Reads the audit events after id `*after`, whoever wrote them, and drops the cached
     /// sessions and keys of each one's subject (every entry for an event about no user), as
-    /// [`App::audit`] does for this process's own events. Returns the id to go on from.
-    pub async fn sync_caches(&self, after: i64) -> Result<i64, ServiceError> {
-        let mut after = after;
-        loop {
-            let events = self.store.audit_chain(after, SYNC_BATCH).await?;
+    /// [`App::audit`] does for this process's own events. `*after` moves past each event
+    /// applied, also when a later read fails.
+    pub async fn sync_caches(&self, after: &mut i64) -> Result<(), ServiceError> {
+        for _ in 0..SYNC_MAX_BATCHES {
+            let events = self.store.audit_chain(*after, SYNC_BATCH).await?;
             for e in &events {
-                self.session_cache.invalidate(e.subject.as_deref());
-                self.key_cache.invalidate(e.subject.as_deref());
-                after = after.max(e.id);
+                self.forget_cached(&e.event, &e.outcome, e.subject.as_deref());
+                *after = (*after).max(e.id);
             }
             if events.len() < SYNC_BATCH as usize {
-                return Ok(after);
+                return Ok(());
             }
         }
+        let newest = self.newest_audit_id().await?;
+        self.session_cache.invalidate(None);
+        self.key_cache.invalidate(None);
+        *after = newest;
+        Ok(())
     }
 
     /// The id of the newest audit event: where [`sync_caches`](Self::sync_caches) starts.
@@ -240,15 +271,71 @@ pub async fn spawn_cache_sync(app: App) -> Result<(), ServiceError> {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            match app.sync_caches(after).await {
-                Ok(id) => after = id,
-                // The entries expire after `cache_seconds` meanwhile.
-                Err(e) => tracing::warn!(
+            // On failure the entries expire after `cache_seconds` meanwhile.
+            if let Err(e) = app.sync_caches(&mut after).await {
+                tracing::warn!(
                     error = %e,
                     "cannot read the audit log to refresh the gateway's caches"
-                ),
+                );
             }
         }
     });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Of(&'static str);
+
+    impl Cached for Of {
+        fn login(&self) -> &str {
+            self.0
+        }
+    }
+
+    fn filled(cache: &CheckCache<Of>) {
+        for (key, login) in [(0, "alice"), (1, "bob")] {
+            cache.put([key; 32], cache.epoch(), 100, Arc::new(Of(login)));
+        }
+    }
+
+    #[test]
+    fn an_event_drops_its_users_entries_only() {
+        let cache = CheckCache::new(5, 10);
+        filled(&cache);
+        cache.invalidate(Some("ALICE"));
+        assert!(cache.get(&[0; 32], 101).is_none());
+        assert!(cache.get(&[1; 32], 101).is_some());
+        assert!(cache.get(&[1; 32], 105).is_none(), "after ttl_secs");
+    }
+
+    #[test]
+    fn the_count_of_invalidated_logins_is_bounded_by_emptying_everything() {
+        let cache = CheckCache::new(5, 2);
+        filled(&cache);
+        // Two logins that were only typed at failed attempts fill the count...
+        cache.invalidate(Some("nobody1"));
+        cache.invalidate(Some("nobody2"));
+        assert!(cache.get(&[0; 32], 101).is_some());
+        // ...a login counted already does not grow it...
+        cache.invalidate(Some("nobody2"));
+        assert!(cache.get(&[1; 32], 101).is_some());
+        // ...and a third empties the cache rather than the count growing without end.
+        cache.invalidate(Some("nobody3"));
+        assert!(cache.get(&[0; 32], 101).is_none());
+        assert!(cache.get(&[1; 32], 101).is_none());
+        assert!(cache.lock().users.is_empty());
+    }
+
+    #[test]
+    fn only_successes_other_than_an_address_lockout_change_access() {
+        assert!(changes_access("api_key_revoked", "success"));
+        assert!(changes_access("user_disabled", "success"));
+        assert!(changes_access("login", "success"));
+        assert!(!changes_access("login", "failure"));
+        assert!(!changes_access("login", "denied"));
+        assert!(!changes_access("ip_locked", "success"));
+    }
 }

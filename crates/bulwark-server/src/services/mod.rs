@@ -138,8 +138,7 @@ impl App {
     /// error. Every change to a user or a session is audited, so this is also where the
     /// gateway's caches of sessions and API keys are invalidated.
     pub async fn audit(&self, audit: Audit, now: UnixTime) {
-        self.session_cache.invalidate(audit.0.subject.as_deref());
-        self.key_cache.invalidate(audit.0.subject.as_deref());
+        self.forget_cached(&audit.0.event, &audit.0.outcome, audit.0.subject.as_deref());
         let mut event = audit.0;
         event.at = now;
         self.metrics
