@@ -672,6 +672,7 @@ impl App {
             .await;
             return Err(e);
         }
+        let _forget = self.forget_on_exit(&user.login);
         self.apply_new_password(user, new, false, now).await?;
         // The new session keeps what this one proved.
         let token = self
@@ -750,6 +751,7 @@ impl App {
         let info = self.inspect_link(TokenPurpose::NotMe, token).await?;
         let user = info.user.ok_or(ServiceError::InvalidLink)?;
         let now = self.now();
+        let _forget = self.forget_on_exit(&user.login);
         self.store
             .consume_one_time_token(TokenPurpose::NotMe, &TokenHash::of(token), now)
             .await?

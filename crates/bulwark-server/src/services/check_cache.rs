@@ -217,7 +217,29 @@ pub fn changes_access(event: &str, outcome: &str) -> bool {
     outcome == "success" && event != "ip_locked"
 }
 
+/// Drops a user's cached sessions and keys when it goes out of scope, whatever the outcome:
+/// an action of several statements that fails half-way audits nothing, yet what it did
+/// before failing must not keep passing from this process's caches (see
+/// [`App::forget_on_exit`]).
+pub(crate) struct ForgetOnExit<'a> {
+    app: &'a App,
+    login: &'a str,
+}
+
+impl Drop for ForgetOnExit<'_> {
+    fn drop(&mut self) {
+        self.app.session_cache.invalidate(Some(self.login));
+        self.app.key_cache.invalidate(Some(self.login));
+    }
+}
+
 impl App {
+    /// A guard for an action about to change `login`'s access in several statements; see
+    /// [`ForgetOnExit`].
+    pub(crate) fn forget_on_exit<'a>(&'a self, login: &'a str) -> ForgetOnExit<'a> {
+        ForgetOnExit { app: self, login }
+    }
+
     /// Drops the cached sessions and keys an event makes stale, if it can make any.
     pub(crate) fn forget_cached(&self, event: &str, outcome: &str, subject: Option<&str>) {
         if changes_access(event, outcome) {

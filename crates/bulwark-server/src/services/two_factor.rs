@@ -749,6 +749,7 @@ impl App {
         let now = self.now();
         let user = &current.user;
         self.check_own_password(user, password, client, now).await?;
+        let _forget = self.forget_on_exit(&user.login);
         self.clear_second_factors(user).await?;
         let token = self.restart_sessions(current, client, false, now).await?;
         self.audit(
@@ -876,6 +877,7 @@ impl App {
     ) -> Result<(), ServiceError> {
         let now = self.now();
         let user = self.user_by_login(login).await?;
+        let _forget = self.forget_on_exit(&user.login);
         self.clear_second_factors(&user).await?;
         self.store.delete_user_sessions(user.id, None).await?;
         self.store.delete_throttle(&self.code_key(user.id)).await?;

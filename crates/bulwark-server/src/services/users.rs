@@ -141,6 +141,7 @@ impl App {
         if !active {
             self.refuse_last_admin(&user, "disable").await?;
         }
+        let _forget = self.forget_on_exit(&user.login);
         self.store.update_active(user.id, active).await?;
         self.store.delete_user_sessions(user.id, None).await?;
         if !active {
@@ -218,6 +219,7 @@ impl App {
         if !violations.is_empty() {
             return Err(ServiceError::PolicyRejected(violations));
         }
+        let _forget = self.forget_on_exit(&user.login);
         self.apply_new_password(&user, password, must_change, now)
             .await?;
         self.audit(

@@ -472,6 +472,40 @@ async fn events_written_by_other_processes_drop_the_cached_keys_of_their_subject
     assert_eq!(after, refusal, "nothing new");
 }
 
+/// SQLite only: the store is made to fail with a trigger (skipped on PostgreSQL by
+/// scripts/test).
+#[tokio::test]
+async fn a_disable_that_fails_half_way_still_drops_the_cached_key_here() {
+    let t = TestApp::with_config(RULES).await;
+    t.add_user("alice", PW, &["internal"]).await;
+    let created = cli_key(&t, "alice", "rpc", &["gateway"]).await;
+    let key = created.key.expose();
+    assert_eq!(bearer(&t, RPC, key).await.status, StatusCode::OK);
+
+    // The database refuses the revocation of the keys, the disable's last statement.
+    let url = format!(
+        "sqlite://{}",
+        t.app.config.data_dir.join("bulwark.db").display()
+    );
+    let mut raw = <sqlx::SqliteConnection as sqlx::Connection>::connect(&url)
+        .await
+        .unwrap();
+    sqlx::query(
+        "CREATE TRIGGER refuse_key_revocation BEFORE UPDATE ON api_keys \
+         BEGIN SELECT RAISE(ABORT, 'refused for the test'); END",
+    )
+    .execute(&mut raw)
+    .await
+    .unwrap();
+    assert!(t
+        .app
+        .set_user_active("alice", false, "test", &ClientInfo::cli())
+        .await
+        .is_err());
+    // Nothing was audited, but the account is disabled: its cached key stops at once.
+    assert_challenge(&bearer(&t, RPC, key).await, "owner disabled half-way");
+}
+
 #[tokio::test]
 async fn a_cached_key_is_checked_for_scope_and_expiry_at_every_request() {
     let t = TestApp::with_config(RULES).await;
