@@ -165,6 +165,42 @@ async fn cli_key(t: &TestApp, login: &str, name: &str, scopes: &[&str]) -> Creat
         .unwrap()
 }
 
+/// A gateway key of `login`'s made at the command line that expires after `days`.
+async fn expiring_key(t: &TestApp, login: &str, name: &str, days: u32) -> CreatedApiKey {
+    t.app
+        .create_api_key(
+            KeyActor::Cli,
+            login,
+            input(name, &["gateway"], ExpiryChoice::Days(days)),
+            &ClientInfo::cli(),
+        )
+        .await
+        .unwrap()
+}
+
+/// Revokes `login`'s first key in the database, as another node would: nothing is audited
+/// in this process.
+async fn revoke_behind_this_node(t: &TestApp, login: &str) {
+    let user = t.app.user_by_login(login).await.unwrap();
+    let id = t.store.list_user_api_keys(user.id).await.unwrap()[0].id;
+    assert!(t
+        .store
+        .revoke_api_key(user.id, id, t.app.now())
+        .await
+        .unwrap());
+}
+
+/// A connection of its own to the test's SQLite database file.
+async fn raw_sqlite(t: &TestApp) -> sqlx::SqliteConnection {
+    let url = format!(
+        "sqlite://{}",
+        t.app.config.data_dir.join("bulwark.db").display()
+    );
+    <sqlx::SqliteConnection as sqlx::Connection>::connect(&url)
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn a_gateway_key_passes_with_its_owners_identity() {
     let t = TestApp::with_config(RULES).await;
@@ -283,16 +319,7 @@ async fn refused_keys_all_get_the_same_challenge() {
         .unwrap();
     assert_challenge(&bearer(&t, RPC, revoked.key.expose()).await, "revoked");
 
-    let expiring = t
-        .app
-        .create_api_key(
-            KeyActor::Cli,
-            "alice",
-            input("week", &["gateway"], ExpiryChoice::Days(7)),
-            &ClientInfo::cli(),
-        )
-        .await
-        .unwrap();
+    let expiring = expiring_key(&t, "alice", "week", 7).await;
     t.clock.advance(7 * 86_400 - 1);
     assert_eq!(
         bearer(&t, RPC, expiring.key.expose()).await.status,
@@ -351,14 +378,8 @@ async fn a_key_revoked_on_another_node_stops_passing_within_the_cache_bound() {
     let res = bearer(&t, RPC, key).await;
     assert_eq!(res.status, StatusCode::OK, "{}", res.body);
 
-    // Another node revokes it in the shared database: nothing is audited here.
-    let alice = t.app.user_by_login("alice").await.unwrap();
-    let id = t.store.list_user_api_keys(alice.id).await.unwrap()[0].id;
-    assert!(t
-        .store
-        .revoke_api_key(alice.id, id, t.app.now())
-        .await
-        .unwrap());
+    // Another node revokes it in the shared database.
+    revoke_behind_this_node(&t, "alice").await;
     // The JSON API reads the store at every call.
     assert!(matches!(
         t.app
@@ -385,13 +406,7 @@ async fn a_key_revoked_on_another_node_stops_passing_within_the_cache_bound() {
     let created = cli_key(&t, "alice", "rpc", &["gateway"]).await;
     let key = created.key.expose();
     assert_eq!(bearer(&t, RPC, key).await.status, StatusCode::OK);
-    let alice = t.app.user_by_login("alice").await.unwrap();
-    let id = t.store.list_user_api_keys(alice.id).await.unwrap()[0].id;
-    assert!(t
-        .store
-        .revoke_api_key(alice.id, id, t.app.now())
-        .await
-        .unwrap());
+    revoke_behind_this_node(&t, "alice").await;
     assert_challenge(&bearer(&t, RPC, key).await, "no cache");
 }
 
@@ -416,13 +431,7 @@ async fn events_written_by_other_processes_drop_the_cached_keys_of_their_subject
     // Another process revokes both keys in the shared database, and audits one revocation
     // (a process that audits nothing is the bound of the test above).
     for login in ["alice", "bob"] {
-        let user = t.app.user_by_login(login).await.unwrap();
-        let id = t.store.list_user_api_keys(user.id).await.unwrap()[0].id;
-        assert!(t
-            .store
-            .revoke_api_key(user.id, id, t.app.now())
-            .await
-            .unwrap());
+        revoke_behind_this_node(&t, login).await;
     }
     let event = t
         .store
@@ -483,13 +492,7 @@ async fn a_disable_that_fails_half_way_still_drops_the_cached_key_here() {
     assert_eq!(bearer(&t, RPC, key).await.status, StatusCode::OK);
 
     // The database refuses the revocation of the keys, the disable's last statement.
-    let url = format!(
-        "sqlite://{}",
-        t.app.config.data_dir.join("bulwark.db").display()
-    );
-    let mut raw = <sqlx::SqliteConnection as sqlx::Connection>::connect(&url)
-        .await
-        .unwrap();
+    let mut raw = raw_sqlite(&t).await;
     sqlx::query(
         "CREATE TRIGGER refuse_key_revocation BEFORE UPDATE ON api_keys \
          BEGIN SELECT RAISE(ABORT, 'refused for the test'); END",
@@ -518,16 +521,7 @@ async fn a_cached_key_is_checked_for_scope_and_expiry_at_every_request() {
             "no gateway scope",
         );
     }
-    let day = t
-        .app
-        .create_api_key(
-            KeyActor::Cli,
-            "alice",
-            input("day", &["gateway"], ExpiryChoice::Days(1)),
-            &ClientInfo::cli(),
-        )
-        .await
-        .unwrap();
+    let day = expiring_key(&t, "alice", "day", 1).await;
     t.clock.advance(86_400 - 2);
     assert_eq!(
         bearer(&t, RPC, day.key.expose()).await.status,
@@ -661,13 +655,7 @@ async fn last_use_is_written_by_the_flush_not_by_the_check() {
     let stored = || async { t.store.find_api_key(&digest).await.unwrap().unwrap() };
 
     // A raw connection of its own sees `data_version` change whenever anyone else commits.
-    let url = format!(
-        "sqlite://{}",
-        t.app.config.data_dir.join("bulwark.db").display()
-    );
-    let mut probe = <sqlx::SqliteConnection as sqlx::Connection>::connect(&url)
-        .await
-        .unwrap();
+    let mut probe = raw_sqlite(&t).await;
     let before = data_version(&mut probe).await;
 
     for _ in 0..25 {
