@@ -228,8 +228,7 @@ pub(crate) struct ForgetOnExit<'a> {
 
 impl Drop for ForgetOnExit<'_> {
     fn drop(&mut self) {
-        self.app.session_cache.invalidate(Some(self.login));
-        self.app.key_cache.invalidate(Some(self.login));
+        self.app.forget(Some(self.login));
     }
 }
 
@@ -240,11 +239,16 @@ impl App {
         ForgetOnExit { app: self, login }
     }
 
+    /// Drops the cached sessions and keys of `subject` (a login), or every one of them.
+    fn forget(&self, subject: Option<&str>) {
+        self.session_cache.invalidate(subject);
+        self.key_cache.invalidate(subject);
+    }
+
     /// Drops the cached sessions and keys an event makes stale, if it can make any.
     pub(crate) fn forget_cached(&self, event: &str, outcome: &str, subject: Option<&str>) {
         if changes_access(event, outcome) {
-            self.session_cache.invalidate(subject);
-            self.key_cache.invalidate(subject);
+            self.forget(subject);
         }
     }
 
@@ -264,8 +268,7 @@ impl App {
             }
         }
         let newest = self.newest_audit_id().await?;
-        self.session_cache.invalidate(None);
-        self.key_cache.invalidate(None);
+        self.forget(None);
         *after = newest;
         Ok(())
     }
