@@ -49,6 +49,43 @@ pub struct CurrentSession {
     pub standing: Standing,
 }
 
+/// What the gateway's check needs of a live session, and all the session cache keeps of
+/// one: the identity it passes on, and what the rules and redirects look at. The rest of the
+/// user and session records (the session's IP and user agent above all) stays out of the
+/// cache, which holds one entry per active session (docs/benchmarks.md, memory).
+#[derive(Debug, Clone)]
+pub struct CheckedSession {
+    pub login: String,
+    pub display_name: String,
+    pub email: Option<String>,
+    /// Sorted group names.
+    pub groups: Vec<String>,
+    pub stage: SessionStage,
+    /// The login passed a second factor (or a browser trusted after one).
+    pub two_factor: bool,
+    pub created_at: UnixTime,
+    pub last_seen_at: UnixTime,
+    pub change_required: Option<ChangeReason>,
+    pub standing: Standing,
+}
+
+impl From<CurrentSession> for CheckedSession {
+    fn from(s: CurrentSession) -> Self {
+        Self {
+            login: s.user.login,
+            display_name: s.user.display_name,
+            email: s.user.email,
+            groups: s.user.groups,
+            stage: s.session.stage,
+            two_factor: s.session.two_factor,
+            created_at: s.session.created_at,
+            last_seen_at: s.session.last_seen_at,
+            change_required: s.change_required,
+            standing: s.standing,
+        }
+    }
+}
+
 /// Why a password change is forced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChangeReason {
@@ -456,9 +493,10 @@ impl App {
     pub async fn authenticate_cached(
         &self,
         cookie: &str,
-    ) -> Result<Option<std::sync::Arc<CurrentSession>>, ServiceError> {
+    ) -> Result<Option<std::sync::Arc<CheckedSession>>, ServiceError> {
+        let checked = |s: CurrentSession| std::sync::Arc::new(CheckedSession::from(s));
         if !self.session_cache.enabled() {
-            return Ok(self.authenticate(cookie).await?.map(std::sync::Arc::new));
+            return Ok(self.authenticate(cookie).await?.map(checked));
         }
         if !token::looks_like_token(cookie) {
             return Ok(None);
@@ -467,12 +505,12 @@ impl App {
         let digest: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(cookie.as_bytes()).into();
         if let Some(s) = self.session_cache.get(&digest, now) {
             let policy = self.policy().sessions.policy();
-            if policy.is_live(s.session.created_at, s.session.last_seen_at, now) {
+            if policy.is_live(s.created_at, s.last_seen_at, now) {
                 return Ok(Some(s));
             }
         }
         let epoch = self.session_cache.epoch();
-        let found = self.authenticate(cookie).await?.map(std::sync::Arc::new);
+        let found = self.authenticate(cookie).await?.map(checked);
         if let Some(s) = &found {
             self.session_cache.put(digest, epoch, now, s.clone());
         }

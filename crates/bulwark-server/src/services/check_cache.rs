@@ -22,7 +22,7 @@
 //! did not move while it ran.
 
 use super::api_keys::AuthenticatedKey;
-use super::auth::CurrentSession;
+use super::auth::CheckedSession;
 use super::ServiceError;
 use crate::app::App;
 use bulwark_core::UnixTime;
@@ -37,9 +37,9 @@ pub trait Cached {
     fn login(&self) -> &str;
 }
 
-impl Cached for CurrentSession {
+impl Cached for CheckedSession {
     fn login(&self) -> &str {
-        &self.user.login
+        &self.login
     }
 }
 
@@ -86,7 +86,7 @@ pub struct CheckCache<V> {
 }
 
 /// The gateway's sessions, by the digest of their token.
-pub type SessionCache = CheckCache<CurrentSession>;
+pub type SessionCache = CheckCache<CheckedSession>;
 
 /// The gateway's API keys, by the digest of the key.
 pub type KeyCache = CheckCache<AuthenticatedKey>;
