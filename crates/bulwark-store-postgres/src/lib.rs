@@ -1286,6 +1286,28 @@ impl AuditStore for PgStore {
         .await
         .map_err(map_err)
     }
+
+    async fn login_client_seen(
+        &self,
+        subject: &str,
+        ip: Option<&str>,
+        user_agent: Option<&str>,
+        limit: u32,
+    ) -> StoreResult<bool> {
+        sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM (SELECT ip, user_agent FROM audit_log \
+             WHERE subject = $1 AND event = 'login' AND outcome = 'success' \
+             ORDER BY id DESC LIMIT $2) recent \
+             WHERE ip IS NOT DISTINCT FROM $3 AND user_agent IS NOT DISTINCT FROM $4)",
+        )
+        .bind(subject)
+        .bind(i64::from(limit))
+        .bind(ip)
+        .bind(user_agent)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(map_err)
+    }
 }
 
 #[async_trait]

@@ -1300,6 +1300,28 @@ impl AuditStore for SqliteStore {
         .await
         .map_err(map_err)
     }
+
+    async fn login_client_seen(
+        &self,
+        subject: &str,
+        ip: Option<&str>,
+        user_agent: Option<&str>,
+        limit: u32,
+    ) -> StoreResult<bool> {
+        // The inner query runs as a co-routine: EXISTS stops at the first matching row.
+        sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM (SELECT ip, user_agent FROM audit_log \
+             WHERE subject = ? AND +event = 'login' AND +outcome = 'success' \
+             ORDER BY id DESC LIMIT ?) WHERE ip IS ? AND user_agent IS ?)",
+        )
+        .bind(subject)
+        .bind(i64::from(limit))
+        .bind(ip)
+        .bind(user_agent)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(map_err)
+    }
 }
 
 #[async_trait]

@@ -937,6 +937,38 @@ pub async fn recent_login_clients_are_distinct_and_recent(s: &dyn Store) {
             (Some("192.0.2.3".into()), Some("new".into())),
         ]
     );
+
+    // The exact-match question asks the same of one pair, NULL matching NULL.
+    let seen = |ip: Option<&'static str>, ua: Option<&'static str>, limit: u32| async move {
+        s.login_client_seen("alice", ip, ua, limit).await.unwrap()
+    };
+    assert!(seen(Some("192.0.2.3"), Some("new"), 1).await);
+    assert!(
+        seen(Some("192.0.2.2"), None, 3).await,
+        "a missing agent matches a missing one"
+    );
+    assert!(seen(Some("192.0.2.1"), Some("old"), 10).await);
+    assert!(
+        !seen(Some("192.0.2.1"), Some("old"), 3).await,
+        "beyond the limit of recent logins"
+    );
+    assert!(
+        !seen(Some("192.0.2.2"), Some("old"), 10).await,
+        "both must match"
+    );
+    assert!(
+        !seen(Some("198.51.100.9"), Some("attacker"), 10).await,
+        "a failed login is no known device"
+    );
+    assert!(
+        !seen(Some("198.51.100.8"), Some("other"), 10).await,
+        "another event is no login"
+    );
+    assert!(
+        !seen(Some("203.0.113.5"), Some("bob"), 10).await,
+        "another user's device"
+    );
+    assert!(!s.login_client_seen("carol", None, None, 10).await.unwrap());
 }
 
 pub async fn mail_queue_retries_and_deletes(s: &dyn Store) {

@@ -312,6 +312,16 @@ pub trait AuditStore: Send + Sync {
         subject: &str,
         limit: u32,
     ) -> StoreResult<Vec<(Option<String>, Option<String>)>>;
+    /// Whether one of the subject's last `limit` successful `login` events came from exactly
+    /// this IP and user agent: the common case of a known device, answered without reading
+    /// the events out (the newest one usually matches).
+    async fn login_client_seen(
+        &self,
+        subject: &str,
+        ip: Option<&str>,
+        user_agent: Option<&str>,
+        limit: u32,
+    ) -> StoreResult<bool>;
 }
 
 /// The durable outgoing mail queue.

@@ -36,6 +36,9 @@ pub const SECOND_FACTOR_WINDOW_SECS: i64 = 10 * 60;
 pub const EMAIL_CODE_SECS: i64 = 10 * 60;
 /// E-mailed codes per account per hour.
 pub const EMAIL_CODES_PER_HOUR: u32 = 5;
+/// A login from an IP and browser seen in none of the account's last this many successful
+/// logins mails the owner.
+const KNOWN_DEVICE_LOGINS: u32 = 200;
 
 /// What a pending enrolment shows the user.
 #[derive(Debug)]
@@ -994,15 +997,29 @@ impl App {
         client: &ClientInfo,
         now: UnixTime,
     ) -> Result<(), ServiceError> {
+        // Most logins come from the device of the last one: asked exactly first, in the
+        // store, before reading the recent devices out to compare browser names.
+        let ip = client.ip_string();
+        if self
+            .store
+            .login_client_seen(
+                user.login.as_str(),
+                ip.as_deref(),
+                client.user_agent_bounded().as_deref(),
+                KNOWN_DEVICE_LOGINS,
+            )
+            .await?
+        {
+            return Ok(());
+        }
         let known = self
             .store
-            .recent_login_clients(user.login.as_str(), 200)
+            .recent_login_clients(user.login.as_str(), KNOWN_DEVICE_LOGINS)
             .await?;
         if known.is_empty() {
             // The first login of an account has nothing to compare with.
             return Ok(());
         }
-        let ip = client.ip.map(|ip| ip.to_string());
         let browser = browser_name(client.user_agent.as_deref());
         let seen = known
             .iter()
