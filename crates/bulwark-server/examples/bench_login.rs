@@ -288,6 +288,10 @@ fn run(args: Args) -> Res<()> {
             (h.ms_per_op / r.ms_per_op - 1.0) * 100.0
         );
         println!(
+            "  context switches:     {:.0} per login vs {:.1} per raw verify",
+            h.switches_per_op, r.switches_per_op
+        );
+        println!(
             "  machine during HTTP:  bench {:.0}%, other processes {:.0}%, idle {:.0}% (raw phases: bench {:.0}%, others {:.0}%, idle {:.0}%)",
             h.bench * 100.0,
             h.others * 100.0,
@@ -409,6 +413,11 @@ struct CpuUse {
     ms_per_op: f64,
     /// Page faults per operation, set by `per_op`.
     faults_per_op: f64,
+    /// Context switches of this process's threads per second.
+    switches_per_sec: f64,
+    /// Context switches per operation, set by `per_op`: each hand-off between threads (to
+    /// a database worker, a hashing thread, an idle runtime worker) costs one or two.
+    switches_per_op: f64,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -419,6 +428,8 @@ struct CpuTicks {
     process: u64,
     process_sys: u64,
     minor_faults: u64,
+    /// Voluntary and involuntary context switches of the threads alive now.
+    switches: u64,
 }
 
 impl CpuTicks {
@@ -440,6 +451,7 @@ impl CpuTicks {
         let process_sys = f.get(12)?.parse::<u64>().ok()?;
         let minor_faults = f.get(7)?.parse::<u64>().ok()?;
         Some(Self {
+            switches: context_switches(),
             total: fields.iter().sum(),
             idle: fields.get(3)? + fields.get(4)?,
             steal: *fields.get(7)?,
@@ -448,6 +460,24 @@ impl CpuTicks {
             minor_faults,
         })
     }
+}
+
+/// The context switches of this process's threads (exited threads are not counted).
+fn context_switches() -> u64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
+        .flat_map(|status| {
+            status
+                .lines()
+                .filter(|l| l.contains("ctxt_switches:"))
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .collect::<Vec<_>>()
+        })
+        .sum()
 }
 
 impl CpuUse {
@@ -477,9 +507,11 @@ impl CpuUse {
                 kernel,
                 faults_per_sec: b.minor_faults.saturating_sub(a.minor_faults) as f64
                     / window.seconds(),
+                switches_per_sec: b.switches.saturating_sub(a.switches) as f64 / window.seconds(),
                 cores,
                 ms_per_op: 0.0,
                 faults_per_op: 0.0,
+                switches_per_op: 0.0,
             })
         })
     }
@@ -496,6 +528,11 @@ impl CpuUse {
         } else {
             0.0
         };
+        self.switches_per_op = if rate > 0.0 {
+            self.switches_per_sec / rate
+        } else {
+            0.0
+        };
         self
     }
 
@@ -505,7 +542,7 @@ impl CpuUse {
             Some(c) => {
                 let c = c.per_op(rate);
                 format!(
-                    "  [bench {:.0}% (kernel {:.0}% of it) / others {:.0}% / idle {:.0}%{} of the machine; {:.1} ms CPU and {:.0} page faults per op]",
+                    "  [bench {:.0}% (kernel {:.0}% of it) / others {:.0}% / idle {:.0}%{} of the machine; {:.1} ms CPU, {:.0} page faults and {:.0} context switches per op]",
                     c.bench * 100.0,
                     c.kernel * 100.0,
                     c.others * 100.0,
@@ -516,7 +553,8 @@ impl CpuUse {
                         String::new()
                     },
                     c.ms_per_op,
-                    c.faults_per_op
+                    c.faults_per_op,
+                    c.switches_per_op
                 )
             }
             None => String::new(),
@@ -539,6 +577,7 @@ impl CpuUse {
             m.kernel += c.kernel / n;
             m.faults_per_op += c.faults_per_op / n;
             m.ms_per_op += c.ms_per_op / n;
+            m.switches_per_op += c.switches_per_op / n;
         }
         Some(m)
     }

@@ -55,6 +55,9 @@ impl SqliteStore {
         let pool = SqlitePoolOptions::new()
             .max_connections(max_connections.max(1))
             .acquire_timeout(acquire_timeout)
+            // A connection to a local file cannot go stale: no ping, a round trip to the
+            // connection's worker thread, before every statement.
+            .test_before_acquire(false)
             .connect_with(options)
             .await
             .map_err(map_err)?;
