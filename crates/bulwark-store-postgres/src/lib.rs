@@ -57,6 +57,9 @@ impl Default for PoolSettings {
     }
 }
 
+/// A pooled connection idle this long is pinged before it is handed out.
+const PING_AFTER_IDLE: Duration = Duration::from_secs(1);
+
 /// A Bulwark store on a PostgreSQL database.
 #[derive(Clone, Debug)]
 pub struct PgStore {
@@ -90,8 +93,20 @@ impl PgStore {
         let pool = PgPoolOptions::new()
             .max_connections(settings.max_connections.max(1))
             .acquire_timeout(settings.acquire_timeout)
-            // A connection broken by a database restart is found and replaced before use.
-            .test_before_acquire(true)
+            // A connection idle for a while may have been broken by a database restart: it
+            // is pinged, and replaced if that fails, before use. A busy pool's connections
+            // are not (a ping is a round trip to the server before every statement); one
+            // broken under load fails its statement, and sqlx's ping as it comes back to
+            // the pool closes it.
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for >= PING_AFTER_IDLE {
+                        conn.ping().await?;
+                    }
+                    Ok(true)
+                })
+            })
             .connect_with(options.clone())
             .await
             .map_err(map_err)?;
