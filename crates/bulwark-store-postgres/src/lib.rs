@@ -250,6 +250,14 @@ const REPORT_COLUMNS: &str = "id, login, email, display_name, active, created_at
      device_account, grace_started_at, group_list AS groups, totp_confirmed AS totp_active, \
      recovery_codes_left AS codes_left";
 
+fn throttle_from_row(r: &PgRow) -> Result<ThrottleRecord, sqlx::Error> {
+    Ok(ThrottleRecord {
+        failures: count(r.try_get("failures")?),
+        last_failure_at: r.try_get("last_failure_at")?,
+        blocked_until: r.try_get("blocked_until")?,
+    })
+}
+
 fn report_row(row: &PgRow) -> Result<SecurityRow<'_>, sqlx::Error> {
     Ok(SecurityRow {
         id: row.try_get("id")?,
@@ -395,6 +403,29 @@ impl UserStore for PgStore {
             .await
             .map_err(map_err)?;
         row.as_ref().map(user_from_row).transpose().map_err(map_err)
+    }
+
+    async fn find_login_candidate(&self, login: &Login) -> StoreResult<Option<LoginCandidate>> {
+        let sql = format!(
+            "SELECT {USER_COLUMNS}, password_hash, EXISTS (SELECT 1 FROM totp_factors t \
+             WHERE t.user_id = users.id AND t.confirmed_at IS NOT NULL) AS totp_confirmed \
+             FROM users WHERE lower(login) = lower($1)"
+        );
+        let Some(row) = sqlx::query(&sql)
+            .bind(login.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(map_err)?
+        else {
+            return Ok(None);
+        };
+        let user = user_from_row(&row).map_err(map_err)?;
+        let hash: Option<String> = row.try_get("password_hash").map_err(map_err)?;
+        Ok(Some(LoginCandidate {
+            user,
+            password_hash: hash.map(stored_hash).transpose()?,
+            totp_confirmed: row.try_get("totp_confirmed").map_err(map_err)?,
+        }))
     }
 
     async fn find_users_by_email(&self, email: &Email) -> StoreResult<Vec<UserRecord>> {
@@ -995,15 +1026,33 @@ impl ThrottleStore for PgStore {
         .fetch_optional(&self.pool)
         .await
         .map_err(map_err)?;
-        row.map(|r| -> Result<ThrottleRecord, sqlx::Error> {
-            Ok(ThrottleRecord {
-                failures: count(r.try_get("failures")?),
-                last_failure_at: r.try_get("last_failure_at")?,
-                blocked_until: r.try_get("blocked_until")?,
-            })
-        })
-        .transpose()
-        .map_err(map_err)
+        row.as_ref()
+            .map(throttle_from_row)
+            .transpose()
+            .map_err(map_err)
+    }
+
+    async fn find_throttles(&self, keys: &[&str]) -> StoreResult<Vec<Option<ThrottleRecord>>> {
+        let mut found = vec![None; keys.len()];
+        if keys.is_empty() {
+            return Ok(found);
+        }
+        let rows = sqlx::query(
+            "SELECT key, failures, last_failure_at, blocked_until FROM throttles \
+             WHERE key = ANY($1)",
+        )
+        .bind(keys)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err)?;
+        for row in &rows {
+            let key: &str = row.try_get("key").map_err(map_err)?;
+            let record = throttle_from_row(row).map_err(map_err)?;
+            for (slot, _) in found.iter_mut().zip(keys).filter(|(_, k)| **k == key) {
+                *slot = Some(record);
+            }
+        }
+        Ok(found)
     }
 
     async fn delete_throttle(&self, key: &str) -> StoreResult<()> {

@@ -345,6 +345,15 @@ fn report_row(row: &SqliteRow) -> Result<SecurityRow<'_>, sqlx::Error> {
     })
 }
 
+fn throttle_from_row(r: &SqliteRow) -> Result<ThrottleRecord, sqlx::Error> {
+    let failures: i64 = r.try_get("failures")?;
+    Ok(ThrottleRecord {
+        failures: u32::try_from(failures).unwrap_or(u32::MAX),
+        last_failure_at: r.try_get("last_failure_at")?,
+        blocked_until: r.try_get("blocked_until")?,
+    })
+}
+
 fn user_from_row(row: &SqliteRow) -> Result<UserRecord, sqlx::Error> {
     let groups: Option<&str> = row.try_get("groups")?;
     let groups = split_groups(groups.unwrap_or_default());
@@ -719,6 +728,29 @@ impl UserStore for SqliteStore {
         hash.flatten().map(stored_hash).transpose()
     }
 
+    async fn find_login_candidate(&self, login: &Login) -> StoreResult<Option<LoginCandidate>> {
+        let sql = format!(
+            "SELECT {USER_COLUMNS}, password_hash, EXISTS (SELECT 1 FROM totp_factors t \
+             WHERE t.user_id = users.id AND t.confirmed_at IS NOT NULL) AS totp_confirmed \
+             FROM users WHERE login = ?"
+        );
+        let Some(row) = sqlx::query(&sql)
+            .bind(login.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(map_err)?
+        else {
+            return Ok(None);
+        };
+        let user = user_from_row(&row).map_err(map_err)?;
+        let hash: Option<String> = row.try_get("password_hash").map_err(map_err)?;
+        Ok(Some(LoginCandidate {
+            user,
+            password_hash: hash.map(stored_hash).transpose()?,
+            totp_confirmed: row.try_get("totp_confirmed").map_err(map_err)?,
+        }))
+    }
+
     async fn clear_password(&self, id: UserId) -> StoreResult<()> {
         let r = sqlx::query("UPDATE users SET password_hash = NULL WHERE id = ?")
             .bind(id)
@@ -1075,16 +1107,34 @@ impl ThrottleStore for SqliteStore {
         .fetch_optional(&self.pool)
         .await
         .map_err(map_err)?;
-        row.map(|r| -> Result<ThrottleRecord, sqlx::Error> {
-            let failures: i64 = r.try_get("failures")?;
-            Ok(ThrottleRecord {
-                failures: u32::try_from(failures).unwrap_or(u32::MAX),
-                last_failure_at: r.try_get("last_failure_at")?,
-                blocked_until: r.try_get("blocked_until")?,
-            })
-        })
-        .transpose()
-        .map_err(map_err)
+        row.as_ref()
+            .map(throttle_from_row)
+            .transpose()
+            .map_err(map_err)
+    }
+
+    async fn find_throttles(&self, keys: &[&str]) -> StoreResult<Vec<Option<ThrottleRecord>>> {
+        let mut found = vec![None; keys.len()];
+        if keys.is_empty() {
+            return Ok(found);
+        }
+        let sql = format!(
+            "SELECT key, failures, last_failure_at, blocked_until FROM throttles \
+             WHERE key IN ({})",
+            vec!["?"; keys.len()].join(", ")
+        );
+        let mut query = sqlx::query(&sql);
+        for key in keys {
+            query = query.bind(*key);
+        }
+        for row in query.fetch_all(&self.pool).await.map_err(map_err)? {
+            let key: &str = row.try_get("key").map_err(map_err)?;
+            let record = throttle_from_row(&row).map_err(map_err)?;
+            for (slot, _) in found.iter_mut().zip(keys).filter(|(_, k)| **k == key) {
+                *slot = Some(record);
+            }
+        }
+        Ok(found)
     }
 
     async fn delete_throttle(&self, key: &str) -> StoreResult<()> {

@@ -24,11 +24,12 @@ macro_rules! store_contract_tests {
             find_users_by_email_ignores_case, list_users_filters_and_pages, count_active_in_group_counts_active_members,
             update_profile_active_and_groups, delete_user_removes_sessions_and_tokens,
             password_update_keeps_bounded_history, rehash_replaces_current_hash_only, a_cleared_password_no_longer_exists,
-            must_change_and_last_login_are_recorded,
+            must_change_and_last_login_are_recorded, login_candidate_holds_the_user_hash_and_factor,
             sessions_insert_find_touch_delete, delete_user_sessions_keeps_one, expired_sessions_are_pruned,
             one_time_token_is_consumed_once, one_time_token_expires_and_purpose_matters, revoking_user_tokens_voids_them,
             concurrent_consumption_succeeds_once,
-            throttle_counts_failures_and_restarts_after_window, throttle_block_never_shortens, concurrent_failures_are_all_counted,
+            throttle_counts_failures_and_restarts_after_window, throttle_block_never_shortens,
+            throttles_are_read_together_in_order, concurrent_failures_are_all_counted,
             audit_is_appended_and_filtered, audit_events_form_a_hash_chain, concurrent_audit_appends_stay_one_chain,
             audit_search_by_time_and_page, audit_pruning_leaves_a_checkpoint_the_chain_starts_from,
             recent_login_clients_are_distinct_and_recent, mail_queue_retries_and_deletes, ping_and_migrate_are_idempotent,
@@ -358,6 +359,46 @@ pub async fn password_update_keeps_bounded_history(s: &dyn Store) {
     assert_eq!(s.list_password_history(u.id, 10).await.unwrap().len(), 1);
 }
 
+pub async fn login_candidate_holds_the_user_hash_and_factor(s: &dyn Store) {
+    let u = s.insert_user(&new_user("lena")).await.unwrap();
+    let login = Login::parse("Lena").unwrap();
+    let c = s.find_login_candidate(&login).await.unwrap().unwrap();
+    assert_eq!(
+        c.user,
+        s.find_user_by_login(&login).await.unwrap().unwrap(),
+        "the user as find_user_by_login reads them"
+    );
+    assert_eq!(c.user.id, u.id);
+    assert_eq!(
+        c.password_hash.as_ref().map(PasswordHash::as_str),
+        Some(hash(1).as_str())
+    );
+    assert!(!c.totp_confirmed);
+    assert!(s
+        .find_login_candidate(&Login::parse("nobody").unwrap())
+        .await
+        .unwrap()
+        .is_none());
+
+    // Only a confirmed authenticator counts.
+    s.upsert_pending_totp(&factor(u.id, "sealed"))
+        .await
+        .unwrap();
+    let c = s.find_login_candidate(&login).await.unwrap().unwrap();
+    assert!(!c.totp_confirmed, "pending");
+    assert!(s.confirm_totp(u.id, T0 + 5, 100).await.unwrap());
+    let c = s.find_login_candidate(&login).await.unwrap().unwrap();
+    assert!(c.totp_confirmed, "confirmed");
+    assert!(s.delete_totp(u.id).await.unwrap());
+    let c = s.find_login_candidate(&login).await.unwrap().unwrap();
+    assert!(!c.totp_confirmed, "removed");
+
+    s.clear_password(u.id).await.unwrap();
+    let c = s.find_login_candidate(&login).await.unwrap().unwrap();
+    assert!(c.password_hash.is_none());
+    assert!(!c.user.has_password);
+}
+
 pub async fn a_cleared_password_no_longer_exists(s: &dyn Store) {
     let u = s.insert_user(&new_user("cleo")).await.unwrap();
     assert!(u.has_password);
@@ -615,6 +656,37 @@ pub async fn throttle_counts_failures_and_restarts_after_window(s: &dyn Store) {
     );
     s.delete_throttle("acct:pat").await.unwrap();
     assert_eq!(s.find_throttle("acct:pat").await.unwrap(), None);
+}
+
+pub async fn throttles_are_read_together_in_order(s: &dyn Store) {
+    assert!(s.find_throttles(&[]).await.unwrap().is_empty());
+    s.record_failure("login:pat", T0, 60).await.unwrap();
+    s.record_failure("ip:192.0.2.1", T0 + 1, 60).await.unwrap();
+    s.record_failure("ip:192.0.2.1", T0 + 2, 60).await.unwrap();
+    s.update_blocked_until("ip:192.0.2.1", T0 + 900)
+        .await
+        .unwrap();
+    let one = |key: &'static str| async move { s.find_throttle(key).await.unwrap() };
+    assert_eq!(
+        s.find_throttles(&["ip:192.0.2.1", "login:none", "login:pat"])
+            .await
+            .unwrap(),
+        vec![one("ip:192.0.2.1").await, None, one("login:pat").await]
+    );
+    assert_eq!(
+        s.find_throttles(&["login:pat", "ip:192.0.2.1"])
+            .await
+            .unwrap()
+            .iter()
+            .map(|t| t.map(|t| (t.failures, t.blocked_until)))
+            .collect::<Vec<_>>(),
+        vec![Some((1, 0)), Some((2, T0 + 900))]
+    );
+    assert_eq!(
+        s.find_throttles(&["login:pat", "login:pat"]).await.unwrap(),
+        vec![one("login:pat").await; 2],
+        "a key asked twice is answered twice"
+    );
 }
 
 pub async fn throttle_block_never_shortens(s: &dyn Store) {

@@ -95,6 +95,9 @@ pub trait UserStore: Send + Sync {
     async fn delete_user(&self, id: UserId) -> StoreResult<()>;
     /// The stored password hash, if the user has a password.
     async fn find_password_hash(&self, id: UserId) -> StoreResult<Option<PasswordHash>>;
+    /// The user with this login, their password hash and whether they have a confirmed
+    /// authenticator, in one read: what a password login needs before the hash check.
+    async fn find_login_candidate(&self, login: &Login) -> StoreResult<Option<LoginCandidate>>;
     /// Sets a new password: stores the hash, its time and the must-change flag, and records it
     /// in the history, keeping the newest `keep_history` entries (at least the current one).
     async fn update_password(&self, change: &PasswordChange) -> StoreResult<()>;
@@ -281,6 +284,9 @@ pub trait ThrottleStore: Send + Sync {
     async fn update_blocked_until(&self, key: &str, until: UnixTime) -> StoreResult<()>;
     /// The counter for a key.
     async fn find_throttle(&self, key: &str) -> StoreResult<Option<ThrottleRecord>>;
+    /// The counters of several keys in one read, in the order of `keys` (`None` for a key
+    /// without one): a login's account and IP counters.
+    async fn find_throttles(&self, keys: &[&str]) -> StoreResult<Vec<Option<ThrottleRecord>>>;
     /// Removes a counter (successful login, admin unlock).
     async fn delete_throttle(&self, key: &str) -> StoreResult<()>;
 }

@@ -54,6 +54,16 @@ impl UserRecord {
     }
 }
 
+/// What a password login decides on, read at once ([`crate::UserStore::find_login_candidate`]).
+#[derive(Debug, Clone)]
+pub struct LoginCandidate {
+    pub user: UserRecord,
+    /// The stored password hash, if the user has a password.
+    pub password_hash: Option<PasswordHash>,
+    /// Whether the user has a confirmed authenticator (read from the factors themselves).
+    pub totp_confirmed: bool,
+}
+
 /// Filter and page for listing users.
 #[derive(Debug, Clone, Default)]
 pub struct UserFilter {

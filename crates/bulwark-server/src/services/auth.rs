@@ -33,8 +33,8 @@ use bulwark_core::password::Password;
 use bulwark_core::token::{self, TokenHash};
 use bulwark_core::{SecretString, UnixTime};
 use bulwark_store::{
-    NewOneTimeToken, NewSession, NewUser, PasswordChange, SessionRecord, SessionStage,
-    TokenPurpose, UserRecord,
+    LoginCandidate, NewOneTimeToken, NewSession, NewUser, PasswordChange, SessionRecord,
+    SessionStage, ThrottleRecord, TokenPurpose, UserRecord,
 };
 use std::net::IpAddr;
 
@@ -149,6 +149,28 @@ pub(crate) fn ip_key(ip: IpAddr) -> String {
     }
 }
 
+/// Refuses while a key's counter blocks it; returns whether the key has a counter.
+fn gate_counter(
+    found: Option<ThrottleRecord>,
+    policy: &LockoutPolicy,
+    now: UnixTime,
+) -> Result<bool, ServiceError> {
+    let Some(t) = found else {
+        return Ok(false);
+    };
+    match policy.gate(t.blocked_until, t.failures, now) {
+        Gate::Open => Ok(true),
+        Gate::Wait { retry_after } => Err(ServiceError::Throttled {
+            retry_after,
+            locked: false,
+        }),
+        Gate::Locked { retry_after } => Err(ServiceError::Throttled {
+            retry_after,
+            locked: true,
+        }),
+    }
+}
+
 impl App {
     /// The password policy that applies to a member of `groups`.
     pub fn policy_for(&self, groups: &[String]) -> PasswordPolicy {
@@ -171,27 +193,8 @@ impl App {
         policy: &LockoutPolicy,
         now: UnixTime,
     ) -> Result<bool, ServiceError> {
-        let Some(t) = self.store.find_throttle(key).await? else {
-            return Ok(false);
-        };
-        {
-            match policy.gate(t.blocked_until, t.failures, now) {
-                Gate::Open => {}
-                Gate::Wait { retry_after } => {
-                    return Err(ServiceError::Throttled {
-                        retry_after,
-                        locked: false,
-                    })
-                }
-                Gate::Locked { retry_after } => {
-                    return Err(ServiceError::Throttled {
-                        retry_after,
-                        locked: true,
-                    })
-                }
-            }
-        }
-        Ok(true)
+        let found = self.store.find_throttle(key).await?;
+        gate_counter(found, policy, now)
     }
 
     /// Counts a failure; returns true when this failure locked the key.
@@ -224,12 +227,16 @@ impl App {
         client: &ClientInfo,
         now: UnixTime,
     ) -> Result<bool, ServiceError> {
-        let counted = self
-            .gate_key(&account_key(login), &self.policy().lockout.account, now)
-            .await?;
-        if let Some(ip) = client.ip {
-            self.gate_key(&ip_key(ip), &self.policy().lockout.ip, now)
-                .await?;
+        let account = account_key(login);
+        let ip = client.ip.map(ip_key);
+        let keys: Vec<&str> = std::iter::once(account.as_str())
+            .chain(ip.as_deref())
+            .collect();
+        let mut found = self.store.find_throttles(&keys).await?.into_iter();
+        let lockout = &self.policy().lockout;
+        let counted = gate_counter(found.next().flatten(), &lockout.account, now)?;
+        if ip.is_some() {
+            gate_counter(found.next().flatten(), &lockout.ip, now)?;
         }
         Ok(counted)
     }
@@ -341,17 +348,18 @@ impl App {
                 return Err(ServiceError::InvalidCredentials);
             }
         };
-        let user = match Login::parse(login) {
-            Ok(l) => self.store.find_user_by_login(&l).await?,
+        let candidate = match Login::parse(login) {
+            Ok(l) => self.store.find_login_candidate(&l).await?,
             Err(_) => None,
         };
-        let stored = match &user {
-            Some(u) if u.active => self.store.find_password_hash(u.id).await?,
-            _ => None,
-        };
-        let (user, stored) = match (user, stored) {
-            (Some(user), Some(stored)) => (user, stored),
-            (user, _) => {
+        let (user, stored, has_factor) = match candidate {
+            Some(LoginCandidate {
+                user,
+                password_hash: Some(stored),
+                totp_confirmed,
+            }) if user.active => (user, stored, totp_confirmed),
+            candidate => {
+                let user = candidate.map(|c| c.user);
                 // Same work as a real check, so timing does not tell which logins exist.
                 self.hashes.dummy_verify(password).await?;
                 self.count_login_failure(login, client, now).await?;
@@ -397,7 +405,7 @@ impl App {
                     .await;
                 }
                 let (token, stage, standing) = match self
-                    .after_password(&user, client, trusted_cookie, now)
+                    .after_password(&user, has_factor, client, trusted_cookie, now)
                     .await
                 {
                     Ok(started) => started,

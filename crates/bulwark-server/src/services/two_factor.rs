@@ -145,9 +145,11 @@ impl App {
     }
 
     /// Decides the session stage after a correct password and starts the session.
+    /// `has_factor`: whether the user has a confirmed authenticator.
     pub(crate) async fn after_password(
         &self,
         user: &UserRecord,
+        has_factor: bool,
         client: &ClientInfo,
         trusted_cookie: Option<&str>,
         now: UnixTime,
@@ -164,7 +166,6 @@ impl App {
             return Err(ServiceError::InvalidCredentials);
         }
         let required = self.policy().two_factor.required_for(&user.groups);
-        let has_factor = self.confirmed_factor(user.id).await?.is_some();
         // The grace clock starts at the first login under enforcement, once.
         let grace_started = match user.grace_started_at {
             None if required && !has_factor && !user.device_account => {
