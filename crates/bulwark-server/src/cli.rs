@@ -1033,9 +1033,11 @@ async fn compliance_report(app: &App, format: &str, stale_days: u32) -> Result<(
         result
     } else {
         let report = app.compliance_report(options, None).await?;
-        let doc = report_json(&report);
-        let text = serde_json::to_string_pretty(&doc).unwrap_or_else(|_| doc.to_string());
-        writeln!(out, "{text}")
+        let mut buffered = std::io::BufWriter::with_capacity(1 << 16, &mut out);
+        serde_json::to_writer_pretty(&mut buffered, &report_json(&report))
+            .map_err(std::io::Error::from)
+            .and_then(|()| writeln!(buffered))
+            .and_then(|()| buffered.flush())
     };
     match written.and_then(|()| out.flush()) {
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(CliError::Message(format!(

@@ -19,6 +19,7 @@ use crate::app::App;
 use bulwark_core::enforcement::{self, Standing};
 use bulwark_core::UnixTime;
 use bulwark_store::{SecurityPage, SecurityRow, StoreError, UserId};
+use serde::{Serialize, Serializer};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 
@@ -658,63 +659,150 @@ fn push_field(out: &mut String, value: &str) {
     }
 }
 
-fn user_json(u: &UserCompliance) -> serde_json::Value {
-    serde_json::json!({
-        "login": u.login,
-        "email": u.email,
-        "display_name": u.display_name,
-        "groups": u.groups,
-        "two_factor": u.two_factor,
-        "standing": u.standing_name(),
-        "grace_deadline": u.grace_deadline(),
-        "recovery_codes_left": u.recovery_codes_left,
-        "last_login_at": u.last_login_at,
-        "password_changed_at": u.password_changed_at,
-        "password_expires_at": u.password_expires_at,
-        "password_expired": u.password_expired,
-        "stale": u.stale,
-    })
+/// A user of a report's lists, as JSON. Fields in the order of their names: the shape the
+/// report had when it was built as a `serde_json::Value`, whose maps sort their keys.
+#[derive(Serialize)]
+struct UserJson<'a> {
+    display_name: &'a str,
+    email: Option<&'a str>,
+    grace_deadline: Option<UnixTime>,
+    groups: &'a [String],
+    last_login_at: Option<UnixTime>,
+    login: &'a str,
+    password_changed_at: Option<UnixTime>,
+    password_expired: bool,
+    password_expires_at: Option<UnixTime>,
+    recovery_codes_left: u32,
+    stale: bool,
+    standing: &'static str,
+    two_factor: bool,
 }
 
-fn coverage_json(c: &Coverage) -> serde_json::Value {
-    serde_json::json!({
-        "active": c.active,
-        "with_two_factor": c.with_two_factor,
-        "exempt": c.exempt,
-        "percent": (c.percent() * 10.0).round() / 10.0,
-    })
+impl<'a> From<&'a UserCompliance> for UserJson<'a> {
+    fn from(u: &'a UserCompliance) -> Self {
+        Self {
+            display_name: &u.display_name,
+            email: u.email.as_deref(),
+            grace_deadline: u.grace_deadline(),
+            groups: &u.groups,
+            last_login_at: u.last_login_at,
+            login: &u.login,
+            password_changed_at: u.password_changed_at,
+            password_expired: u.password_expired,
+            password_expires_at: u.password_expires_at,
+            recovery_codes_left: u.recovery_codes_left,
+            stale: u.stale,
+            standing: u.standing_name(),
+            two_factor: u.two_factor,
+        }
+    }
 }
 
-/// The report as JSON (the API's and the CLI's shape).
-pub fn report_json(r: &ComplianceReport) -> serde_json::Value {
+/// Users serialized one at a time, never gathered into a document first.
+struct UsersJson<'a>(&'a [UserCompliance]);
+
+impl Serialize for UsersJson<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.0.iter().map(UserJson::from))
+    }
+}
+
+#[derive(Serialize)]
+struct CoverageJson<'a> {
+    active: u64,
+    exempt: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<&'a str>,
+    percent: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    two_factor_required: Option<bool>,
+    with_two_factor: u64,
+}
+
+impl<'a> CoverageJson<'a> {
+    fn new(c: &Coverage, group: Option<(&'a str, bool)>) -> Self {
+        Self {
+            active: c.active,
+            exempt: c.exempt,
+            name: group.map(|(name, _)| name),
+            percent: (c.percent() * 10.0).round() / 10.0,
+            two_factor_required: group.map(|(_, required)| required),
+            with_two_factor: c.with_two_factor,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct LastDays {
+    last_30_days: u64,
+    last_90_days: u64,
+}
+
+#[derive(Serialize)]
+struct EventsJson {
+    lockouts: LastDays,
+    two_factor_resets: LastDays,
+}
+
+#[derive(Serialize)]
+struct CountsJson {
+    few_recovery_codes: u64,
+    password_expired: u64,
+    stale: u64,
+    without_two_factor: u64,
+}
+
+/// The report as JSON (the API's and the CLI's shape), written as it is serialized: the CLI
+/// streams the lists of a million users without building a document of them in memory.
+#[derive(Serialize)]
+pub struct ReportJson<'a> {
+    counts: CountsJson,
+    events: EventsJson,
+    few_recovery_codes: UsersJson<'a>,
+    generated_at: UnixTime,
+    groups: Vec<CoverageJson<'a>>,
+    password_expired: UsersJson<'a>,
+    stale: UsersJson<'a>,
+    stale_days: u32,
+    totals: CoverageJson<'a>,
+    truncated: bool,
+    without_two_factor: UsersJson<'a>,
+}
+
+/// The report as JSON (see [`ReportJson`]).
+pub fn report_json(r: &ComplianceReport) -> ReportJson<'_> {
     let s = &r.summary;
-    let list = |l: &[UserCompliance]| l.iter().map(user_json).collect::<Vec<_>>();
-    serde_json::json!({
-        "generated_at": s.generated_at,
-        "stale_days": s.stale_days,
-        "totals": coverage_json(&s.all),
-        "groups": s.groups.iter().map(|(name, (required, c))| {
-            let mut g = coverage_json(c);
-            g["name"] = name.as_str().into();
-            g["two_factor_required"] = (*required).into();
-            g
-        }).collect::<Vec<_>>(),
-        "counts": {
-            "without_two_factor": s.without_two_factor,
-            "password_expired": s.password_expired,
-            "stale": s.stale,
-            "few_recovery_codes": s.few_recovery_codes,
+    ReportJson {
+        counts: CountsJson {
+            few_recovery_codes: s.few_recovery_codes,
+            password_expired: s.password_expired,
+            stale: s.stale,
+            without_two_factor: s.without_two_factor,
         },
-        "events": {
-            "two_factor_resets": {"last_30_days": s.events.two_factor_resets_30d, "last_90_days": s.events.two_factor_resets_90d},
-            "lockouts": {"last_30_days": s.events.lockouts_30d, "last_90_days": s.events.lockouts_90d},
+        events: EventsJson {
+            lockouts: LastDays {
+                last_30_days: s.events.lockouts_30d,
+                last_90_days: s.events.lockouts_90d,
+            },
+            two_factor_resets: LastDays {
+                last_30_days: s.events.two_factor_resets_30d,
+                last_90_days: s.events.two_factor_resets_90d,
+            },
         },
-        "without_two_factor": list(&r.without_two_factor),
-        "password_expired": list(&r.password_expired),
-        "stale": list(&r.stale),
-        "few_recovery_codes": list(&r.few_recovery_codes),
-        "truncated": r.truncated,
-    })
+        few_recovery_codes: UsersJson(&r.few_recovery_codes),
+        generated_at: s.generated_at,
+        groups: s
+            .groups
+            .iter()
+            .map(|(name, (required, c))| CoverageJson::new(c, Some((name.as_str(), *required))))
+            .collect(),
+        password_expired: UsersJson(&r.password_expired),
+        stale: UsersJson(&r.stale),
+        stale_days: s.stale_days,
+        totals: CoverageJson::new(&s.all, None),
+        truncated: r.truncated,
+        without_two_factor: UsersJson(&r.without_two_factor),
+    }
 }
 
 /// Reminders go out this many days before a deadline (end of 2FA grace, password expiry).
@@ -879,6 +967,88 @@ mod tests {
         assert_eq!(csv_field("=HYPERLINK(\"x\")"), "\"'=HYPERLINK(\"\"x\"\")\"");
         assert_eq!(csv_field("+1"), "'+1");
         assert_eq!(csv_field("a\nb"), "\"a\nb\"");
+    }
+
+    #[test]
+    fn report_json_has_every_field_with_keys_in_order() {
+        let user = UserCompliance {
+            login: "ann".into(),
+            email: None,
+            display_name: "Ann \"A\" Smith".into(),
+            groups: vec!["internal".into(), "sales".into()],
+            two_factor: false,
+            standing: Standing::Grace {
+                deadline: 1_700_600_000,
+            },
+            recovery_codes_left: 0,
+            last_login_at: Some(1_700_000_000),
+            password_changed_at: None,
+            password_expires_at: None,
+            password_expired: false,
+            stale: true,
+        };
+        let coverage = Coverage {
+            active: 3,
+            with_two_factor: 1,
+            exempt: 1,
+        };
+        let report = ComplianceReport {
+            summary: ComplianceSummary {
+                generated_at: 1_700_000_100,
+                stale_days: 90,
+                all: coverage.clone(),
+                groups: BTreeMap::from([("internal".to_string(), (true, coverage))]),
+                without_two_factor: 1,
+                password_expired: 0,
+                stale: 1,
+                few_recovery_codes: 0,
+                events: EventCounts {
+                    two_factor_resets_30d: 1,
+                    two_factor_resets_90d: 2,
+                    lockouts_30d: 3,
+                    lockouts_90d: 4,
+                },
+            },
+            without_two_factor: vec![user.clone()],
+            password_expired: vec![],
+            stale: vec![user],
+            few_recovery_codes: vec![],
+            truncated: false,
+        };
+        let user_value = serde_json::json!({
+            "login": "ann", "email": null, "display_name": "Ann \"A\" Smith",
+            "groups": ["internal", "sales"], "two_factor": false, "standing": "grace",
+            "grace_deadline": 1_700_600_000, "recovery_codes_left": 0,
+            "last_login_at": 1_700_000_000, "password_changed_at": null,
+            "password_expires_at": null, "password_expired": false, "stale": true,
+        });
+        // A `serde_json::Value` map sorts its keys: the same text means the same fields,
+        // values and order.
+        let expected = serde_json::json!({
+            "generated_at": 1_700_000_100,
+            "stale_days": 90,
+            "totals": {"active": 3, "with_two_factor": 1, "exempt": 1, "percent": 50.0},
+            "groups": [{"active": 3, "with_two_factor": 1, "exempt": 1, "percent": 50.0,
+                        "name": "internal", "two_factor_required": true}],
+            "counts": {"without_two_factor": 1, "password_expired": 0, "stale": 1,
+                       "few_recovery_codes": 0},
+            "events": {"two_factor_resets": {"last_30_days": 1, "last_90_days": 2},
+                       "lockouts": {"last_30_days": 3, "last_90_days": 4}},
+            "without_two_factor": [user_value.clone()],
+            "password_expired": [],
+            "stale": [user_value],
+            "few_recovery_codes": [],
+            "truncated": false,
+        });
+        let json = report_json(&report);
+        assert_eq!(
+            serde_json::to_string_pretty(&json).unwrap(),
+            serde_json::to_string_pretty(&expected).unwrap()
+        );
+        assert_eq!(
+            serde_json::to_string(&json).unwrap(),
+            serde_json::to_string(&expected).unwrap()
+        );
     }
 
     #[test]
