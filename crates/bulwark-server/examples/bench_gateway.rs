@@ -343,7 +343,15 @@ fn run(args: Args) -> Res<()> {
 
     let mut results: Vec<Vec<Stats>> = vec![Vec::new(); targets.len()];
     for round in 1..=args.rounds {
-        for (i, t) in targets.iter().enumerate() {
+        // Every other round runs the targets in reverse, so that no target always follows
+        // the same one (a target measured right after another can inherit its state: a warm
+        // or cold nginx, connections still closing, the scheduler's history).
+        let mut order: Vec<usize> = (0..targets.len()).collect();
+        if round % 2 == 0 {
+            order.reverse();
+        }
+        for i in order {
+            let t = &targets[i];
             let s = load.measure(&client_rt, t, args.connections, &args, None)?;
             report(&format!("round {round} {}", t.name), &s)?;
             results[i].push(s);
