@@ -219,6 +219,25 @@ impl App {
         }
     }
 
+    /// Gates `key` and, for a client with an address, its IP counter `ip_key` under the IP
+    /// lockout, both read at once. Refuses while either blocks; returns whether `key` has a
+    /// failure counter.
+    pub(crate) async fn gate_key_and_ip(
+        &self,
+        key: &str,
+        policy: &LockoutPolicy,
+        ip_key: Option<String>,
+        now: UnixTime,
+    ) -> Result<bool, ServiceError> {
+        let keys: Vec<&str> = std::iter::once(key).chain(ip_key.as_deref()).collect();
+        let mut found = self.store.find_throttles(&keys).await?.into_iter();
+        let counted = gate_counter(found.next().flatten(), policy, now)?;
+        if ip_key.is_some() {
+            gate_counter(found.next().flatten(), &self.policy().lockout.ip, now)?;
+        }
+        Ok(counted)
+    }
+
     /// Both throttle gates for a login attempt.
     /// Refuses a throttled login; returns whether the account has a failure counter.
     async fn gate_login(
@@ -227,18 +246,13 @@ impl App {
         client: &ClientInfo,
         now: UnixTime,
     ) -> Result<bool, ServiceError> {
-        let account = account_key(login);
-        let ip = client.ip.map(ip_key);
-        let keys: Vec<&str> = std::iter::once(account.as_str())
-            .chain(ip.as_deref())
-            .collect();
-        let mut found = self.store.find_throttles(&keys).await?.into_iter();
-        let lockout = &self.policy().lockout;
-        let counted = gate_counter(found.next().flatten(), &lockout.account, now)?;
-        if ip.is_some() {
-            gate_counter(found.next().flatten(), &lockout.ip, now)?;
-        }
-        Ok(counted)
+        self.gate_key_and_ip(
+            &account_key(login),
+            &self.policy().lockout.account,
+            client.ip.map(ip_key),
+            now,
+        )
+        .await
     }
 
     async fn count_login_failure(

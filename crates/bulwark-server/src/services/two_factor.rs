@@ -109,6 +109,12 @@ impl App {
         format!("code:{user}")
     }
 
+    /// The counter of second-step failures from one client address (apart from its
+    /// password failures).
+    fn code_ip_key(ip: std::net::IpAddr) -> String {
+        format!("code-{}", super::auth::ip_key(ip))
+    }
+
     async fn confirmed_factor(&self, user: i64) -> Result<Option<TotpFactorRecord>, ServiceError> {
         Ok(self
             .store
@@ -299,16 +305,13 @@ impl App {
         client: &ClientInfo,
         now: UnixTime,
     ) -> Result<(), ServiceError> {
-        self.gate_key(&self.code_key(user.id), &self.policy().lockout.code, now)
-            .await?;
-        if let Some(ip) = client.ip {
-            self.gate_key(
-                &format!("code-{}", super::auth::ip_key(ip)),
-                &self.policy().lockout.ip,
-                now,
-            )
-            .await?;
-        }
+        self.gate_key_and_ip(
+            &self.code_key(user.id),
+            &self.policy().lockout.code,
+            client.ip.map(Self::code_ip_key),
+            now,
+        )
+        .await?;
         Ok(())
     }
 
@@ -332,12 +335,8 @@ impl App {
             .await;
         }
         if let Some(ip) = client.ip {
-            self.count_key_failure(
-                &format!("code-{}", super::auth::ip_key(ip)),
-                &self.policy().lockout.ip,
-                now,
-            )
-            .await?;
+            self.count_key_failure(&Self::code_ip_key(ip), &self.policy().lockout.ip, now)
+                .await?;
         }
         Ok(())
     }

@@ -769,6 +769,54 @@ async fn recovery_code_works_once_and_regeneration_invalidates_old() {
 }
 
 #[tokio::test]
+async fn code_guesses_spread_over_accounts_are_limited_per_client_address() {
+    let t = TestApp::new().await;
+    let mut users = Vec::new();
+    for n in 0..8 {
+        let login = format!("user{n}");
+        let (_, secret, _) = user_with_totp(&t, &login, &["internal"]).await;
+        users.push((login, secret));
+    }
+    t.clock.advance(30); // a step none of them has used
+    let attacker = t.browser_from("198.51.100.77");
+    // Three wrong codes for each of seven accounts: every account stays within its own free
+    // attempts, but the address has failed 21 times, one more than its free 20.
+    for (login, secret) in &users[..7] {
+        half_login(&attacker, login).await;
+        let near: Vec<String> = (-1..=1).map(|o| code_at(&t, secret, o)).collect();
+        let near: Vec<&str> = near.iter().map(String::as_str).collect();
+        let wrong = wrong_code(&near);
+        for n in 1..=3 {
+            let res = send_code(&attacker, &wrong).await;
+            assert_eq!(res.status, StatusCode::UNAUTHORIZED, "{login}, attempt {n}");
+        }
+        logout(&attacker).await;
+    }
+    let (login, secret) = &users[7];
+    half_login(&attacker, login).await;
+    let res = send_code(&attacker, &code_now(&t, secret)).await;
+    assert_eq!(res.status, StatusCode::TOO_MANY_REQUESTS, "{}", res.body);
+    assert_eq!(res.headers[header::RETRY_AFTER], "1");
+
+    // The account itself is not held back: its owner, elsewhere, gets in.
+    let owner = t.browser_from("203.0.113.92");
+    half_login(&owner, login).await;
+    assert_eq!(
+        send_code(&owner, &code_now(&t, secret)).await.location(),
+        "/account"
+    );
+    // Once the delay has passed, the address may try again.
+    t.clock.advance(1);
+    let (login, secret) = &users[0];
+    logout(&attacker).await;
+    half_login(&attacker, login).await;
+    assert_eq!(
+        send_code(&attacker, &code_now(&t, secret)).await.location(),
+        "/account"
+    );
+}
+
+#[tokio::test]
 async fn code_attempts_are_limited_with_retry_after() {
     let t = TestApp::new().await;
     let (_, secret, _) = user_with_totp(&t, "alice", &["internal"]).await;
