@@ -1099,20 +1099,6 @@ impl ThrottleStore for SqliteStore {
         Ok(())
     }
 
-    async fn find_throttle(&self, key: &str) -> StoreResult<Option<ThrottleRecord>> {
-        let row = sqlx::query(
-            "SELECT failures, last_failure_at, blocked_until FROM throttles WHERE key = ?",
-        )
-        .bind(key)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(map_err)?;
-        row.as_ref()
-            .map(throttle_from_row)
-            .transpose()
-            .map_err(map_err)
-    }
-
     async fn find_throttles(&self, keys: &[&str]) -> StoreResult<Vec<Option<ThrottleRecord>>> {
         let mut found = vec![None; keys.len()];
         if keys.is_empty() {

@@ -283,7 +283,9 @@ pub trait ThrottleStore: Send + Sync {
     /// Blocks the key until `until` (never shortens an existing block).
     async fn update_blocked_until(&self, key: &str, until: UnixTime) -> StoreResult<()>;
     /// The counter for a key.
-    async fn find_throttle(&self, key: &str) -> StoreResult<Option<ThrottleRecord>>;
+    async fn find_throttle(&self, key: &str) -> StoreResult<Option<ThrottleRecord>> {
+        Ok(self.find_throttles(&[key]).await?.pop().flatten())
+    }
     /// The counters of several keys in one read, in the order of `keys` (`None` for a key
     /// without one): a login's account and IP counters.
     async fn find_throttles(&self, keys: &[&str]) -> StoreResult<Vec<Option<ThrottleRecord>>>;
