@@ -209,3 +209,70 @@ async fn the_audit_log_refuses_updates_and_deletes() {
         .unwrap();
     assert_eq!(outcome, "failure");
 }
+
+/// Where the user's row version lies (its `ctid`), and its summary of second factors.
+async fn user_row(conn: &mut sqlx::PgConnection, id: i64) -> (String, bool) {
+    sqlx::query_as("SELECT ctid::text, totp_confirmed FROM users WHERE id = $1")
+        .bind(id)
+        .fetch_one(conn)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn summary_triggers_write_the_user_row_only_when_the_summary_changes() {
+    use bulwark_core::account::{DisplayName, GroupName, Login};
+    use bulwark_store::{NewTotpFactor, NewUser, TwoFactorStore, UserStore};
+    let url = fresh_database_url().await;
+    let store = PgStore::connect(&url, settings(2)).await.unwrap();
+    store.migrate().await.unwrap();
+    let user = store
+        .insert_user(&NewUser {
+            login: Login::parse("ann").unwrap(),
+            email: None,
+            display_name: DisplayName::parse("Ann").unwrap(),
+            groups: vec![GroupName::parse("internal").unwrap()],
+            password_hash: None,
+            must_change_password: false,
+            created_at: 1_700_000_000,
+        })
+        .await
+        .unwrap();
+    let mut conn = raw_connection(&url).await;
+    let (created, confirmed) = user_row(&mut conn, user.id).await;
+    assert!(!confirmed);
+
+    // Each new row version may land pages away from the user's neighbours by id, which is
+    // what made reports over every user read a page per row.
+    let factor = |sealed: &str| NewTotpFactor {
+        user: user.id,
+        secret_sealed: sealed.into(),
+        key_id: "k1".into(),
+        algorithm: "sha1".into(),
+        digits: 6,
+        period: 30,
+        created_at: 1_700_000_000,
+    };
+    store.upsert_pending_totp(&factor("first")).await.unwrap();
+    store.upsert_pending_totp(&factor("again")).await.unwrap();
+    assert_eq!(
+        user_row(&mut conn, user.id).await,
+        (created.clone(), false),
+        "a pending authenticator changes no summary"
+    );
+    assert!(store
+        .confirm_totp(user.id, 1_700_000_100, 10)
+        .await
+        .unwrap());
+    let (confirmed_at, confirmed) = user_row(&mut conn, user.id).await;
+    assert!(confirmed, "the confirmation is in the summary");
+    assert_ne!(confirmed_at, created);
+    for step in 11..20 {
+        assert!(store.update_totp_step(user.id, step).await.unwrap());
+    }
+    assert_eq!(
+        user_row(&mut conn, user.id).await,
+        (confirmed_at, true),
+        "a code's time step recorded at each sign-in leaves the user's row alone"
+    );
+}

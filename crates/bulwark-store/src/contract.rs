@@ -1419,6 +1419,11 @@ pub async fn user_security_follows_every_change(s: &dyn Store) {
     check("pending authenticator").await;
     assert!(s.confirm_totp(u.id, T0, 1).await.unwrap());
     check("confirmed authenticator").await;
+    assert!(s.update_totp_step(u.id, 5).await.unwrap());
+    check("a code's time step recorded").await;
+    s.update_groups(u.id, &[group("internal")]).await.unwrap();
+    s.update_groups(u.id, &[group("internal")]).await.unwrap();
+    check("groups set to what they were").await;
     let codes: Vec<String> = (0..4).map(|i| format!("c{i}")).collect();
     s.replace_recovery_codes(u.id, &codes, T0).await.unwrap();
     check("codes issued").await;
