@@ -49,13 +49,17 @@ pub fn standing(
     if has_factor {
         return Standing::Satisfied;
     }
-    let started = grace_started_at.unwrap_or(now);
-    let deadline = started.saturating_add(i64::from(grace_days) * 86_400);
+    let deadline = grace_deadline(grace_started_at.unwrap_or(now), grace_days);
     if now < deadline {
         Standing::Grace { deadline }
     } else {
         Standing::EnrolmentRequired
     }
+}
+
+/// When a grace period of `grace_days` that started at `started` ends.
+pub fn grace_deadline(started: UnixTime, grace_days: u32) -> UnixTime {
+    started.saturating_add(i64::from(grace_days) * 86_400)
 }
 
 #[cfg(test)]

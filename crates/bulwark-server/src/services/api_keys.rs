@@ -11,11 +11,20 @@
 //!  find by digest (one indexed read) --> unknown / revoked / expired? ------> refused
 //!       |
 //!  owner by id (one read) --> gone or disabled? ----------------------------> refused
-//!       |
+//!       |  (+ their authenticator, one read, if 2FA is required of them and their grace started)
 //!  scope covers what is asked? --no-----------------------------------------> refused
+//!       |
+//!  owner's 2FA set-up overdue (grace over, no authenticator)? --yes---------> refused
 //!       |
 //!  note the use in memory --> valid (owner's identity)
 //! ```
+//!
+//! An owner whose groups require two-factor authentication and who let the grace period
+//! pass without setting it up reaches only the set-up page with a session; their keys stop
+//! too, from the moment the grace ends (the deadline is kept with the cached key, so the
+//! cache does not stretch it), and work again once an authenticator is confirmed. A grace
+//! that has not started (the owner has not logged in since enforcement began) stops nothing:
+//! it starts at that login, as for sessions. The compliance view lists such owners as in grace.
 //!
 //! It never writes to the store and never hashes a password: keys carry 200 random bits, so
 //! one SHA-256 is all the stretching they need. Failures are not counted per IP either (that
@@ -46,6 +55,7 @@ use crate::app::App;
 use crate::clock::format_time;
 use bulwark_core::account::Login;
 use bulwark_core::api_key::{self, ApiKey, ApiKeyError, KeyName, Scope, Scopes};
+use bulwark_core::enforcement;
 use bulwark_core::{SecretString, UnixTime};
 use bulwark_store::{ApiKeyRecord, NewApiKey, StoreError, UserRecord};
 use std::collections::HashMap;
@@ -147,6 +157,12 @@ pub enum KeyRef {
 pub struct AuthenticatedKey {
     pub key: ApiKeyRecord,
     pub user: UserRecord,
+    /// When the owner's grace for setting up two-factor authentication ends, if their groups
+    /// require it and they have not set it up: from then on the key is refused, as the
+    /// owner's sessions reach only the set-up page. `None` when nothing is due (not required,
+    /// a device account, an authenticator confirmed, or a grace that has not started: it
+    /// starts at the owner's first login under enforcement).
+    pub enrol_by: Option<UnixTime>,
 }
 
 /// Why a presented key was refused: for logs, never shown to the client.
@@ -158,6 +174,8 @@ pub enum Refusal {
     Expired,
     OwnerDisabled,
     MissingScope,
+    /// The owner's groups require two-factor authentication and their grace is over.
+    OwnerMustEnrol,
 }
 
 impl Refusal {
@@ -170,6 +188,7 @@ impl Refusal {
             Self::Expired => "expired",
             Self::OwnerDisabled => "owner disabled or deleted",
             Self::MissingScope => "scope not granted",
+            Self::OwnerMustEnrol => "owner's two-factor set-up overdue",
         }
     }
 }
@@ -592,17 +611,50 @@ impl App {
         if !api_key::is_live(record.expires_at, None, now) {
             return Ok(Err(Refusal::Expired));
         }
-        match self.store.get_user(record.user).await {
-            Ok(user) if user.active => Ok(Ok(AuthenticatedKey { key: record, user })),
-            Ok(_) | Err(StoreError::NotFound) => Ok(Err(Refusal::OwnerDisabled)),
-            Err(e) => Err(e.into()),
-        }
+        let user = match self.store.get_user(record.user).await {
+            Ok(user) if user.active => user,
+            Ok(_) | Err(StoreError::NotFound) => return Ok(Err(Refusal::OwnerDisabled)),
+            Err(e) => return Err(e.into()),
+        };
+        let enrol_by = self.enrolment_deadline(&user).await?;
+        Ok(Ok(AuthenticatedKey {
+            key: record,
+            user,
+            enrol_by,
+        }))
     }
 
-    /// A live key with an active owner, if its scopes cover `scope`; notes the use.
+    /// When `user`'s grace for setting up two-factor authentication ends, if one is running
+    /// or over and they have no confirmed authenticator (see [`AuthenticatedKey::enrol_by`]).
+    /// Reads the store only for a user under enforcement whose grace has started.
+    async fn enrolment_deadline(
+        &self,
+        user: &UserRecord,
+    ) -> Result<Option<UnixTime>, ServiceError> {
+        let policy = self.policy();
+        let Some(started) = user.grace_started_at else {
+            return Ok(None);
+        };
+        if user.device_account || !policy.two_factor.required_for(&user.groups) {
+            return Ok(None);
+        }
+        if self.confirmed_factor(user.id).await?.is_some() {
+            return Ok(None);
+        }
+        Ok(Some(enforcement::grace_deadline(
+            started,
+            policy.two_factor.grace_days,
+        )))
+    }
+
+    /// A live key with an active owner, if its scopes cover `scope` and the owner is not
+    /// overdue setting up two-factor authentication; notes the use.
     fn grant(&self, found: Arc<AuthenticatedKey>, scope: Scope, now: UnixTime) -> KeyCheck {
         if !found.key.scopes.allows(scope) {
             return KeyCheck::Refused(Refusal::MissingScope);
+        }
+        if found.enrol_by.is_some_and(|by| now >= by) {
+            return KeyCheck::Refused(Refusal::OwnerMustEnrol);
         }
         self.key_usage.record(found.key.id, now);
         KeyCheck::Valid(found)

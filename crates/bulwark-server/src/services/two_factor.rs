@@ -115,7 +115,10 @@ impl App {
         format!("code-{}", super::auth::ip_key(ip))
     }
 
-    async fn confirmed_factor(&self, user: i64) -> Result<Option<TotpFactorRecord>, ServiceError> {
+    pub(crate) async fn confirmed_factor(
+        &self,
+        user: i64,
+    ) -> Result<Option<TotpFactorRecord>, ServiceError> {
         Ok(self
             .store
             .find_totp(user)

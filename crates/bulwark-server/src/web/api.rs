@@ -15,7 +15,7 @@ use super::gateway::{credential, Credential};
 use crate::app::App;
 use crate::services::api_keys::{
     ApiKeyView, AuthenticatedKey, ExpiryChoice, KeyActor, KeyCheck, KeyRef, KeyStatus,
-    NewApiKeyInput,
+    NewApiKeyInput, Refusal,
 };
 use crate::services::auth::CurrentSession;
 use crate::services::ServiceError;
@@ -255,6 +255,13 @@ async fn caller(parts: &Parts, app: &App) -> Result<Principal, ApiError> {
             };
             return match app.authenticate_api_key(&presented, needed).await? {
                 KeyCheck::Valid(k) => Ok(Principal::Key(k)),
+                // The holder has a valid key: they may learn what its owner must do.
+                KeyCheck::Refused(Refusal::OwnerMustEnrol) => Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    ErrorCode::EnrolmentRequired,
+                    "the key's owner must set up two-factor authentication (their grace period \
+                     is over); the key works again once they have",
+                )),
                 KeyCheck::Refused(why) => {
                     tracing::info!(reason = why.as_str(), "API: key refused");
                     Err(unauthorized(&format!(

@@ -1010,3 +1010,78 @@ async fn the_page_refuses_bad_input_with_a_clear_4xx() {
     assert_eq!(res.status, StatusCode::SEE_OTHER);
     assert_eq!(res.location(), "/login");
 }
+
+/// `key` (with the `gateway` and `api:read` scopes) passes the gateway as alice's, and the API.
+async fn key_passes(t: &TestApp, key: &str, what: &str) {
+    let res = bearer(t, RPC, key).await;
+    assert_eq!(res.status, StatusCode::OK, "{what}: {}", res.body);
+    assert_eq!(header(&res, "remote-user"), Some("alice"), "{what}");
+    let res = t
+        .browser()
+        .with_header("authorization", &format!("Bearer {key}"))
+        .get("/api/v1/me")
+        .await;
+    assert_eq!(res.status, StatusCode::OK, "{what}: {}", res.body);
+}
+
+#[tokio::test]
+async fn keys_stop_when_their_owners_two_factor_set_up_is_overdue() {
+    let t = TestApp::with_config(&format!(
+        "{RULES}\n[two_factor]\nenforcement = \"employees\"\ngrace_days = 7\nemail_codes = false\n"
+    ))
+    .await;
+    t.add_user("alice", PW, &["internal"]).await;
+    let key = cli_key(&t, "alice", "rpc", &["gateway", "api:read"]).await;
+    let key = key.key.expose();
+    let api = || {
+        t.browser()
+            .with_header("authorization", &format!("Bearer {key}"))
+    };
+    let passes = |what: &'static str| key_passes(&t, key, what);
+    // Her grace starts at her first login under enforcement, not before.
+    passes("no login yet").await;
+    t.clock.advance(30 * 86_400);
+    passes("still no login").await;
+    let res = t.browser().login("alice", PW).await;
+    assert!(
+        res.location().starts_with("/account/security?prompt=grace"),
+        "{}",
+        res.location()
+    );
+    passes("in grace").await;
+    t.clock.advance(7 * 86_400 - 1);
+    passes("the grace's last second, cached").await;
+
+    // Grace over: her sessions reach only the set-up page, and her keys nothing, at once
+    // (the deadline goes with the cached key).
+    t.clock.advance(1);
+    assert_challenge(&bearer(&t, RPC, key).await, "grace over");
+    let res = api().get("/api/v1/me").await;
+    assert_eq!(res.status, StatusCode::FORBIDDEN, "{}", res.body);
+    let body: serde_json::Value = serde_json::from_str(&res.body).unwrap();
+    assert_eq!(body["error"]["code"], "enrolment_required", "{}", res.body);
+    assert!(!res.body.contains(key));
+    assert_eq!(
+        t.app
+            .authenticate_api_key(key, Scope::Gateway)
+            .await
+            .map(|c| match c {
+                KeyCheck::Refused(why) => Some(why),
+                KeyCheck::Valid(_) => None,
+            })
+            .unwrap(),
+        Some(Refusal::OwnerMustEnrol)
+    );
+
+    // Set up, the same key works again at once (the enrolment's audit event drops the
+    // cached key with its deadline).
+    let b = t.browser();
+    let res = b.login("alice", PW).await;
+    assert!(
+        res.location().starts_with("/account/security"),
+        "{}",
+        res.location()
+    );
+    crate::two_factor::enrol(&t, &b).await;
+    passes("authenticator confirmed").await;
+}

@@ -124,7 +124,7 @@ fn recovery_codes(body: &str) -> Vec<String> {
 }
 
 /// Turns TOTP on for the user signed in on `b`; returns the secret and the recovery codes.
-async fn enrol(t: &TestApp, b: &Browser) -> (TotpSecret, Vec<String>) {
+pub(crate) async fn enrol(t: &TestApp, b: &Browser) -> (TotpSecret, Vec<String>) {
     let e = begin_enrolment(b).await;
     let res = b
         .post(
