@@ -132,16 +132,21 @@ impl App {
         user: &UserRecord,
         now: UnixTime,
     ) -> Result<Standing, ServiceError> {
-        let required = self.policy().two_factor.required_for(&user.groups);
         let has_factor = self.confirmed_factor(user.id).await?.is_some();
-        Ok(enforcement::standing(
-            required,
+        Ok(self.standing_with(user, has_factor, now))
+    }
+
+    /// The user's 2FA standing now, knowing whether they have a confirmed authenticator.
+    fn standing_with(&self, user: &UserRecord, has_factor: bool, now: UnixTime) -> Standing {
+        let policy = self.policy();
+        enforcement::standing(
+            policy.two_factor.required_for(&user.groups),
             user.device_account,
             has_factor,
             user.grace_started_at,
-            self.policy().two_factor.grace_days,
+            policy.two_factor.grace_days,
             now,
-        ))
+        )
     }
 
     fn email_codes_allowed(&self, user: &UserRecord, standing: Standing) -> bool {
@@ -302,20 +307,21 @@ impl App {
         })
     }
 
+    /// Refuses code entry while the user's or the client address's code counter blocks;
+    /// returns whether the user has a code failure counter.
     async fn gate_code(
         &self,
         user: &UserRecord,
         client: &ClientInfo,
         now: UnixTime,
-    ) -> Result<(), ServiceError> {
+    ) -> Result<bool, ServiceError> {
         self.gate_key_and_ip(
             &self.code_key(user.id),
             &self.policy().lockout.code,
             client.ip.map(Self::code_ip_key),
             now,
         )
-        .await?;
-        Ok(())
+        .await
     }
 
     async fn count_code_failure(
@@ -388,7 +394,7 @@ impl App {
                 "This login is already complete.".into(),
             ));
         }
-        self.gate_code(user, client, now).await?;
+        let counted = self.gate_code(user, client, now).await?;
         let code = code.trim();
         if code.is_empty() || code.len() > 64 {
             return Err(ServiceError::InvalidInput("Enter the code.".into()));
@@ -435,7 +441,9 @@ impl App {
                 "That code is not valid. Codes work once; wait for the next one.".into(),
             ));
         };
-        self.store.delete_throttle(&self.code_key(user.id)).await?;
+        if counted {
+            self.store.delete_throttle(&self.code_key(user.id)).await?;
+        }
         self.store.delete_session(current.session.id).await?;
         let token = self
             .start_session_at(user, client, SessionStage::Full, true, now)
@@ -479,7 +487,8 @@ impl App {
         } else {
             None
         };
-        let standing = self.standing_of(user, now).await?;
+        // The authenticator read above: this step changes none.
+        let standing = self.standing_with(user, factor.is_some(), now);
         Ok(SecondFactorDone {
             token,
             trusted_device,
@@ -625,7 +634,7 @@ impl App {
     ) -> Result<(Vec<RecoveryCode>, SecretString), ServiceError> {
         let now = self.now();
         let user = &current.user;
-        self.gate_code(user, client, now).await?;
+        let counted = self.gate_code(user, client, now).await?;
         let factor = self
             .store
             .find_totp(user.id)
@@ -654,7 +663,9 @@ impl App {
             ));
         }
         let codes = self.new_recovery_codes(user.id, now).await?;
-        self.store.delete_throttle(&self.code_key(user.id)).await?;
+        if counted {
+            self.store.delete_throttle(&self.code_key(user.id)).await?;
+        }
         // The code just entered is a second factor: this session now has two.
         let token = self.restart_sessions(current, client, true, now).await?;
         self.audit(
