@@ -57,6 +57,13 @@ pub fn standing(
     }
 }
 
+/// Whether a member of `groups` is under enforcement: one of them is among `required_groups`.
+pub fn required_for<S: AsRef<str>>(required_groups: &[String], groups: &[S]) -> bool {
+    groups
+        .iter()
+        .any(|g| required_groups.iter().any(|r| r == g.as_ref()))
+}
+
 /// When a grace period of `grace_days` that started at `started` ends.
 pub fn grace_deadline(started: UnixTime, grace_days: u32) -> UnixTime {
     started.saturating_add(i64::from(grace_days) * 86_400)

@@ -306,9 +306,7 @@ pub struct TwoFactorConfig {
 impl TwoFactorConfig {
     /// Whether a member of `groups` must use a second factor.
     pub fn required_for<S: AsRef<str>>(&self, groups: &[S]) -> bool {
-        groups
-            .iter()
-            .any(|g| self.required_groups.iter().any(|r| r == g.as_ref()))
+        bulwark_core::enforcement::required_for(&self.required_groups, groups)
     }
 }
 

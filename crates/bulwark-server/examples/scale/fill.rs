@@ -87,18 +87,13 @@ fn statements(
              CASE WHEN i % 20 = 0 THEN 2 WHEN i = 1 OR i % 2 = 0 THEN 10 ELSE 0 END \
              FROM {seq}"
         ),
+        // One statement, so that the triggers see each user's groups complete.
         format!(
             "INSERT INTO user_groups (user_id, group_name) \
              SELECT i, CASE WHEN i <> 1 AND i % 100 BETWEEN 5 AND 39 AND i % 2 = 1 \
-             THEN 'portal' ELSE 'internal' END FROM {seq}"
-        ),
-        format!(
-            "INSERT INTO user_groups (user_id, group_name) \
-             SELECT i, 'admins' FROM {seq} WHERE i = 1 OR i % 100 = 0"
-        ),
-        format!(
-            "INSERT INTO user_groups (user_id, group_name) \
-             SELECT i, 'finance' FROM {seq} WHERE i <> 1 AND i % 100 BETWEEN 1 AND 4"
+             THEN 'portal' ELSE 'internal' END FROM {seq} \
+             UNION ALL SELECT i, 'admins' FROM {seq} WHERE i = 1 OR i % 100 = 0 \
+             UNION ALL SELECT i, 'finance' FROM {seq} WHERE i <> 1 AND i % 100 BETWEEN 1 AND 4"
         ),
         format!(
             "INSERT INTO totp_factors (user_id, secret_sealed, key_id, algorithm, digits, period, \

@@ -261,10 +261,12 @@ impl App {
         client: &ClientInfo,
         now: UnixTime,
     ) -> Result<(), ServiceError> {
-        let locked = self
-            .count_key_failure(&account_key(login), &self.policy().lockout.account, now)
-            .await?;
-        if locked {
+        let account = account_key(login);
+        let lockout = &self.policy().lockout;
+        if self
+            .count_key_and_ip_failure(&account, &lockout.account, ip_key, client, now)
+            .await?
+        {
             self.audit(
                 Audit::event("account_locked", "success")
                     .actor("system")
@@ -275,9 +277,25 @@ impl App {
             .await;
             self.notify_locked(login, client, now).await;
         }
+        Ok(())
+    }
+
+    /// Counts a failure on `key` under `policy` and, for a client with an address, on the
+    /// address's counter (`address_key` of it) under the IP lockout: the two counters
+    /// [`gate_key_and_ip`](Self::gate_key_and_ip) reads. Audits the address's lock; returns
+    /// whether this failure locked `key`, for the caller to audit as what it is.
+    pub(crate) async fn count_key_and_ip_failure(
+        &self,
+        key: &str,
+        policy: &LockoutPolicy,
+        address_key: fn(IpAddr) -> String,
+        client: &ClientInfo,
+        now: UnixTime,
+    ) -> Result<bool, ServiceError> {
+        let locked = self.count_key_failure(key, policy, now).await?;
         if let Some(ip) = client.ip {
             if self
-                .count_key_failure(&ip_key(ip), &self.policy().lockout.ip, now)
+                .count_key_failure(&address_key(ip), &self.policy().lockout.ip, now)
                 .await?
             {
                 self.audit(
@@ -290,7 +308,7 @@ impl App {
                 .await;
             }
         }
-        Ok(())
+        Ok(locked)
     }
 
     /// Tells the owner of a just-locked account (if it exists and has an address).

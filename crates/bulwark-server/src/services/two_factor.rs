@@ -330,8 +330,15 @@ impl App {
         client: &ClientInfo,
         now: UnixTime,
     ) -> Result<(), ServiceError> {
+        let lockout = &self.policy().lockout;
         if self
-            .count_key_failure(&self.code_key(user.id), &self.policy().lockout.code, now)
+            .count_key_and_ip_failure(
+                &self.code_key(user.id),
+                &lockout.code,
+                Self::code_ip_key,
+                client,
+                now,
+            )
             .await?
         {
             self.audit(
@@ -342,10 +349,6 @@ impl App {
                 now,
             )
             .await;
-        }
-        if let Some(ip) = client.ip {
-            self.count_key_failure(&Self::code_ip_key(ip), &self.policy().lockout.ip, now)
-                .await?;
         }
         Ok(())
     }

@@ -817,6 +817,56 @@ async fn code_guesses_spread_over_accounts_are_limited_per_client_address() {
 }
 
 #[tokio::test]
+async fn an_address_locked_out_of_code_entry_is_audited_and_counted() {
+    let t = TestApp::with_config("[lockout.ip]\nfree_attempts = 3\nlock_after = 5\n").await;
+    let mut users = Vec::new();
+    for n in 0..2 {
+        let login = format!("user{n}");
+        let (_, secret, _) = user_with_totp(&t, &login, &["internal"]).await;
+        users.push((login, secret));
+    }
+    t.clock.advance(30);
+    let attacker = t.browser_from("198.51.100.78");
+    // Three wrong codes on the first account, two on the second: no account reaches its own
+    // lock, the address reaches its lock at the fifth (the delays in between waited out).
+    for (login, secret, tries) in [(&users[0].0, &users[0].1, 3), (&users[1].0, &users[1].1, 2)] {
+        half_login(&attacker, login).await;
+        let near: Vec<String> = (-1..=1).map(|o| code_at(&t, secret, o)).collect();
+        let near: Vec<&str> = near.iter().map(String::as_str).collect();
+        let wrong = wrong_code(&near);
+        for n in 1..=tries {
+            let res = send_code(&attacker, &wrong).await;
+            assert_eq!(res.status, StatusCode::UNAUTHORIZED, "{login}, attempt {n}");
+            t.clock.advance(30);
+        }
+        logout(&attacker).await;
+    }
+    let locked = t
+        .store
+        .list_audit(&bulwark_store::AuditFilter {
+            event: Some("ip_locked".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(locked.len(), 1, "{locked:?}");
+    assert_eq!(locked[0].detail.as_deref(), Some("198.51.100.78"));
+    let metrics = t.browser_from("127.0.0.1").get("/metrics").await;
+    assert!(
+        metrics
+            .body
+            .contains("bulwark_lockouts_total{kind=\"ip\"} 1"),
+        "{}",
+        metrics.body
+    );
+    // Locked: even the right code is held back.
+    half_login(&attacker, &users[1].0).await;
+    let res = send_code(&attacker, &code_now(&t, &users[1].1)).await;
+    assert_eq!(res.status, StatusCode::TOO_MANY_REQUESTS, "{}", res.body);
+}
+
+#[tokio::test]
 async fn code_attempts_are_limited_with_retry_after() {
     let t = TestApp::new().await;
     let (_, secret, _) = user_with_totp(&t, "alice", &["internal"]).await;
