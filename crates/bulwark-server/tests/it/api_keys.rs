@@ -735,15 +735,7 @@ async fn an_api_key_cannot_create_api_keys() {
         .await
         .unwrap_err();
     assert!(matches!(err, ServiceError::Refused(_)), "{err:?}");
-    let audit = t
-        .store
-        .list_audit(&bulwark_store::AuditFilter {
-            event: Some("api_key_created".into()),
-            limit: 10,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let audit = t.audit_events("api_key_created").await;
     assert_eq!(audit[0].outcome, "denied");
     assert_eq!(audit.len(), 2);
     // What a key may do with its owner's keys: list (api:read is in api:write), revoke.

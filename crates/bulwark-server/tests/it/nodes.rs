@@ -89,15 +89,7 @@ async fn failed_logins_spread_over_nodes_lock_at_the_same_threshold() {
         assert!(res.body.contains("locked"), "node {name}: {}", res.body);
     }
     // Only one of the nodes recorded the lock.
-    let locks = a
-        .store
-        .list_audit(&bulwark_store::AuditFilter {
-            event: Some("account_locked".into()),
-            limit: 5,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let locks = a.audit_events("account_locked").await;
     assert_eq!(locks.len(), 1);
 }
 

@@ -51,15 +51,7 @@ async fn unknown_user_and_wrong_password_get_the_same_answer() {
     assert_eq!(ghost.body.replace("alice-ghost", "alice"), wrong.body);
     assert!(wrong.body.contains("Incorrect login or password."));
     assert!(wrong.set_cookie("bulwark_session").is_none());
-    let events = t
-        .store
-        .list_audit(&bulwark_store::AuditFilter {
-            event: Some("login".into()),
-            limit: 10,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let events = t.audit_events("login").await;
     let details: Vec<_> = events
         .iter()
         .map(|e| e.detail.clone().unwrap_or_default())
@@ -319,15 +311,7 @@ async fn repeated_failures_delay_then_lock_with_retry_after_and_the_lock_expires
             .status,
         StatusCode::TOO_MANY_REQUESTS
     );
-    let locks = t
-        .store
-        .list_audit(&bulwark_store::AuditFilter {
-            event: Some("account_locked".into()),
-            limit: 5,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let locks = t.audit_events("account_locked").await;
     assert_eq!(locks.len(), 1);
     t.clock.advance(899);
     assert_eq!(

@@ -232,6 +232,18 @@ impl TestApp {
             .unwrap()
     }
 
+    /// The audit events named `event` (at most 100), newest first.
+    pub async fn audit_events(&self, event: &str) -> Vec<bulwark_store::AuditRecord> {
+        self.store
+            .list_audit(&bulwark_store::AuditFilter {
+                event: Some(event.into()),
+                limit: 100,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+    }
+
     /// Delivers queued mail to the outbox directory and returns every message there.
     pub async fn mails(&self) -> Vec<Mail> {
         self.app

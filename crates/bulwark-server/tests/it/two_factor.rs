@@ -574,15 +574,7 @@ async fn totp_code_is_never_accepted_twice() {
         send_code(&other, &code).await.status,
         StatusCode::UNAUTHORIZED
     );
-    let events = t
-        .store
-        .list_audit(&bulwark_store::AuditFilter {
-            event: Some("second_factor".into()),
-            limit: 10,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let events = t.audit_events("second_factor").await;
     assert_eq!(events.len(), 3);
     assert!(events.iter().all(|e| e.outcome == "failure"));
     assert!(events
@@ -841,15 +833,7 @@ async fn an_address_locked_out_of_code_entry_is_audited_and_counted() {
         }
         logout(&attacker).await;
     }
-    let locked = t
-        .store
-        .list_audit(&bulwark_store::AuditFilter {
-            event: Some("ip_locked".into()),
-            limit: 10,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let locked = t.audit_events("ip_locked").await;
     assert_eq!(locked.len(), 1, "{locked:?}");
     assert_eq!(locked[0].detail.as_deref(), Some("198.51.100.78"));
     let metrics = t.browser_from("127.0.0.1").get("/metrics").await;
@@ -1538,15 +1522,7 @@ async fn admin_reset_clears_factor_and_mails_user() {
     let reset = mails(&t, "gina", "Your two-factor authentication was reset").await;
     assert_eq!(reset.len(), 1);
     assert!(reset[0].text.contains("gina"));
-    let audit = t
-        .store
-        .list_audit(&bulwark_store::AuditFilter {
-            event: Some("totp_reset_by_admin".into()),
-            limit: 10,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let audit = t.audit_events("totp_reset_by_admin").await;
     assert_eq!(audit.len(), 1);
     assert_eq!(audit[0].subject.as_deref(), Some("gina"));
     // No second step any more.
