@@ -34,7 +34,8 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// Advisory lock key held while migrating ("bulwark" + 1).
 const MIGRATE_LOCK: i64 = 0x6275_6c77_6172_6b01;
-/// Advisory lock key held by each audit append until it commits ("bulwark" + 2).
+/// Advisory lock key held by an audit append that reads the head, until it commits
+/// ("bulwark" + 2).
 const AUDIT_LOCK: i64 = 0x6275_6c77_6172_6b02;
 /// Advisory lock key held while seeding the settings ("bulwark" + 3).
 const SETTINGS_LOCK: i64 = 0x6275_6c77_6172_6b03;
@@ -66,6 +67,8 @@ pub struct PgStore {
     pool: PgPool,
     /// For the migration lock's own connection.
     options: PgConnectOptions,
+    /// The audit chain's head as this store last wrote it (see `AuditHead`).
+    audit_head: std::sync::Arc<AuditHead>,
 }
 
 impl PgStore {
@@ -110,7 +113,11 @@ impl PgStore {
             .connect_with(options.clone())
             .await
             .map_err(map_err)?;
-        Ok(Self { pool, options })
+        Ok(Self {
+            pool,
+            options,
+            audit_head: std::sync::Arc::default(),
+        })
     }
 
     /// The migration versions this build knows, oldest first.
@@ -1137,11 +1144,9 @@ async fn seal_audit_backlog(pool: &PgPool) -> StoreResult<()> {
     }
 }
 
-#[async_trait]
-impl AuditStore for PgStore {
-    async fn append_audit(&self, e: &NewAuditEvent) -> StoreResult<i64> {
-        // Appends are serialised by a transaction-level advisory lock: each reads the head of
-        // the chain and links to it, so concurrent appends from any node form one line.
+impl PgStore {
+    /// Appends `e` after the head of the chain, read under the audit lock.
+    async fn append_audit_locked(&self, e: &NewAuditEvent) -> StoreResult<ChainHead> {
         let mut tx = self.pool.begin().await.map_err(map_err)?;
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
             .bind(AUDIT_LOCK)
@@ -1150,26 +1155,40 @@ impl AuditStore for PgStore {
             .map_err(map_err)?;
         let (last_id, last_hash) = chain_head(&mut tx).await?;
         let id = last_id + 1;
-        let hash = bulwark_core::audit::link_hash(
-            &last_hash,
-            &bulwark_core::audit::LinkFields {
-                id,
-                at: e.at,
-                actor: e.actor.as_deref(),
-                subject: e.subject.as_deref(),
-                event: &e.event,
-                outcome: &e.outcome,
-                detail: e.detail.as_deref(),
-                ip: e.ip.as_deref(),
-                user_agent: e.user_agent.as_deref(),
-            },
-        );
-        sqlx::query(
-            "INSERT INTO audit_log \
-             (id, at, actor, subject, event, outcome, detail, ip, user_agent, prev_hash, hash) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-        )
-        .bind(id)
+        let next = ChainHead {
+            id,
+            hash: e.link_hash(id, &last_hash),
+        };
+        bind_audit(sqlx::query(AUDIT_APPEND), e, &last_hash, &next)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(next)
+    }
+}
+
+/// Appends an event (under the audit lock, after reading the head), bound by `bind_audit`.
+const AUDIT_APPEND: &str = "INSERT INTO audit_log \
+     (id, at, actor, subject, event, outcome, detail, ip, user_agent, prev_hash, hash) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
+
+/// Appends an event bound by `bind_audit` only if the head it links to (id $12, hash $13)
+/// is still the newest event (see `AuditHead`).
+const AUDIT_LINK: &str = "INSERT INTO audit_log \
+     (id, at, actor, subject, event, outcome, detail, ip, user_agent, prev_hash, hash) \
+     SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11 \
+     WHERE (SELECT max(id) FROM audit_log) = $12 \
+     AND (SELECT hash FROM audit_log WHERE id = $12) = $13";
+
+/// Binds event `next.id` of the chain, after the event hashed `prev_hash`.
+fn bind_audit<'q>(
+    q: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    e: &'q NewAuditEvent,
+    prev_hash: &'q str,
+    next: &'q ChainHead,
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    q.bind(next.id)
         .bind(e.at)
         .bind(&e.actor)
         .bind(&e.subject)
@@ -1178,13 +1197,38 @@ impl AuditStore for PgStore {
         .bind(&e.detail)
         .bind(&e.ip)
         .bind(&e.user_agent)
-        .bind(&last_hash)
-        .bind(&hash)
-        .execute(&mut *tx)
-        .await
-        .map_err(map_err)?;
-        tx.commit().await.map_err(map_err)?;
-        Ok(id)
+        .bind(prev_hash)
+        .bind(&next.hash)
+}
+
+#[async_trait]
+impl AuditStore for PgStore {
+    async fn append_audit(&self, e: &NewAuditEvent) -> StoreResult<i64> {
+        let mut head = self.audit_head.lock().await;
+        if let Some(link) = head.link(e) {
+            let linked = bind_audit(sqlx::query(AUDIT_LINK), e, &link.head.hash, &link.next)
+                .bind(link.head.id)
+                .bind(&link.head.hash)
+                .execute(&self.pool)
+                .await;
+            // Not inserted (another node appended), or failed: the locked append below reads
+            // the head again (and reports a failure that persists).
+            if linked.is_ok_and(|r| r.rows_affected() == 1) {
+                return Ok(head.appended(link.next));
+            }
+        }
+        // Locked appends are serialised by a transaction-level advisory lock. A linked append
+        // of another node (which takes no lock) may still take the id first: the primary key
+        // refuses the second, and the append reads the head again.
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match self.append_audit_locked(e).await {
+                Err(StoreError::Conflict(_)) if attempts < 5 => continue,
+                Err(e) => return Err(e),
+                Ok(next) => return Ok(head.appended(next)),
+            }
+        }
     }
 
     async fn list_audit(&self, f: &AuditFilter) -> StoreResult<Vec<AuditRecord>> {

@@ -27,6 +27,8 @@ pub struct SqliteStore {
     pool: SqlitePool,
     /// Reads over every user, for a database file (not an in-memory database).
     bulk: Option<Arc<bulk::BulkReader>>,
+    /// The audit chain's head as this store last wrote it (see `AuditHead`).
+    audit_head: Arc<AuditHead>,
 }
 
 impl SqliteStore {
@@ -61,7 +63,11 @@ impl SqliteStore {
             .connect_with(options)
             .await
             .map_err(map_err)?;
-        Ok(Self { pool, bulk })
+        Ok(Self {
+            pool,
+            bulk,
+            audit_head: Arc::default(),
+        })
     }
 
     /// Opens the database file at `path`.
@@ -228,6 +234,38 @@ async fn chain_head(conn: &mut sqlx::SqliteConnection) -> StoreResult<(i64, Stri
     .await
     .map_err(map_err)?;
     Ok(checkpoint.unwrap_or_else(|| (0, audit::GENESIS.to_string())))
+}
+
+/// Appends an event (under the write lock, after reading the head), bound by `bind_audit`.
+const AUDIT_APPEND: &str = "INSERT INTO audit_log \
+     (id, at, actor, subject, event, outcome, detail, ip, user_agent, prev_hash, hash) \
+     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+
+/// Appends an event bound by `bind_audit` only if the head it links to (id, id, hash,
+/// bound after it) is still the newest event (see `AuditHead`).
+const AUDIT_LINK: &str = "INSERT INTO audit_log \
+     (id, at, actor, subject, event, outcome, detail, ip, user_agent, prev_hash, hash) \
+     SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ? \
+     WHERE (SELECT max(id) FROM audit_log) = ? AND (SELECT hash FROM audit_log WHERE id = ?) = ?";
+
+/// Binds event `next.id` of the chain, after the event hashed `prev_hash`.
+fn bind_audit<'q>(
+    q: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
+    e: &'q NewAuditEvent,
+    prev_hash: &'q str,
+    next: &'q ChainHead,
+) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>> {
+    q.bind(next.id)
+        .bind(e.at)
+        .bind(&e.actor)
+        .bind(&e.subject)
+        .bind(&e.event)
+        .bind(&e.outcome)
+        .bind(&e.detail)
+        .bind(&e.ip)
+        .bind(&e.user_agent)
+        .bind(prev_hash)
+        .bind(&next.hash)
 }
 
 /// Seals events written before the chain existed (migration 0005) into it, in id order.
@@ -1136,6 +1174,20 @@ impl ThrottleStore for SqliteStore {
 #[async_trait]
 impl AuditStore for SqliteStore {
     async fn append_audit(&self, e: &NewAuditEvent) -> StoreResult<i64> {
+        let mut head = self.audit_head.lock().await;
+        if let Some(link) = head.link(e) {
+            let linked = bind_audit(sqlx::query(AUDIT_LINK), e, &link.head.hash, &link.next)
+                .bind(link.head.id)
+                .bind(link.head.id)
+                .bind(&link.head.hash)
+                .execute(&self.pool)
+                .await;
+            // Not inserted, or failed: the locked append below reads the head again (and
+            // reports a failure that persists).
+            if linked.is_ok_and(|r| r.rows_affected() == 1) {
+                return Ok(head.appended(link.next));
+            }
+        }
         // BEGIN IMMEDIATE takes the write lock before reading the head, so appends from any
         // number of connections and processes form one chain.
         let mut tx = self
@@ -1145,41 +1197,16 @@ impl AuditStore for SqliteStore {
             .map_err(map_err)?;
         let (last_id, last_hash) = chain_head(&mut tx).await?;
         let id = last_id + 1;
-        let hash = audit::link_hash(
-            &last_hash,
-            &audit::LinkFields {
-                id,
-                at: e.at,
-                actor: e.actor.as_deref(),
-                subject: e.subject.as_deref(),
-                event: &e.event,
-                outcome: &e.outcome,
-                detail: e.detail.as_deref(),
-                ip: e.ip.as_deref(),
-                user_agent: e.user_agent.as_deref(),
-            },
-        );
-        sqlx::query(
-            "INSERT INTO audit_log \
-             (id, at, actor, subject, event, outcome, detail, ip, user_agent, prev_hash, hash) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(id)
-        .bind(e.at)
-        .bind(&e.actor)
-        .bind(&e.subject)
-        .bind(&e.event)
-        .bind(&e.outcome)
-        .bind(&e.detail)
-        .bind(&e.ip)
-        .bind(&e.user_agent)
-        .bind(&last_hash)
-        .bind(&hash)
-        .execute(&mut *tx)
-        .await
-        .map_err(map_err)?;
+        let next = ChainHead {
+            id,
+            hash: e.link_hash(id, &last_hash),
+        };
+        bind_audit(sqlx::query(AUDIT_APPEND), e, &last_hash, &next)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
         tx.commit().await.map_err(map_err)?;
-        Ok(id)
+        Ok(head.appended(next))
     }
 
     async fn list_audit(&self, f: &AuditFilter) -> StoreResult<Vec<AuditRecord>> {

@@ -20,6 +20,17 @@ async fn fresh_store() -> SqliteStore {
 
 bulwark_store::store_contract_tests!(fresh_store());
 
+/// Two stores on one file, as a server and a CLI command are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_appends_of_two_stores_on_one_file_form_one_chain() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("bulwark.db");
+    let a = SqliteStore::open(&path, 4).await.expect("open sqlite");
+    a.migrate().await.expect("migrate");
+    let b = SqliteStore::open(&path, 4).await.expect("open sqlite");
+    bulwark_store::contract::audit_appends_of_two_stores_form_one_chain(&a, &b).await;
+}
+
 /// A database file reads the report lists through a connection of its own; an in-memory
 /// database (one connection, nothing to open twice) reads them through the pool. Both give
 /// the same answers.

@@ -844,6 +844,58 @@ pub async fn concurrent_audit_appends_stay_one_chain(s: &dyn Store) {
     assert_eq!(verify_chain(s).await.unwrap(), 20);
 }
 
+/// Two stores on one database (two nodes, or a server and a CLI command) append in turn, at
+/// once, and after one of them pruned every event: each links to the newest event, whoever
+/// wrote it. Not in `store_contract_tests!` (it needs two stores): each backend calls it.
+pub async fn audit_appends_of_two_stores_form_one_chain(a: &dyn Store, b: &dyn Store) {
+    let mut ids = Vec::new();
+    for (i, store) in [a, b, a, a, b, b, a].into_iter().enumerate() {
+        let at = T0 + i64::try_from(i).unwrap();
+        ids.push(
+            store
+                .append_audit(&audit_event(at, "alice", "login"))
+                .await
+                .unwrap(),
+        );
+    }
+    assert_eq!(ids, (1..=7).collect::<Vec<_>>(), "one line, in turn");
+    let events: Vec<NewAuditEvent> = (0..20)
+        .map(|i| audit_event(T0 + 100, &format!("u{i}"), "login"))
+        .collect();
+    let appends = events.iter().enumerate().map(|(i, e)| {
+        if i % 2 == 0 {
+            a.append_audit(e)
+        } else {
+            b.append_audit(e)
+        }
+    });
+    let mut ids: Vec<i64> = join_all(appends)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap())
+        .collect();
+    ids.sort_unstable();
+    assert_eq!(ids, (8..=27).collect::<Vec<_>>(), "no gaps, no duplicates");
+    assert_eq!(verify_chain(a).await.unwrap(), 27);
+    let last = a.last_audit_before(T0 + 10_000).await.unwrap().unwrap();
+    let all = AuditCheckpoint {
+        at: T0 + 1000,
+        last_id: last.id,
+        last_hash: last.hash.clone().unwrap(),
+        pruned: 27,
+        key_id: "k1".into(),
+        signature: "ab".into(),
+    };
+    assert_eq!(a.prune_audit(&all).await.unwrap(), 27);
+    for store in [b, a, b] {
+        store
+            .append_audit(&audit_event(T0 + 2000, "bob", "login"))
+            .await
+            .unwrap();
+    }
+    assert_eq!(verify_chain(b).await.unwrap(), 3, "on from the checkpoint");
+}
+
 pub async fn audit_search_by_time_and_page(s: &dyn Store) {
     for i in 0..6 {
         let subject = if i % 2 == 0 { "alice" } else { "bob" };

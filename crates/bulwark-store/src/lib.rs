@@ -4,10 +4,12 @@
 //! all of them and runs the same [`contract`] suite (via [`store_contract_tests!`]). Nothing
 //! outside a backend crate knows which database is in use.
 
+mod audit_head;
 pub mod contract;
 mod records;
 mod report_page;
 
+pub use audit_head::{AppendGuard, AuditHead, ChainHead, Link};
 pub use records::*;
 pub use report_page::{SecurityPage, SecurityRow};
 

@@ -245,6 +245,26 @@ pub struct NewAuditEvent {
     pub user_agent: Option<String>,
 }
 
+impl NewAuditEvent {
+    /// The hash of this event as event `id` of the chain, after the event hashed `prev_hash`.
+    pub fn link_hash(&self, id: i64, prev_hash: &str) -> String {
+        bulwark_core::audit::link_hash(
+            prev_hash,
+            &bulwark_core::audit::LinkFields {
+                id,
+                at: self.at,
+                actor: self.actor.as_deref(),
+                subject: self.subject.as_deref(),
+                event: &self.event,
+                outcome: &self.outcome,
+                detail: self.detail.as_deref(),
+                ip: self.ip.as_deref(),
+                user_agent: self.user_agent.as_deref(),
+            },
+        )
+    }
+}
+
 /// A stored audit event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditRecord {
