@@ -11,6 +11,7 @@
 //!
 //! [`ChainVerifier`] walks records in id order and names the first broken link.
 
+use crate::hex;
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
@@ -62,14 +63,6 @@ fn put_opt(h: &mut Sha256, s: Option<&str>) {
             put_str(h, s);
         }
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    bytes.iter().fold(String::with_capacity(64), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
 }
 
 /// What a checkpoint vouches for: every record up to `last_id` was pruned at `at` and the

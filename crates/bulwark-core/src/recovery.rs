@@ -102,7 +102,6 @@ pub fn normalize(input: &str) -> Option<String> {
 
 /// Hex HMAC-SHA256 of a normalized code under the server key: the only form the store keeps.
 pub fn hash_code(key: &[u8], normalized: &str) -> String {
-    use std::fmt::Write;
     // HMAC accepts keys of any length, so the error branch is unreachable.
     let digest = match Hmac::<Sha256>::new_from_slice(key) {
         Ok(mut mac) => {
@@ -113,11 +112,7 @@ pub fn hash_code(key: &[u8], normalized: &str) -> String {
         }
         Err(_) => Vec::new(),
     };
-    let mut out = String::with_capacity(digest.len() * 2);
-    for b in digest {
-        let _ = write!(out, "{b:02x}");
-    }
-    out
+    crate::hex(&digest)
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 use std::fmt;
 use subtle::ConstantTimeEq;
 
-use crate::SecretString;
+use crate::{hex, SecretString};
 
 /// The SHA-256 digest of a token, hex-encoded: what the store keeps.
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -78,17 +78,6 @@ fn csrf_mac(key: &[u8], cookie_value: &str) -> Vec<u8> {
     mac.update(b"bulwark-csrf-v1:");
     mac.update(cookie_value.as_bytes());
     mac.finalize().into_bytes().to_vec()
-}
-
-fn hex(bytes: &[u8]) -> String {
-    // By table, not `write!("{:02x}")`: this runs on every request that carries a token.
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        out.push(char::from(DIGITS[usize::from(b >> 4)]));
-        out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
-    }
-    out
 }
 
 #[cfg(test)]
