@@ -13,7 +13,7 @@
 //! request when the last one is answered), by Debian's `wrk` in its own process (`--load
 //! client`: the raw client of `common/http.rs` on a thread of this process):
 //!
-//! - (a) `hello`: a bare axum handler answering 200 "hello";
+//! - (a) `hello`: a bare axum handler answering 200 "hello", sent the same request as (b);
 //! - (b) `bulwark`: `GET /api/authz/auth-request` on Bulwark, with the headers nginx sends and
 //!   the cookie of a valid session, through the full router (the rule asks for one factor);
 //! - `api key`: the same check for `/xmlrpc/…`, which asks for an API key, with
@@ -273,23 +273,28 @@ fn run(args: Args) -> Res<()> {
         h
     };
     let session = ("Cookie".to_string(), bulwark.cookie.clone());
+    let check = auth(vec![
+        ("X-Original-URL".into(), format!("https://{HOST}/web")),
+        session.clone(),
+    ]);
+    // Hello gets the very request Bulwark gets (but for Host), as it does behind nginx in
+    // (d): the two differ only in the handler, not in the bytes to read and parse.
+    let mut to_hello = check.clone();
+    to_hello[0].1 = hello.to_string();
     let mut targets = vec![
         Target {
             key: "hello",
             name: "(a) hello",
             addr: hello,
             path: "/",
-            headers: vec![("Host".into(), hello.to_string())],
+            headers: to_hello,
         },
         Target {
             key: "bulwark",
             name: "(b) bulwark",
             addr: bulwark.addr,
             path: "/api/authz/auth-request",
-            headers: auth(vec![
-                ("X-Original-URL".into(), format!("https://{HOST}/web")),
-                session.clone(),
-            ]),
+            headers: check,
         },
         Target {
             key: "api_key",
