@@ -1083,14 +1083,17 @@ fn audit_from_row(r: &PgRow) -> Result<AuditRecord, sqlx::Error> {
 
 /// The id and hash the next audit event follows: the newest event, else the newest
 /// checkpoint (everything was pruned), else the genesis. Call under AUDIT_LOCK.
-async fn chain_head(conn: &mut PgConnection) -> StoreResult<(i64, String)> {
+async fn chain_head(conn: &mut PgConnection) -> StoreResult<ChainHead> {
     let last: Option<(i64, Option<String>)> =
         sqlx::query_as("SELECT id, hash FROM audit_log ORDER BY id DESC LIMIT 1")
             .fetch_optional(&mut *conn)
             .await
             .map_err(map_err)?;
     if let Some((id, hash)) = last {
-        return Ok((id, hash.unwrap_or_default()));
+        return Ok(ChainHead {
+            id,
+            hash: hash.unwrap_or_default(),
+        });
     }
     let checkpoint: Option<(i64, String)> = sqlx::query_as(
         "SELECT last_id, last_hash FROM audit_checkpoints ORDER BY last_id DESC LIMIT 1",
@@ -1098,7 +1101,8 @@ async fn chain_head(conn: &mut PgConnection) -> StoreResult<(i64, String)> {
     .fetch_optional(&mut *conn)
     .await
     .map_err(map_err)?;
-    Ok(checkpoint.unwrap_or_else(|| (0, bulwark_core::audit::GENESIS.to_string())))
+    let (id, hash) = checkpoint.unwrap_or_else(|| (0, bulwark_core::audit::GENESIS.to_string()));
+    Ok(ChainHead { id, hash })
 }
 
 /// Seals events written before the chain existed (migration 0005) into it, in id order.
@@ -1153,13 +1157,9 @@ impl PgStore {
             .execute(&mut *tx)
             .await
             .map_err(map_err)?;
-        let (last_id, last_hash) = chain_head(&mut tx).await?;
-        let id = last_id + 1;
-        let next = ChainHead {
-            id,
-            hash: e.link_hash(id, &last_hash),
-        };
-        bind_audit(sqlx::query(AUDIT_APPEND), e, &last_hash, &next)
+        let last = chain_head(&mut tx).await?;
+        let next = last.after(e);
+        bind_audit(sqlx::query(AUDIT_APPEND), e, &last.hash, &next)
             .execute(&mut *tx)
             .await
             .map_err(map_err)?;

@@ -10,9 +10,10 @@
 //! or node appended meanwhile, or the log was pruned to nothing) the backend appends the
 //! slow way and remembers the new head.
 //!
-//! Appends of one store are serialised by the lock here, held for the one statement: the
+//! Appends of one store are serialised by the lock here, held for the whole append: the
 //! database serialises them anyway (SQLite has one writer; PostgreSQL appends took a lock),
-//! and an in-process race would only send both appenders the slow way.
+//! and without it two appends of one store would link to the same head and one of them
+//! would go the slow way.
 
 use crate::NewAuditEvent;
 use tokio::sync::{Mutex, MutexGuard};
@@ -22,6 +23,18 @@ use tokio::sync::{Mutex, MutexGuard};
 pub struct ChainHead {
     pub id: i64,
     pub hash: String,
+}
+
+impl ChainHead {
+    /// The head once `e` is appended after this one: the next id, and `e`'s hash linked to
+    /// this head's.
+    pub fn after(&self, e: &NewAuditEvent) -> ChainHead {
+        let id = self.id + 1;
+        ChainHead {
+            id,
+            hash: e.link_hash(id, &self.hash),
+        }
+    }
 }
 
 /// The head this store last wrote, or none (not known yet, or the last append failed).
@@ -53,12 +66,8 @@ impl AppendGuard<'_> {
     /// How `e` would link to the remembered head, if one is remembered.
     pub fn link(&mut self, e: &NewAuditEvent) -> Option<Link> {
         let head = self.0.take()?;
-        let id = head.id + 1;
-        let hash = e.link_hash(id, &head.hash);
-        Some(Link {
-            head,
-            next: ChainHead { id, hash },
-        })
+        let next = head.after(e);
+        Some(Link { head, next })
     }
 
     /// Records the event just appended as the head; returns its id.
