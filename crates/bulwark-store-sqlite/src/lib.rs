@@ -8,23 +8,25 @@ use bulwark_core::password::hash::PasswordHash;
 use bulwark_core::token::TokenHash;
 use bulwark_core::UnixTime;
 use bulwark_store::*;
+use pool::Connections;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
-use sqlx::{Row, SqlitePool};
+use sqlx::Row;
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
 mod bulk;
+mod pool;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// A Bulwark store on one SQLite database file.
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
-    pool: SqlitePool,
+    pool: Connections,
     /// Reads over every user, for a database file (not an in-memory database).
     bulk: Option<Arc<bulk::BulkReader>>,
     /// The audit chain's head as this store last wrote it (see `AuditHead`).
@@ -50,17 +52,14 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
-        create_private_file(options.get_filename())?;
+        // sqlx names an in-memory database like a file (`file:sqlx-in-memory-…`): no file.
         let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+        if !in_memory {
+            create_private_file(options.get_filename())?;
+        }
         let bulk = (!in_memory)
             .then(|| Arc::new(bulk::BulkReader::new(options.get_filename().to_path_buf())));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(max_connections.max(1))
-            .acquire_timeout(acquire_timeout)
-            // A connection to a local file cannot go stale: no ping, a round trip to the
-            // connection's worker thread, before every statement.
-            .test_before_acquire(false)
-            .connect_with(options)
+        let pool = Connections::open(options, max_connections, acquire_timeout)
             .await
             .map_err(map_err)?;
         Ok(Self {
@@ -273,9 +272,10 @@ fn bind_audit<'q>(
 }
 
 /// Seals events written before the chain existed (migration 0005) into it, in id order.
-async fn seal_audit_backlog(pool: &SqlitePool) -> StoreResult<()> {
+async fn seal_audit_backlog(pool: &Connections) -> StoreResult<()> {
     loop {
-        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.map_err(map_err)?;
+        let mut conn = pool.acquire().await.map_err(map_err)?;
+        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await.map_err(map_err)?;
         let rows = sqlx::query(&format!(
             "SELECT {AUDIT_COLUMNS} FROM audit_log WHERE hash IS NULL ORDER BY id LIMIT 500"
         ))
@@ -476,7 +476,8 @@ fn like_pattern(search: &str) -> String {
 #[async_trait]
 impl UserStore for SqliteStore {
     async fn insert_user(&self, user: &NewUser) -> StoreResult<UserRecord> {
-        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        let mut conn = self.pool.acquire().await.map_err(map_err)?;
+        let mut tx = conn.begin().await.map_err(map_err)?;
         let email = user.email.as_ref().map(|e| e.as_str().to_string());
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO users (login, email, email_lower, display_name, password_hash, password_changed_at, \
@@ -513,6 +514,8 @@ impl UserStore for SqliteStore {
             .map_err(map_err)?;
         }
         tx.commit().await.map_err(map_err)?;
+        // Given back before the read below: a pool of one would wait for itself.
+        drop(conn);
         self.get_user(id).await
     }
 
@@ -725,7 +728,8 @@ impl UserStore for SqliteStore {
     }
 
     async fn update_groups(&self, id: UserId, groups: &[GroupName]) -> StoreResult<()> {
-        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        let mut conn = self.pool.acquire().await.map_err(map_err)?;
+        let mut tx = conn.begin().await.map_err(map_err)?;
         // The first statement writes, so the transaction takes the write lock at once.
         sqlx::query("DELETE FROM user_groups WHERE user_id = ?")
             .bind(id)
@@ -806,7 +810,8 @@ impl UserStore for SqliteStore {
     }
 
     async fn update_password(&self, change: &PasswordChange) -> StoreResult<()> {
-        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        let mut conn = self.pool.acquire().await.map_err(map_err)?;
+        let mut tx = conn.begin().await.map_err(map_err)?;
         let r = sqlx::query("UPDATE users SET password_hash = ?, password_changed_at = ?, must_change_password = ? WHERE id = ?")
             .bind(change.hash.as_str())
             .bind(change.changed_at)
@@ -837,7 +842,8 @@ impl UserStore for SqliteStore {
     }
 
     async fn rehash_password(&self, id: UserId, hash: &PasswordHash) -> StoreResult<()> {
-        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        let mut conn = self.pool.acquire().await.map_err(map_err)?;
+        let mut tx = conn.begin().await.map_err(map_err)?;
         let r = sqlx::query("UPDATE users SET password_hash = ? WHERE id = ?")
             .bind(hash.as_str())
             .bind(id)
@@ -1194,11 +1200,8 @@ impl AuditStore for SqliteStore {
         }
         // BEGIN IMMEDIATE takes the write lock before reading the head, so appends from any
         // number of connections and processes form one chain.
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(map_err)?;
+        let mut conn = self.pool.acquire().await.map_err(map_err)?;
+        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await.map_err(map_err)?;
         let last = chain_head(&mut tx).await?;
         let next = last.after(e);
         bind_audit(sqlx::query(AUDIT_APPEND), e, &last.hash, &next)
@@ -1277,11 +1280,8 @@ impl AuditStore for SqliteStore {
     }
 
     async fn prune_audit(&self, c: &AuditCheckpoint) -> StoreResult<u64> {
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(map_err)?;
+        let mut conn = self.pool.acquire().await.map_err(map_err)?;
+        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await.map_err(map_err)?;
         let hash: Option<Option<String>> =
             sqlx::query_scalar("SELECT hash FROM audit_log WHERE id = ?")
                 .bind(c.last_id)
@@ -1605,7 +1605,8 @@ impl TwoFactorStore for SqliteStore {
         hashes: &[String],
         at: UnixTime,
     ) -> StoreResult<()> {
-        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        let mut conn = self.pool.acquire().await.map_err(map_err)?;
+        let mut tx = conn.begin().await.map_err(map_err)?;
         sqlx::query("DELETE FROM recovery_codes WHERE user_id = ?")
             .bind(user)
             .execute(&mut *tx)
@@ -1921,7 +1922,8 @@ impl ApiKeyStore for SqliteStore {
         if uses.is_empty() {
             return Ok(());
         }
-        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        let mut conn = self.pool.acquire().await.map_err(map_err)?;
+        let mut tx = conn.begin().await.map_err(map_err)?;
         for (id, at) in uses {
             sqlx::query(
                 "UPDATE api_keys SET last_used_at = ? \
@@ -1959,11 +1961,8 @@ impl SettingsStore for SqliteStore {
     async fn seed_settings(&self, initial: &[(String, String)], at: UnixTime) -> StoreResult<bool> {
         // BEGIN IMMEDIATE: a second node starting at the same moment waits, then finds the
         // settings stored.
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(map_err)?;
+        let mut conn = self.pool.acquire().await.map_err(map_err)?;
+        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await.map_err(map_err)?;
         let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM settings")
             .fetch_one(&mut *tx)
             .await
@@ -1985,11 +1984,8 @@ impl SettingsStore for SqliteStore {
     }
 
     async fn change_settings(&self, changes: &[SettingChange], at: UnixTime) -> StoreResult<bool> {
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(map_err)?;
+        let mut conn = self.pool.acquire().await.map_err(map_err)?;
+        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await.map_err(map_err)?;
         for c in changes {
             let done = match (&c.old, &c.new) {
                 (None, Some(new)) => {
@@ -2053,10 +2049,13 @@ impl Store for SqliteStore {
                 return Err(StoreError::SchemaTooNew { found, known });
             }
         }
-        MIGRATOR
-            .run(&self.pool)
-            .await
-            .map_err(|e| StoreError::Backend(format!("migration failed: {e}")))?;
+        {
+            let mut conn = self.pool.acquire().await.map_err(map_err)?;
+            MIGRATOR
+                .run_direct(conn.connection().map_err(map_err)?)
+                .await
+                .map_err(|e| StoreError::Backend(format!("migration failed: {e}")))?;
+        }
         seal_audit_backlog(&self.pool).await
     }
 

@@ -20,6 +20,29 @@ async fn fresh_store() -> SqliteStore {
 
 bulwark_store::store_contract_tests!(fresh_store());
 
+/// The whole contract again on a store of one connection: no operation may wait for a
+/// second connection while it holds the first (it would wait for itself until the acquire
+/// timeout and fail).
+mod one_connection {
+    use super::*;
+
+    async fn store_of_one() -> SqliteStore {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.keep().join("bulwark.db");
+        let store = SqliteStore::connect_with_timeout(
+            &format!("sqlite://{}", path.display()),
+            1,
+            std::time::Duration::from_secs(3),
+        )
+        .await
+        .expect("open sqlite");
+        store.migrate().await.expect("migrate");
+        store
+    }
+
+    bulwark_store::store_contract_tests!(store_of_one());
+}
+
 /// Two stores on one file, as a server and a CLI command are.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audit_appends_of_two_stores_on_one_file_form_one_chain() {
@@ -46,6 +69,22 @@ async fn an_in_memory_database_lists_user_security_too() {
         .expect("open sqlite");
     store.migrate().await.expect("migrate");
     bulwark_store::contract::user_security_lists_second_factors_page_by_page(&store).await;
+}
+
+/// An in-memory database leaves no file behind (sqlx gives it a file-like name).
+#[tokio::test]
+async fn an_in_memory_database_creates_no_file() {
+    let store = SqliteStore::connect("sqlite::memory:", 1)
+        .await
+        .expect("open sqlite");
+    store.migrate().await.expect("migrate");
+    let strays: Vec<_> = std::fs::read_dir(".")
+        .expect("the current directory")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.contains("sqlx-in-memory"))
+        .collect();
+    assert!(strays.is_empty(), "files created: {strays:?}");
 }
 
 /// The report lists see what the pool has just committed (the file's own connection reads
