@@ -78,6 +78,10 @@ pub fn get_cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .map(|(_, v)| v.trim())
 }
 
+/// Parsed once: a lookup by `&str` parses and validates the name every time.
+const X_FORWARDED_FOR: axum::http::HeaderName =
+    axum::http::HeaderName::from_static("x-forwarded-for");
+
 /// The client's IP: the TCP peer, or — only when the peer is a trusted proxy — the nearest
 /// address in `X-Forwarded-For` that is not itself a trusted proxy.
 ///
@@ -94,7 +98,7 @@ pub fn client_ip(peer: Option<IpAddr>, headers: &HeaderMap, trusted: &[IpNet]) -
     // Right to left over every X-Forwarded-For value, without collecting them: the first
     // address that is not a trusted proxy is the client. A value that is not text voids the
     // whole header.
-    let values = headers.get_all("x-forwarded-for");
+    let values = headers.get_all(&X_FORWARDED_FOR);
     if values.iter().any(|v| v.to_str().is_err()) {
         return None;
     }

@@ -52,7 +52,7 @@ use std::net::{IpAddr, SocketAddr};
 
 /// Which proxy convention a request follows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Flavor {
+pub(super) enum Flavor {
     /// nginx `auth_request`: 401 + `Location` for browsers.
     AuthRequest,
     /// Caddy / Traefik: 302 for browsers.
@@ -89,18 +89,28 @@ impl Original<'_> {
     }
 }
 
+impl Flavor {
+    /// The endpoint of a path, if it is one of the two.
+    pub(super) fn of_path(path: &str) -> Option<Self> {
+        match path {
+            "/api/authz/auth-request" => Some(Self::AuthRequest),
+            "/api/authz/forward-auth" => Some(Self::ForwardAuth),
+            _ => None,
+        }
+    }
+}
+
+/// Answers a check (taken before the router for `GET`, see `web::Web`).
+pub(super) async fn answer(app: &App, req: Request, flavor: Flavor) -> Response {
+    finish(app, check(app, peer(&req), req.headers(), flavor).await)
+}
+
 pub async fn auth_request(State(app): State<App>, req: Request) -> Response {
-    finish(
-        &app,
-        check(&app, peer(&req), req.headers(), Flavor::AuthRequest).await,
-    )
+    answer(&app, req, Flavor::AuthRequest).await
 }
 
 pub async fn forward_auth(State(app): State<App>, req: Request) -> Response {
-    finish(
-        &app,
-        check(&app, peer(&req), req.headers(), Flavor::ForwardAuth).await,
-    )
+    answer(&app, req, Flavor::ForwardAuth).await
 }
 
 /// What every answer gets: never cached (a cached "yes" would outlive a revocation), a log
@@ -145,7 +155,19 @@ fn peer(req: &Request) -> Option<IpAddr> {
         .map(|c| c.0.ip())
 }
 
-fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+// Header names, parsed once: a lookup by `&str` parses and validates the name every time.
+const X_ORIGINAL_URL: HeaderName = HeaderName::from_static("x-original-url");
+const X_ORIGINAL_METHOD: HeaderName = HeaderName::from_static("x-original-method");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_FORWARDED_URI: HeaderName = HeaderName::from_static("x-forwarded-uri");
+const X_FORWARDED_METHOD: HeaderName = HeaderName::from_static("x-forwarded-method");
+const REMOTE_USER: HeaderName = HeaderName::from_static("remote-user");
+const REMOTE_GROUPS: HeaderName = HeaderName::from_static("remote-groups");
+const REMOTE_EMAIL: HeaderName = HeaderName::from_static("remote-email");
+const REMOTE_NAME: HeaderName = HeaderName::from_static("remote-name");
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a str> {
     headers
         .get(name)
         .and_then(|v| v.to_str().ok())
@@ -157,19 +179,19 @@ fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 fn original(headers: &HeaderMap, flavor: Flavor) -> Option<Original<'_>> {
     let (scheme, authority, uri, method) = match flavor {
         Flavor::AuthRequest => {
-            let url = header_str(headers, "x-original-url")?;
+            let url = header_str(headers, &X_ORIGINAL_URL)?;
             let (scheme, rest) = url.split_once("://")?;
             let split = rest.find('/').unwrap_or(rest.len());
             let (authority, uri) = rest.split_at(split);
             let uri = if uri.is_empty() { "/" } else { uri };
-            let method = header_str(headers, "x-original-method").unwrap_or("GET");
+            let method = header_str(headers, &X_ORIGINAL_METHOD).unwrap_or("GET");
             (scheme, authority, uri, method)
         }
         Flavor::ForwardAuth => (
-            header_str(headers, "x-forwarded-proto").unwrap_or("https"),
-            header_str(headers, "x-forwarded-host")?,
-            header_str(headers, "x-forwarded-uri").unwrap_or("/"),
-            header_str(headers, "x-forwarded-method").unwrap_or("GET"),
+            header_str(headers, &X_FORWARDED_PROTO).unwrap_or("https"),
+            header_str(headers, &X_FORWARDED_HOST)?,
+            header_str(headers, &X_FORWARDED_URI).unwrap_or("/"),
+            header_str(headers, &X_FORWARDED_METHOD).unwrap_or("GET"),
         ),
     };
     if !scheme.eq_ignore_ascii_case("https") && !scheme.eq_ignore_ascii_case("http") {
@@ -383,20 +405,22 @@ fn allowed(s: &CheckedSession) -> Response {
 /// Built at every check rather than kept with the cached session: keeping them cost about
 /// 400 bytes per active session (bench_memory) for no measurable speed.
 fn identity_response(login: &str, groups: &[String], email: Option<&str>, name: &str) -> Response {
-    let mut res = StatusCode::OK.into_response();
-    let h = res.headers_mut();
+    // Room for these four, `finish`'s and the server's (length, date): no growing.
+    let mut h = HeaderMap::with_capacity(8);
     let groups = groups.join(",");
     let values = [
-        ("remote-user", login),
-        ("remote-groups", groups.as_str()),
-        ("remote-email", email.unwrap_or("")),
-        ("remote-name", name),
+        (REMOTE_USER, login),
+        (REMOTE_GROUPS, groups.as_str()),
+        (REMOTE_EMAIL, email.unwrap_or("")),
+        (REMOTE_NAME, name),
     ];
     for (name, value) in values {
         if let Ok(v) = HeaderValue::from_bytes(value.as_bytes()) {
-            h.insert(HeaderName::from_static(name), v);
+            h.insert(name, v);
         }
     }
+    let mut res = Response::new(axum::body::Body::empty());
+    *res.headers_mut() = h;
     res
 }
 

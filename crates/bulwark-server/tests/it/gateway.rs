@@ -649,3 +649,58 @@ async fn events_drop_only_the_cached_sessions_of_their_user() {
         .unwrap();
     assert_eq!(ask.nginx(&t).await.status, StatusCode::UNAUTHORIZED);
 }
+
+/// A `GET` of either endpoint is answered before the router; `HEAD` goes through the router
+/// to the same check and gets the same status and identity; other methods get 405.
+#[tokio::test]
+async fn both_endpoints_answer_get_and_head_alike_and_refuse_other_methods() {
+    let t = TestApp::with_config(ODOO).await;
+    t.add_user("alice", PW, &["internal"]).await;
+    let b = t.browser();
+    b.login("alice", PW).await;
+    let ask = Ask::get("https://odoo.example.com/shop/cart").by(&b);
+    let proxy = || {
+        ask.proxy(&t, "127.0.0.1")
+            .with_header("x-original-url", ask.url)
+            .with_header("x-forwarded-proto", "https")
+            .with_header("x-forwarded-host", "odoo.example.com")
+            .with_header("x-forwarded-uri", "/shop/cart")
+    };
+    for path in ["/api/authz/auth-request", "/api/authz/forward-auth"] {
+        let got = proxy().get(path).await;
+        assert_eq!(got.status, StatusCode::OK, "GET {path}: {}", got.body);
+        assert_eq!(header(&got, "remote-user"), Some("alice"));
+        assert_eq!(header(&got, "cache-control"), Some("no-store"));
+        let head = proxy()
+            .request(axum::http::Method::HEAD, path, None, Vec::new())
+            .await;
+        assert_eq!(head.status, StatusCode::OK, "HEAD {path}");
+        assert_eq!(header(&head, "remote-user"), Some("alice"));
+        for method in [axum::http::Method::POST, axum::http::Method::DELETE] {
+            let other = proxy()
+                .request(method.clone(), path, None, Vec::new())
+                .await;
+            assert_eq!(
+                other.status,
+                StatusCode::METHOD_NOT_ALLOWED,
+                "{method} {path}"
+            );
+        }
+    }
+    // Anonymous: the same refusal whichever way the request went.
+    let anonymous = Ask::get("https://odoo.example.com/shop/cart");
+    let get = anonymous.nginx(&t).await;
+    assert_eq!(get.status, StatusCode::UNAUTHORIZED);
+    let head = anonymous
+        .proxy(&t, "127.0.0.1")
+        .with_header("x-original-url", anonymous.url)
+        .request(
+            axum::http::Method::HEAD,
+            "/api/authz/auth-request",
+            None,
+            Vec::new(),
+        )
+        .await;
+    assert_eq!(head.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(head.location(), get.location());
+}

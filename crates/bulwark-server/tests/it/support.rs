@@ -7,13 +7,13 @@
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::http::{header, HeaderMap, Method, Request, StatusCode};
-use axum::Router;
 use bulwark_server::app::App;
 use bulwark_server::clock::{Clock, ManualClock};
 use bulwark_server::config::{CliOverrides, Config};
 use bulwark_server::mail::Transport;
 use bulwark_server::services::users::NewUserInput;
 use bulwark_server::services::ClientInfo;
+use bulwark_server::web::Web;
 use bulwark_store::{Store, UserRecord};
 use bulwark_store_sqlite::SqliteStore;
 use http_body_util::BodyExt;
@@ -30,7 +30,7 @@ pub struct TestApp {
     pub app: App,
     pub clock: Arc<ManualClock>,
     pub store: Arc<dyn Store>,
-    router: Router,
+    router: Web,
     outbox: PathBuf,
     /// The PostgreSQL database's URL when the app runs on one it made.
     postgres_url: Option<String>,
@@ -169,6 +169,7 @@ impl TestApp {
             jar: Mutex::new(BTreeMap::new()),
             peer: format!("{ip}:40000").parse().unwrap(),
             headers: Vec::new(),
+            user_agent: BROWSER_USER_AGENT,
         }
     }
 
@@ -359,11 +360,15 @@ impl Response {
 
 /// A client that keeps cookies like a browser.
 pub struct Browser {
-    router: Router,
+    router: Web,
     jar: Mutex<BTreeMap<String, String>>,
     peer: SocketAddr,
     headers: Vec<(String, String)>,
+    user_agent: &'static str,
 }
+
+/// The `User-Agent` a test browser presents unless told otherwise.
+const BROWSER_USER_AGENT: &str = "Mozilla/5.0 (X11; Linux x86_64) Chrome/120.0 Safari/537.36";
 
 impl Browser {
     /// Sends every later request with this extra header.
@@ -391,10 +396,10 @@ impl Browser {
         content_type: Option<&str>,
         body: Vec<u8>,
     ) -> Response {
-        let mut req = Request::builder().method(method).uri(path).header(
-            header::USER_AGENT,
-            "Mozilla/5.0 (X11; Linux x86_64) Chrome/120.0 Safari/537.36",
-        );
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::USER_AGENT, self.user_agent);
         let cookies: Vec<String> = self
             .jar
             .lock()
@@ -496,20 +501,11 @@ fn pct(s: &str) -> String {
 
 impl TestApp {
     /// A browser with an empty cookie jar, connecting from `ip` and presenting `user_agent`
-    /// instead of the default Chrome-on-Linux one (a layer replaces the header).
+    /// instead of the default Chrome-on-Linux one.
     pub fn browser_with_user_agent(&self, ip: &str, user_agent: &'static str) -> Browser {
-        let ua = axum::http::HeaderValue::from_static(user_agent);
-        let router = self.router.clone().layer(tower::util::MapRequestLayer::new(
-            move |mut req: Request<Body>| {
-                req.headers_mut().insert(header::USER_AGENT, ua.clone());
-                req
-            },
-        ));
         Browser {
-            router,
-            jar: Mutex::new(BTreeMap::new()),
-            peer: format!("{ip}:40000").parse().unwrap(),
-            headers: Vec::new(),
+            user_agent,
+            ..self.browser_from(ip)
         }
     }
 }
