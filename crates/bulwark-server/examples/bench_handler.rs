@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! cargo run --release -p bulwark-server --example bench_handler -- [--requests N] [--rounds R]
+//!     [--summary FILE]
 //! ```
 //!
 //! `bench_gateway` measures what a proxy sees, through the kernel and a load generator that
@@ -29,7 +30,7 @@ use tower::ServiceExt;
 
 #[path = "common/setup.rs"]
 mod setup;
-use setup::HOST;
+use setup::{Summary, HOST};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type Res<T> = Result<T, BoxError>;
@@ -49,6 +50,9 @@ struct Args {
     /// Rounds; the best of them is kept.
     #[arg(long, default_value_t = 5)]
     rounds: usize,
+    /// Append `key=value` results to this file (read by scripts/bench).
+    #[arg(long)]
+    summary: Option<std::path::PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -96,8 +100,15 @@ fn run(args: Args) -> Res<()> {
             }
         }
     }
+    let mut summary = Summary::open(args.summary.as_deref())?;
     for (j, threads) in [1, 2].into_iter().enumerate() {
         let (b, h) = (best[0][j], best[1][j]);
+        summary.put(&format!("handler.t{threads}.bulwark_ns"), format!("{b:.0}"))?;
+        summary.put(&format!("handler.t{threads}.hello_ns"), format!("{h:.0}"))?;
+        summary.put(
+            &format!("handler.t{threads}.above_ns"),
+            format!("{:.0}", b - h),
+        )?;
         println!(
             "  {threads} thread(s): Bulwark {b:.0} ns/request, hello {h:.0} ns/request; \
              Bulwark's check costs {:.0} ns more (hello/Bulwark = {:.2})",
