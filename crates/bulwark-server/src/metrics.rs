@@ -114,6 +114,8 @@ pub struct Metrics {
     pub hash_rejected: AtomicU64,
     pub mail_sent: AtomicU64,
     pub mail_failures: AtomicU64,
+    /// Audit events the store failed to write (the action they record went ahead).
+    pub audit_failures: AtomicU64,
     /// (computed at, coverage per group).
     coverage: Mutex<Option<(std::time::Instant, Vec<GroupCoverage>)>>,
 }
@@ -127,6 +129,7 @@ impl Default for Metrics {
             hash_rejected: AtomicU64::new(0),
             mail_sent: AtomicU64::new(0),
             mail_failures: AtomicU64::new(0),
+            audit_failures: AtomicU64::new(0),
             coverage: Mutex::new(None),
         }
     }
@@ -244,7 +247,7 @@ impl Metrics {
         family(
             &mut out,
             "bulwark_audit_events_total",
-            "Audit events written by this node, by event and outcome.",
+            "Audit events of this node, by event and outcome (any the database failed to store included: see bulwark_audit_write_failures_total).",
             ("event", "outcome"),
         );
         let _ = writeln!(
@@ -267,6 +270,11 @@ impl Metrics {
             out,
             "# HELP bulwark_password_hash_rejected_total Password checks answered 503 because too many were waiting for a hashing thread.\n# TYPE bulwark_password_hash_rejected_total counter\nbulwark_password_hash_rejected_total {}",
             self.hash_rejected.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP bulwark_audit_write_failures_total Audit events this node failed to write to the audit log (the action went ahead; the error is logged).\n# TYPE bulwark_audit_write_failures_total counter\nbulwark_audit_write_failures_total {}",
+            self.audit_failures.load(Ordering::Relaxed)
         );
         let _ = writeln!(
             out,

@@ -144,6 +144,11 @@ impl App {
         self.metrics
             .record_event(&event.event, &event.outcome, event.detail.as_deref());
         if let Err(e) = self.store.append_audit(&event).await {
+            // The action goes ahead (it has happened, or refusing it would lock everyone out
+            // while the database refuses writes); the gap is counted for alerting.
+            self.metrics
+                .audit_failures
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tracing::error!(event = %event.event, error = %e, "cannot write audit event");
         }
     }

@@ -221,3 +221,47 @@ async fn the_text_parses_and_counters_move_with_logins() {
     assert_prometheus_text(&after);
     assert_eq!(count(&after), count(&before) + 3);
 }
+
+/// An audit event the database refuses is counted (and the action it records goes ahead):
+/// what an operator alerts on, since the log itself cannot show the gap.
+#[tokio::test]
+async fn audit_events_the_database_refuses_are_counted() {
+    let t = TestApp::new().await;
+    t.add_user("alice", PW, &["internal"]).await;
+    let scrape = || async { t.browser_from("127.0.0.1").get("/metrics").await.body };
+    let failures =
+        |text: &str| value(text, "bulwark_audit_write_failures_total").unwrap_or(u64::MAX);
+    let before = scrape().await;
+    assert_eq!(failures(&before), 0);
+
+    // The audit log refuses logouts from now on (as a full disk or a broken replica would
+    // refuse every write).
+    t.as_attacker(if on_postgres() {
+        "ALTER TABLE audit_log ADD CONSTRAINT refuse_logouts CHECK (event <> 'logout') NOT VALID"
+    } else {
+        "CREATE TRIGGER refuse_logouts BEFORE INSERT ON audit_log WHEN NEW.event = 'logout' \
+         BEGIN SELECT RAISE(ABORT, 'refused'); END"
+    })
+    .await;
+    let b = t.browser();
+    b.login("alice", PW).await;
+    let logins = t.audit_events("login").await.len();
+    assert!(logins >= 1);
+    let out = b.post("/logout", &[]).await;
+    assert_eq!(out.status, StatusCode::SEE_OTHER, "{}", out.body);
+    assert!(t.audit_events("logout").await.is_empty());
+    // Logged out all the same: the session is gone.
+    assert_eq!(b.get("/account").await.status, StatusCode::SEE_OTHER);
+
+    let after = scrape().await;
+    assert_prometheus_text(&after);
+    assert_eq!(failures(&after), 1);
+    // Events still count as events of the node, written or not.
+    assert_eq!(
+        value(
+            &after,
+            "bulwark_audit_events_total{event=\"logout\",outcome=\"success\"}"
+        ),
+        Some(1)
+    );
+}
