@@ -83,13 +83,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    match run(Args::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    setup::exit_code(run(Args::parse()))
 }
 
 fn run(args: Args) -> Res<()> {

@@ -125,6 +125,17 @@ impl Summary {
     }
 }
 
+/// A benchmark's exit status: success, or the error printed and failure.
+pub fn exit_code(result: Res<()>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 /// The median of some figures (the upper one of an even count); 0 for none.
 pub fn median(values: &[f64]) -> f64 {
     let mut v = values.to_vec();
