@@ -111,9 +111,7 @@ impl Conn<'_> {
 
     /// Notes what an error says about the connection itself.
     fn observe(&mut self, error: Option<&sqlx::Error>) {
-        if matches!(error, Some(sqlx::Error::WorkerCrashed)) {
-            self.broken = true;
-        }
+        self.broken |= error.is_some_and(worker_stopped);
     }
 
     /// Starts a transaction (`BEGIN`).
@@ -131,11 +129,18 @@ impl Conn<'_> {
         match Connection::begin_with(conn, statement).await {
             Ok(tx) => Ok(tx),
             Err(e) => {
-                self.broken |= matches!(e, sqlx::Error::WorkerCrashed);
+                // Not `observe`: the transaction's borrow of `conn` reaches into this arm.
+                self.broken |= worker_stopped(&e);
                 Err(e)
             }
         }
     }
+}
+
+/// Whether an error means the connection's worker thread has stopped: the one failure that
+/// outlives a statement.
+fn worker_stopped(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::WorkerCrashed)
 }
 
 impl Drop for Conn<'_> {

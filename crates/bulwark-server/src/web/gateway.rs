@@ -89,12 +89,18 @@ impl Original<'_> {
     }
 }
 
+/// The nginx `auth_request` endpoint's path (routed in `web::gateway_routes`, taken before
+/// the router by `web::Web`).
+pub(super) const AUTH_REQUEST_PATH: &str = "/api/authz/auth-request";
+/// The Caddy / Traefik endpoint's path.
+pub(super) const FORWARD_AUTH_PATH: &str = "/api/authz/forward-auth";
+
 impl Flavor {
     /// The endpoint of a path, if it is one of the two.
     pub(super) fn of_path(path: &str) -> Option<Self> {
         match path {
-            "/api/authz/auth-request" => Some(Self::AuthRequest),
-            "/api/authz/forward-auth" => Some(Self::ForwardAuth),
+            AUTH_REQUEST_PATH => Some(Self::AuthRequest),
+            FORWARD_AUTH_PATH => Some(Self::ForwardAuth),
             _ => None,
         }
     }

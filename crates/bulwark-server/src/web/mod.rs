@@ -199,8 +199,8 @@ fn routes(app: App) -> Router {
 /// handlers log and set their few headers themselves (see `gateway::finish`).
 fn gateway_routes() -> Router<App> {
     Router::new()
-        .route("/api/authz/auth-request", get(gateway::auth_request))
-        .route("/api/authz/forward-auth", get(gateway::forward_auth))
+        .route(gateway::AUTH_REQUEST_PATH, get(gateway::auth_request))
+        .route(gateway::FORWARD_AUTH_PATH, get(gateway::forward_auth))
         // Read by Prometheus, not browsers: no CSRF cookie either.
         .route("/metrics", get(metrics::metrics_get))
 }
