@@ -22,8 +22,9 @@ use bulwark_core::password::hash::PasswordHash;
 use bulwark_core::token::TokenHash;
 use bulwark_core::UnixTime;
 use bulwark_store::*;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
-use sqlx::{Connection, PgConnection, PgPool, Row};
+use bulwark_store_pool::{Connections, Settings};
+use sqlx::postgres::{PgConnectOptions, PgRow, Postgres};
+use sqlx::{Connection, PgConnection, Row};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -58,13 +59,16 @@ impl Default for PoolSettings {
     }
 }
 
-/// A pooled connection idle this long is pinged before it is handed out.
+/// A pooled connection idle this long is pinged before it is lent: a busy pool's are not
+/// (a ping is a round trip to the server before every statement).
 const PING_AFTER_IDLE: Duration = Duration::from_secs(1);
+/// Idle connections unused this long are closed (but for one).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// A Bulwark store on a PostgreSQL database.
 #[derive(Clone, Debug)]
 pub struct PgStore {
-    pool: PgPool,
+    pool: Connections<Postgres>,
     /// For the migration lock's own connection.
     options: PgConnectOptions,
     /// The audit chain's head as this store last wrote it (see `AuditHead`).
@@ -93,26 +97,21 @@ impl PgStore {
         settings: PoolSettings,
     ) -> StoreResult<Self> {
         let options = options.application_name("bulwark");
-        let pool = PgPoolOptions::new()
-            .max_connections(settings.max_connections.max(1))
-            .acquire_timeout(settings.acquire_timeout)
-            // A connection idle for a while may have been broken by a database restart: it
-            // is pinged, and replaced if that fails, before use. A busy pool's connections
-            // are not (a ping is a round trip to the server before every statement); one
-            // broken under load fails its statement, and sqlx's ping as it comes back to
-            // the pool closes it.
-            .test_before_acquire(false)
-            .before_acquire(|conn, meta| {
-                Box::pin(async move {
-                    if meta.idle_for >= PING_AFTER_IDLE {
-                        conn.ping().await?;
-                    }
-                    Ok(true)
-                })
-            })
-            .connect_with(options.clone())
-            .await
-            .map_err(map_err)?;
+        // A connection idle for a while may have been broken by a database restart: it is
+        // pinged, and replaced if that fails, before use. One broken under load fails its
+        // statement and is closed, not given back.
+        let pool = Connections::open(
+            options.clone(),
+            Settings {
+                max_connections: settings.max_connections,
+                acquire_timeout: settings.acquire_timeout,
+                ping_after_idle: Some(PING_AFTER_IDLE),
+                idle_timeout: Some(IDLE_TIMEOUT),
+                broken: connection_lost,
+            },
+        )
+        .await
+        .map_err(map_err)?;
         Ok(Self {
             pool,
             options,
@@ -128,7 +127,7 @@ impl PgStore {
     /// The newest migration applied to the database, if any.
     pub async fn schema_version(&self) -> StoreResult<Option<i64>> {
         let mut conn = self.pool.acquire().await.map_err(map_err)?;
-        applied_version(&mut conn).await
+        applied_version(conn.connection().map_err(map_err)?).await
     }
 
     async fn migrate_locked(&self, conn: &mut PgConnection) -> StoreResult<()> {
@@ -138,7 +137,7 @@ impl PgStore {
                 return Err(StoreError::SchemaTooNew { found, known });
             }
         }
-        MIGRATOR.run(&self.pool).await.map_err(|e| match e {
+        MIGRATOR.run_direct(conn).await.map_err(|e| match e {
             sqlx::migrate::MigrateError::Execute(e) => map_err(e),
             other => StoreError::Backend(format!("migration failed: {other}")),
         })?;
@@ -174,19 +173,27 @@ fn map_err(e: sqlx::Error) -> StoreError {
         sqlx::Error::Database(db) if db.is_unique_violation() => {
             StoreError::Conflict("already exists")
         }
-        sqlx::Error::Database(db) if db.code().is_some_and(|c| unavailable_code(&c)) => {
+        // No connection to be had, or the one used is gone: a retry later may succeed.
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => {
             StoreError::Unavailable(e.to_string())
         }
-        // A protocol error is a connection cut mid-conversation (e.g. a TCP proxy in front
-        // of a database that is down answers the handshake with a closed socket): the
-        // connection is gone either way, and a retry later may succeed.
-        sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::Io(_)
+        _ if connection_lost(&e) => StoreError::Unavailable(e.to_string()),
+        _ => StoreError::Backend(e.to_string()),
+    }
+}
+
+/// Whether an error means the connection it came from is gone: cut, closed by a server
+/// shutting down, or broken mid-conversation (a protocol error: e.g. a TCP proxy in front of a
+/// database that is down answers the handshake with a closed socket). The pool closes such a
+/// connection rather than lend it again.
+fn connection_lost(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
         | sqlx::Error::Tls(_)
         | sqlx::Error::Protocol(_)
-        | sqlx::Error::WorkerCrashed => StoreError::Unavailable(e.to_string()),
-        _ => StoreError::Backend(e.to_string()),
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|c| unavailable_code(&c)),
+        _ => false,
     }
 }
 
@@ -354,7 +361,8 @@ fn like_pattern(search: &str) -> String {
 #[async_trait]
 impl UserStore for PgStore {
     async fn insert_user(&self, user: &NewUser) -> StoreResult<UserRecord> {
-        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        let mut conn = self.pool.acquire().await.map_err(map_err)?;
+        let mut tx = conn.begin().await.map_err(map_err)?;
         let email = user.email.as_ref().map(|e| e.as_str().to_string());
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO users (login, email, email_lower, display_name, password_hash, password_changed_at, \
@@ -620,7 +628,8 @@ impl UserStore for PgStore {
     }
 
     async fn update_groups(&self, id: UserId, groups: &[GroupName]) -> StoreResult<()> {
-        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        let mut conn = self.pool.acquire().await.map_err(map_err)?;
+        let mut tx = conn.begin().await.map_err(map_err)?;
         // The user's row lock serialises concurrent replacements of their groups.
         let exists: Option<i64> =
             sqlx::query_scalar("SELECT id FROM users WHERE id = $1 FOR UPDATE")
@@ -681,7 +690,8 @@ impl UserStore for PgStore {
     }
 
     async fn update_password(&self, change: &PasswordChange) -> StoreResult<()> {
-        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        let mut conn = self.pool.acquire().await.map_err(map_err)?;
+        let mut tx = conn.begin().await.map_err(map_err)?;
         // Updating the user first takes its row lock: concurrent changes queue here.
         let r = sqlx::query(
             "UPDATE users SET password_hash = $1, password_changed_at = $2, must_change_password = $3 WHERE id = $4",
@@ -715,7 +725,8 @@ impl UserStore for PgStore {
     }
 
     async fn rehash_password(&self, id: UserId, hash: &PasswordHash) -> StoreResult<()> {
-        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        let mut conn = self.pool.acquire().await.map_err(map_err)?;
+        let mut tx = conn.begin().await.map_err(map_err)?;
         let r = sqlx::query("UPDATE users SET password_hash = $1 WHERE id = $2")
             .bind(hash.as_str())
             .bind(id)
@@ -1106,9 +1117,10 @@ async fn chain_head(conn: &mut PgConnection) -> StoreResult<ChainHead> {
 }
 
 /// Seals events written before the chain existed (migration 0005) into it, in id order.
-async fn seal_audit_backlog(pool: &PgPool) -> StoreResult<()> {
+async fn seal_audit_backlog(pool: &Connections<Postgres>) -> StoreResult<()> {
     loop {
-        let mut tx = pool.begin().await.map_err(map_err)?;
+        let mut conn = pool.acquire().await.map_err(map_err)?;
+        let mut tx = conn.begin().await.map_err(map_err)?;
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
             .bind(AUDIT_LOCK)
             .execute(&mut *tx)
@@ -1151,7 +1163,8 @@ async fn seal_audit_backlog(pool: &PgPool) -> StoreResult<()> {
 impl PgStore {
     /// Appends `e` after the head of the chain, read under the audit lock.
     async fn append_audit_locked(&self, e: &NewAuditEvent) -> StoreResult<ChainHead> {
-        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        let mut conn = self.pool.acquire().await.map_err(map_err)?;
+        let mut tx = conn.begin().await.map_err(map_err)?;
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
             .bind(AUDIT_LOCK)
             .execute(&mut *tx)
@@ -1297,7 +1310,8 @@ impl AuditStore for PgStore {
     }
 
     async fn prune_audit(&self, c: &AuditCheckpoint) -> StoreResult<u64> {
-        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        let mut conn = self.pool.acquire().await.map_err(map_err)?;
+        let mut tx = conn.begin().await.map_err(map_err)?;
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
             .bind(AUDIT_LOCK)
             .execute(&mut *tx)
@@ -1624,7 +1638,8 @@ impl TwoFactorStore for PgStore {
         hashes: &[String],
         at: UnixTime,
     ) -> StoreResult<()> {
-        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        let mut conn = self.pool.acquire().await.map_err(map_err)?;
+        let mut tx = conn.begin().await.map_err(map_err)?;
         sqlx::query("DELETE FROM recovery_codes WHERE user_id = $1")
             .bind(user)
             .execute(&mut *tx)
@@ -1974,7 +1989,8 @@ impl SettingsStore for PgStore {
     }
 
     async fn seed_settings(&self, initial: &[(String, String)], at: UnixTime) -> StoreResult<bool> {
-        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        let mut conn = self.pool.acquire().await.map_err(map_err)?;
+        let mut tx = conn.begin().await.map_err(map_err)?;
         // A second node starting at the same moment waits here, then finds the settings stored.
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
             .bind(SETTINGS_LOCK)
@@ -2002,7 +2018,8 @@ impl SettingsStore for PgStore {
     }
 
     async fn change_settings(&self, changes: &[SettingChange], at: UnixTime) -> StoreResult<bool> {
-        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        let mut conn = self.pool.acquire().await.map_err(map_err)?;
+        let mut tx = conn.begin().await.map_err(map_err)?;
         for c in changes {
             let done = match (&c.old, &c.new) {
                 (None, Some(new)) => sqlx::query(

@@ -253,3 +253,66 @@ async fn summary_triggers_write_the_user_row_only_when_the_summary_changes() {
         "a code's time step recorded at each sign-in leaves the user's row alone"
     );
 }
+
+/// Ends every connection the store has open (as a database restart or a killed backend
+/// would) and waits until the server has let them go.
+async fn terminate_connections_of(url: &str) {
+    let mut admin = raw_connection(url).await;
+    let query = "SELECT pid FROM pg_stat_activity \
+                 WHERE datname = current_database() AND application_name = 'bulwark'";
+    let pids: Vec<i32> = sqlx::query_scalar(query)
+        .fetch_all(&mut admin)
+        .await
+        .unwrap();
+    assert!(!pids.is_empty(), "the store has a connection open");
+    for pid in pids {
+        sqlx::query("SELECT pg_terminate_backend($1)")
+            .bind(pid)
+            .execute(&mut admin)
+            .await
+            .unwrap();
+    }
+    for _ in 0..200 {
+        let left: Vec<i32> = sqlx::query_scalar(query)
+            .fetch_all(&mut admin)
+            .await
+            .unwrap();
+        if left.is_empty() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("the store's connections were not terminated");
+}
+
+#[tokio::test]
+async fn a_connection_broken_in_use_fails_one_statement_and_is_replaced() {
+    let url = fresh_database_url().await;
+    let store = PgStore::connect(&url, settings(1)).await.unwrap();
+    store.ping().await.unwrap();
+    let used = std::time::Instant::now();
+    terminate_connections_of(&url).await;
+    // Used again within the second after which an idle connection is pinged first: the
+    // statement meets the broken connection, and fails as an outage would.
+    let first = store.ping().await;
+    if used.elapsed() < std::time::Duration::from_millis(900) {
+        assert!(
+            matches!(first, Err(StoreError::Unavailable(_))),
+            "{first:?}"
+        );
+    }
+    // Closed, not lent again: the next statement gets a new connection.
+    store.ping().await.unwrap();
+    store.ping().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_connection_broken_while_idle_is_replaced_before_use() {
+    let url = fresh_database_url().await;
+    let store = PgStore::connect(&url, settings(2)).await.unwrap();
+    store.ping().await.unwrap();
+    terminate_connections_of(&url).await;
+    // Idle for more than a second: pinged before it is lent, found broken, replaced.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    store.ping().await.unwrap();
+}

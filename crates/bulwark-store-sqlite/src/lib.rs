@@ -8,9 +8,10 @@ use bulwark_core::password::hash::PasswordHash;
 use bulwark_core::token::TokenHash;
 use bulwark_core::UnixTime;
 use bulwark_store::*;
-use pool::Connections;
+use bulwark_store_pool::{Connections, Settings};
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+    Sqlite, SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
 };
 use sqlx::Row;
 use std::path::Path;
@@ -19,14 +20,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 mod bulk;
-mod pool;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Idle connections unused this long are closed (but for one).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// A Bulwark store on one SQLite database file.
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
-    pool: Connections,
+    pool: Connections<Sqlite>,
     /// Reads over every user, for a database file (not an in-memory database).
     bulk: Option<Arc<bulk::BulkReader>>,
     /// The audit chain's head as this store last wrote it (see `AuditHead`).
@@ -59,9 +62,22 @@ impl SqliteStore {
         }
         let bulk = (!in_memory)
             .then(|| Arc::new(bulk::BulkReader::new(options.get_filename().to_path_buf())));
-        let pool = Connections::open(options, max_connections, acquire_timeout)
-            .await
-            .map_err(map_err)?;
+        let pool = Connections::open(
+            options,
+            Settings {
+                max_connections,
+                acquire_timeout,
+                // A local file does not go stale.
+                ping_after_idle: None,
+                // After a burst, the page caches (up to 2 MiB each) of connections no longer
+                // needed are given back.
+                idle_timeout: Some(IDLE_TIMEOUT),
+                // The one failure that outlives a statement.
+                broken: |e| matches!(e, sqlx::Error::WorkerCrashed),
+            },
+        )
+        .await
+        .map_err(map_err)?;
         Ok(Self {
             pool,
             bulk,
@@ -272,7 +288,7 @@ fn bind_audit<'q>(
 }
 
 /// Seals events written before the chain existed (migration 0005) into it, in id order.
-async fn seal_audit_backlog(pool: &Connections) -> StoreResult<()> {
+async fn seal_audit_backlog(pool: &Connections<Sqlite>) -> StoreResult<()> {
     loop {
         let mut conn = pool.acquire().await.map_err(map_err)?;
         let mut tx = conn.begin_with("BEGIN IMMEDIATE").await.map_err(map_err)?;

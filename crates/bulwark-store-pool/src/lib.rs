@@ -1,0 +1,369 @@
+//! The stores' connections to their database: at most `max_connections` open, each lent for
+//! one statement (or one transaction) and given back as it is.
+//!
+//! sqlx's own pool pings every connection given back to it: one more round trip after every
+//! statement, to the SQLite connection's worker thread or to the PostgreSQL server. A login
+//! paid it six times over (bench_login on SQLite: 48–59 thread switches per login with sqlx's
+//! pool, 31–33 with this one; on PostgreSQL 34–37 against 25–27). The ping exists for three
+//! things, each handled here without it:
+//!
+//! - **Work left queued.** A transaction dropped unfinished queues its rollback. SQLite's
+//!   worker runs it at once; PostgreSQL's connection keeps it in its write buffer until its
+//!   next use, the transaction's locks held meanwhile. A connection with something queued
+//!   (`should_flush`), or given back by a statement cancelled before its answer came, is
+//!   flushed and drained by a task of its own, holding its permit, before it goes back: the
+//!   next borrower neither waits for a cancelled statement nor runs inside its transaction.
+//! - **A connection that broke while in use** (its socket cut, the server shut down, a
+//!   SQLite worker thread that stopped): the statement fails, and an error the store's
+//!   `broken` test recognises closes the connection instead of giving it back.
+//! - **A connection that broke while idle** (a database restart): one idle for at least
+//!   `ping_after_idle` is pinged before it is lent, and replaced if the ping fails. A busy
+//!   pool's connections are not (that would be a round trip before every statement).
+//!
+//! Idle connections unused for `idle_timeout` are closed, all but the most recently used one.
+
+use either::Either;
+use futures_core::future::BoxFuture;
+use futures_core::stream::BoxStream;
+use futures_util::{StreamExt, TryStreamExt};
+use sqlx::{ConnectOptions, Connection, Database, Describe, Execute, Executor, Transaction};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// How a pool behaves.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// Most connections open at once.
+    pub max_connections: u32,
+    /// How long a borrower waits for a connection (`PoolTimedOut`), opening one included.
+    pub acquire_timeout: Duration,
+    /// A connection idle at least this long is pinged before it is lent; `None`: never
+    /// (a local file does not go stale).
+    pub ping_after_idle: Option<Duration>,
+    /// Idle connections unused this long are closed, but for the most recently used one;
+    /// `None`: kept open.
+    pub idle_timeout: Option<Duration>,
+    /// Whether an error means the connection itself can no longer be used.
+    pub broken: fn(&sqlx::Error) -> bool,
+}
+
+/// A bounded set of connections to one database (see the crate doc); clones share it.
+pub struct Connections<DB: Database>(Arc<Shared<DB>>);
+
+struct Shared<DB: Database> {
+    options: <DB::Connection as Connection>::Options,
+    /// Oldest given back first.
+    idle: Mutex<Vec<Idle<DB::Connection>>>,
+    permits: Arc<Semaphore>,
+    settings: Settings,
+}
+
+struct Idle<C> {
+    conn: C,
+    since: Instant,
+}
+
+impl<DB: Database> Clone for Connections<DB> {
+    fn clone(&self) -> Self {
+        Self(Arc::clone(&self.0))
+    }
+}
+
+impl<DB: Database> std::fmt::Debug for Connections<DB> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connections")
+            .field("database", &DB::NAME)
+            .field("free", &self.0.permits.available_permits())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<DB: Database> Connections<DB> {
+    /// Opens the first connection now, so that a database that cannot be reached is an error
+    /// at startup rather than at the first request.
+    pub async fn open(
+        options: <DB::Connection as Connection>::Options,
+        settings: Settings,
+    ) -> Result<Self, sqlx::Error> {
+        let first = tokio::time::timeout(settings.acquire_timeout, options.connect())
+            .await
+            .map_err(|_| sqlx::Error::PoolTimedOut)??;
+        let shared = Arc::new(Shared {
+            options,
+            idle: Mutex::new(vec![Idle {
+                conn: first,
+                since: Instant::now(),
+            }]),
+            permits: Arc::new(Semaphore::new(settings.max_connections.max(1) as usize)),
+            settings,
+        });
+        if let Some(timeout) = settings.idle_timeout {
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(close_idle_while_open(Arc::downgrade(&shared), timeout));
+            }
+        }
+        Ok(Self(shared))
+    }
+
+    /// Borrows a connection: the most recently given back, or a new one if none is idle.
+    /// Waits at most the acquire timeout (`PoolTimedOut`).
+    pub async fn acquire(&self) -> Result<Conn<DB>, sqlx::Error> {
+        let shared = &self.0;
+        tokio::time::timeout(shared.settings.acquire_timeout, async {
+            let permit = Arc::clone(&shared.permits)
+                .acquire_owned()
+                .await
+                .map_err(|_| sqlx::Error::PoolClosed)?;
+            let conn = shared.take_or_connect().await?;
+            Ok(Conn {
+                conn: Some(conn),
+                broken: false,
+                busy: false,
+                home: Arc::clone(shared),
+                permit: Some(permit),
+            })
+        })
+        .await
+        .map_err(|_| sqlx::Error::PoolTimedOut)?
+    }
+
+    /// How many connections are idle (for tests and diagnostics).
+    pub fn idle_count(&self) -> usize {
+        self.0.idle.lock().map(|idle| idle.len()).unwrap_or(0)
+    }
+
+    /// How many more connections could be lent right now.
+    pub fn free_count(&self) -> usize {
+        self.0.permits.available_permits()
+    }
+}
+
+impl<DB: Database> Shared<DB> {
+    async fn take_or_connect(&self) -> Result<DB::Connection, sqlx::Error> {
+        loop {
+            // The most recently given back: its caches are warm, and the others grow idle
+            // long enough to be closed.
+            let next = self.idle.lock().ok().and_then(|mut idle| idle.pop());
+            let Some(Idle { mut conn, since }) = next else {
+                break;
+            };
+            match self.settings.ping_after_idle {
+                Some(after) if since.elapsed() >= after => {
+                    if conn.ping().await.is_ok() {
+                        return Ok(conn);
+                    }
+                    // Broken while idle: dropped (closed), and the next one tried.
+                }
+                _ => return Ok(conn),
+            }
+        }
+        self.options.connect().await
+    }
+
+    fn give_back(&self, conn: DB::Connection) {
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.push(Idle {
+                conn,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    /// Takes out the connections idle for `timeout`, oldest first, leaving at least one.
+    fn take_stale(&self, timeout: Duration) -> Vec<DB::Connection> {
+        let Ok(mut idle) = self.idle.lock() else {
+            return Vec::new();
+        };
+        let stale = idle
+            .iter()
+            .take_while(|i| i.since.elapsed() >= timeout)
+            .count()
+            .min(idle.len().saturating_sub(1));
+        idle.drain(..stale).map(|i| i.conn).collect()
+    }
+}
+
+/// Closes idle connections unused for `timeout`, checking every half of it, until the pool
+/// is gone.
+async fn close_idle_while_open<DB: Database>(pool: Weak<Shared<DB>>, timeout: Duration) {
+    let mut tick = tokio::time::interval((timeout / 2).max(Duration::from_millis(10)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let Some(shared) = pool.upgrade() else {
+            return;
+        };
+        let stale = shared.take_stale(timeout);
+        let limit = shared.settings.acquire_timeout;
+        drop(shared);
+        for conn in stale {
+            let _ = tokio::time::timeout(limit, conn.close()).await;
+        }
+    }
+}
+
+/// A borrowed connection, given back when dropped.
+pub struct Conn<DB: Database> {
+    /// Always `Some` until dropped.
+    conn: Option<DB::Connection>,
+    /// Closed rather than given back.
+    broken: bool,
+    /// A statement through the pool started and has not ended (it was cancelled if the
+    /// connection is dropped so).
+    busy: bool,
+    home: Arc<Shared<DB>>,
+    /// Released after `drop` has given the connection back, so the next borrower finds it.
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl<DB: Database> Conn<DB> {
+    /// The connection, for APIs that take one (migrations).
+    pub fn connection(&mut self) -> Result<&mut DB::Connection, sqlx::Error> {
+        self.conn.as_mut().ok_or(sqlx::Error::PoolClosed)
+    }
+
+    /// Notes what an error says about the connection itself.
+    pub fn observe(&mut self, error: Option<&sqlx::Error>) {
+        self.broken |= error.is_some_and(self.home.settings.broken);
+    }
+
+    /// The connection, for a statement of the pool's `Executor` that `finish` ends.
+    fn start(&mut self) -> Result<&mut DB::Connection, sqlx::Error> {
+        self.busy = true;
+        self.connection()
+    }
+
+    fn finish(&mut self, error: Option<&sqlx::Error>) {
+        self.busy = false;
+        self.observe(error);
+    }
+
+    /// Starts a transaction (`BEGIN`). Dropped without a commit, it rolls back before the
+    /// connection is lent again.
+    pub async fn begin(&mut self) -> Result<Transaction<'_, DB>, sqlx::Error> {
+        self.begin_with("BEGIN").await
+    }
+
+    /// Starts a transaction with the given statement (on SQLite `BEGIN IMMEDIATE`: take the
+    /// write lock first).
+    pub async fn begin_with(
+        &mut self,
+        statement: &'static str,
+    ) -> Result<Transaction<'_, DB>, sqlx::Error> {
+        let broken = self.home.settings.broken;
+        let conn = self.conn.as_mut().ok_or(sqlx::Error::PoolClosed)?;
+        match Connection::begin_with(conn, statement).await {
+            Ok(tx) => Ok(tx),
+            Err(e) => {
+                // Not `observe`: the transaction's borrow of `conn` reaches into this arm.
+                self.broken |= broken(&e);
+                Err(e)
+            }
+        }
+    }
+}
+
+impl<DB: Database> Drop for Conn<DB> {
+    fn drop(&mut self) {
+        let Some(mut conn) = self.conn.take() else {
+            return;
+        };
+        if self.broken {
+            return;
+        }
+        if !self.busy && !conn.should_flush() {
+            self.home.give_back(conn);
+            return;
+        }
+        // Something queued and not sent yet (the rollback of a transaction dropped
+        // unfinished), or the answer of a cancelled statement still to come: sent and read
+        // now, by a task that gives the connection back after, holding its permit until then.
+        // Without a runtime the connection is closed, which ends either on the server too.
+        let home = Arc::clone(&self.home);
+        let permit = self.permit.take();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let limit = home.settings.acquire_timeout;
+                if let Ok(Ok(())) = tokio::time::timeout(limit, conn.flush()).await {
+                    home.give_back(conn);
+                }
+                drop(permit);
+            });
+        }
+    }
+}
+
+/// Statements on the pool borrow a connection for the statement. Result rows are gathered
+/// before the connection goes back (the stores read no result set they could not hold).
+impl<'p, DB: Database> Executor<'p> for &'p Connections<DB>
+where
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+{
+    type Database = DB;
+
+    fn fetch_many<'e, 'q: 'e, E>(
+        self,
+        query: E,
+    ) -> BoxStream<'e, Result<Either<DB::QueryResult, DB::Row>, sqlx::Error>>
+    where
+        'p: 'e,
+        E: 'q + Execute<'q, DB>,
+    {
+        Box::pin(
+            futures_util::stream::once(async move {
+                let mut conn = self.acquire().await?;
+                let all: Vec<_> = conn.start()?.fetch_many(query).collect().await;
+                let error = all.iter().find_map(|r| r.as_ref().err());
+                conn.finish(error);
+                Ok::<_, sqlx::Error>(futures_util::stream::iter(all))
+            })
+            .try_flatten(),
+        )
+    }
+
+    fn fetch_optional<'e, 'q: 'e, E>(
+        self,
+        query: E,
+    ) -> BoxFuture<'e, Result<Option<DB::Row>, sqlx::Error>>
+    where
+        'p: 'e,
+        E: 'q + Execute<'q, DB>,
+    {
+        Box::pin(async move {
+            let mut conn = self.acquire().await?;
+            let row = conn.start()?.fetch_optional(query).await;
+            conn.finish(row.as_ref().err());
+            row
+        })
+    }
+
+    fn prepare_with<'e, 'q: 'e>(
+        self,
+        sql: &'q str,
+        parameters: &'e [DB::TypeInfo],
+    ) -> BoxFuture<'e, Result<DB::Statement<'q>, sqlx::Error>>
+    where
+        'p: 'e,
+    {
+        Box::pin(async move {
+            let mut conn = self.acquire().await?;
+            let prepared = conn.start()?.prepare_with(sql, parameters).await;
+            conn.finish(prepared.as_ref().err());
+            prepared
+        })
+    }
+
+    fn describe<'e, 'q: 'e>(self, sql: &'q str) -> BoxFuture<'e, Result<Describe<DB>, sqlx::Error>>
+    where
+        'p: 'e,
+    {
+        Box::pin(async move {
+            let mut conn = self.acquire().await?;
+            let described = conn.start()?.describe(sql).await;
+            conn.finish(described.as_ref().err());
+            described
+        })
+    }
+}

@@ -1,0 +1,130 @@
+//! The pool on a PostgreSQL server (`TEST_POSTGRES_URL`, see `scripts/test`): what a local
+//! file never needs, work queued on a connection that goes back idle.
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+
+use bulwark_store_pool::{Connections, Settings};
+use bulwark_store_postgres::testing::server_url;
+use bulwark_store_postgres::PgStore;
+use sqlx::postgres::Postgres;
+use sqlx::{ConnectOptions, Connection};
+use std::time::{Duration, Instant};
+
+async fn pool() -> Connections<Postgres> {
+    let options = PgStore::parse_url(&server_url()).unwrap();
+    Connections::open(
+        options,
+        Settings {
+            max_connections: 2,
+            acquire_timeout: Duration::from_secs(5),
+            ping_after_idle: Some(Duration::from_secs(1)),
+            idle_timeout: None,
+            broken: |_| false,
+        },
+    )
+    .await
+    .unwrap()
+}
+
+/// A lock key of this test run's own, apart from other tests on the same server.
+fn lock_key() -> i64 {
+    0x706f_6f6c_0000_0000 | i64::from(std::process::id())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_dropped_unfinished_releases_its_locks_at_once() {
+    let pool = pool().await;
+    let key = lock_key();
+    {
+        // A request that took a lock in a transaction and went away before committing.
+        let mut conn = pool.acquire().await.unwrap();
+        let mut tx = conn.begin().await.unwrap();
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(key)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+    }
+    // Another session gets the lock without anyone using the pool again: the rollback was
+    // sent as the connection went back, not left queued until its next use.
+    let mut other = PgStore::parse_url(&server_url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let started = Instant::now();
+    loop {
+        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(key)
+            .fetch_one(&mut other)
+            .await
+            .unwrap();
+        if got {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the dropped transaction still holds its lock"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    other.close().await.unwrap();
+    // And the connection went back to the pool, usable and out of the transaction.
+    while pool.idle_count() < 1 {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "never given back"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(pool.free_count(), 2);
+    // A savepoint needs a transaction block: refused, so none is open.
+    let err = sqlx::query("SAVEPOINT s").execute(&pool).await.unwrap_err();
+    let code = err.as_database_error().and_then(|e| e.code());
+    assert_eq!(code.as_deref(), Some("25P01"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_statement_is_drained_apart_from_the_next_borrower() {
+    let pool = pool().await;
+    // A slow statement whose request went away: the server still runs it to the end.
+    let slow = sqlx::query("SELECT pg_sleep(5)").execute(&pool);
+    let _ = tokio::time::timeout(Duration::from_millis(200), slow).await;
+    // The next statement does not wait behind it on the same connection.
+    let started = Instant::now();
+    let n: i64 = sqlx::query_scalar("SELECT 42::int8")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(n, 42);
+    assert!(
+        started.elapsed() < Duration::from_millis(2500),
+        "waited {:?} for the cancelled statement",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statements_cancelled_half_way_leave_the_connections_usable() {
+    let pool = pool().await;
+    for i in 0..50u64 {
+        let rows = sqlx::query("SELECT g FROM pg_sleep(0.002), generate_series(1, 2000) g")
+            .fetch_all(&pool);
+        let _ = tokio::time::timeout(Duration::from_micros(100 * i), rows).await;
+    }
+    let n: i64 = sqlx::query_scalar("SELECT 42::int8")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(n, 42);
+    // Every connection drained and back, none lost.
+    let started = Instant::now();
+    while pool.free_count() < 2 || pool.idle_count() == 0 {
+        assert!(started.elapsed() < Duration::from_secs(5), "not given back");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let n: i64 = sqlx::query_scalar("SELECT 43::int8")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(n, 43);
+}
