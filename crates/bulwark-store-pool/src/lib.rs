@@ -13,6 +13,8 @@
 //!   (`should_flush`), or given back by a statement cancelled before its answer came, is
 //!   flushed and drained by a task of its own, holding its permit, before it goes back: the
 //!   next borrower neither waits for a cancelled statement nor runs inside its transaction.
+//!   A begin cancelled before its answer came closes the connection: sqlx has not counted
+//!   the transaction yet, so nothing would roll it back.
 //! - **A connection that broke while in use** (its socket cut, the server shut down, a
 //!   SQLite worker thread that stopped): the statement fails, and an error the store's
 //!   `broken` test recognises closes the connection instead of giving it back.
@@ -219,8 +221,10 @@ pub struct Conn<DB: Database> {
 }
 
 impl<DB: Database> Conn<DB> {
-    /// The connection, for APIs that take one (migrations).
+    /// The connection, for APIs that take one (migrations). Statements run on it this way
+    /// count as unfinished: the connection is drained before it is lent again.
     pub fn connection(&mut self) -> Result<&mut DB::Connection, sqlx::Error> {
+        self.busy = true;
         self.conn.as_mut().ok_or(sqlx::Error::PoolClosed)
     }
 
@@ -229,12 +233,7 @@ impl<DB: Database> Conn<DB> {
         self.broken |= error.is_some_and(self.home.settings.broken);
     }
 
-    /// The connection, for a statement of the pool's `Executor` that `finish` ends.
-    fn start(&mut self) -> Result<&mut DB::Connection, sqlx::Error> {
-        self.busy = true;
-        self.connection()
-    }
-
+    /// Ends a statement of the pool's `Executor`, run on `connection()`.
     fn finish(&mut self, error: Option<&sqlx::Error>) {
         self.busy = false;
         self.observe(error);
@@ -252,13 +251,22 @@ impl<DB: Database> Conn<DB> {
         &mut self,
         statement: &'static str,
     ) -> Result<Transaction<'_, DB>, sqlx::Error> {
-        let broken = self.home.settings.broken;
-        let conn = self.conn.as_mut().ok_or(sqlx::Error::PoolClosed)?;
+        let Conn {
+            conn, broken, home, ..
+        } = self;
+        let conn = conn.as_mut().ok_or(sqlx::Error::PoolClosed)?;
+        // Closed, not given back, if this is cancelled: sqlx counts the transaction only once
+        // the server has answered, so a begin cancelled after it was sent would leave the
+        // connection inside a transaction nobody rolls back (and, on SQLite, holding the
+        // write lock).
+        *broken = true;
         match Connection::begin_with(conn, statement).await {
-            Ok(tx) => Ok(tx),
+            Ok(tx) => {
+                *broken = false;
+                Ok(tx)
+            }
             Err(e) => {
-                // Not `observe`: the transaction's borrow of `conn` reaches into this arm.
-                self.broken |= broken(&e);
+                *broken = (home.settings.broken)(&e);
                 Err(e)
             }
         }
@@ -314,7 +322,7 @@ where
         Box::pin(
             futures_util::stream::once(async move {
                 let mut conn = self.acquire().await?;
-                let all: Vec<_> = conn.start()?.fetch_many(query).collect().await;
+                let all: Vec<_> = conn.connection()?.fetch_many(query).collect().await;
                 let error = all.iter().find_map(|r| r.as_ref().err());
                 conn.finish(error);
                 Ok::<_, sqlx::Error>(futures_util::stream::iter(all))
@@ -333,7 +341,7 @@ where
     {
         Box::pin(async move {
             let mut conn = self.acquire().await?;
-            let row = conn.start()?.fetch_optional(query).await;
+            let row = conn.connection()?.fetch_optional(query).await;
             conn.finish(row.as_ref().err());
             row
         })
@@ -349,7 +357,7 @@ where
     {
         Box::pin(async move {
             let mut conn = self.acquire().await?;
-            let prepared = conn.start()?.prepare_with(sql, parameters).await;
+            let prepared = conn.connection()?.prepare_with(sql, parameters).await;
             conn.finish(prepared.as_ref().err());
             prepared
         })
@@ -361,7 +369,7 @@ where
     {
         Box::pin(async move {
             let mut conn = self.acquire().await?;
-            let described = conn.start()?.describe(sql).await;
+            let described = conn.connection()?.describe(sql).await;
             conn.finish(described.as_ref().err());
             described
         })

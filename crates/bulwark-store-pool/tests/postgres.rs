@@ -128,3 +128,40 @@ async fn statements_cancelled_half_way_leave_the_connections_usable() {
         .unwrap();
     assert_eq!(n, 43);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn begins_cancelled_at_every_point_leave_no_transaction_open() {
+    let pool = pool().await;
+    // A begin whose answer is slow to come (the server sleeps after BEGIN), cancelled while
+    // it waits, and begins cancelled at other points.
+    for (statement, wait_ms) in [
+        ("BEGIN; SELECT pg_sleep(0.2)", 50),
+        ("BEGIN; SELECT pg_sleep(0.2)", 50),
+        ("BEGIN", 0),
+        ("BEGIN", 1),
+        ("BEGIN", 2),
+    ] {
+        let begin = async {
+            let mut conn = pool.acquire().await?;
+            let _tx = conn.begin_with(statement).await?;
+            std::future::pending::<()>().await;
+            Ok::<_, sqlx::Error>(())
+        };
+        let _ = tokio::time::timeout(Duration::from_millis(wait_ms), begin).await;
+    }
+    let started = Instant::now();
+    while pool.free_count() < 2 {
+        assert!(started.elapsed() < Duration::from_secs(5), "not given back");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Every connection the pool holds is out of a transaction: a savepoint is refused.
+    let mut conns = vec![pool.acquire().await.unwrap(), pool.acquire().await.unwrap()];
+    for conn in &mut conns {
+        let err = sqlx::query("SAVEPOINT s")
+            .execute(conn.connection().unwrap())
+            .await
+            .unwrap_err();
+        let code = err.as_database_error().and_then(|e| e.code());
+        assert_eq!(code.as_deref(), Some("25P01"), "{err}");
+    }
+}
