@@ -751,16 +751,23 @@ impl App {
             return Err(e);
         }
         let _forget = self.forget_on_exit(&user.login);
-        self.apply_new_password(user, new, false, now).await?;
-        // The new session keeps what this one proved.
+        let stopped = Audit::event("password_change", "failure")
+            .actor(&user.login)
+            .subject(&user.login)
+            .client(client);
         let token = self
-            .start_session_at(
-                user,
-                client,
-                SessionStage::Full,
-                current.session.two_factor,
-                now,
-            )
+            .run_steps(stopped, now, async {
+                self.apply_new_password(user, new, false, now).await?;
+                // The new session keeps what this one proved.
+                self.start_session_at(
+                    user,
+                    client,
+                    SessionStage::Full,
+                    current.session.two_factor,
+                    now,
+                )
+                .await
+            })
             .await?;
         self.audit(
             Audit::event("password_change", "success")
@@ -834,13 +841,22 @@ impl App {
             .consume_one_time_token(TokenPurpose::NotMe, &TokenHash::of(token), now)
             .await?
             .ok_or(ServiceError::InvalidLink)?;
-        self.store
-            .revoke_user_tokens(user.id, TokenPurpose::NotMe, now)
+        let stopped = Audit::event("not_me_reported", "failure")
+            .actor(&user.login)
+            .subject(&user.login)
+            .client(client);
+        let (sessions, devices, keys) = self
+            .run_steps(stopped, now, async {
+                self.store
+                    .revoke_user_tokens(user.id, TokenPurpose::NotMe, now)
+                    .await?;
+                self.store.clear_password(user.id).await?;
+                let sessions = self.store.delete_user_sessions(user.id, None).await?;
+                let devices = self.store.delete_user_trusted_devices(user.id).await?;
+                let keys = self.store.revoke_user_api_keys(user.id, now).await?;
+                Ok((sessions, devices, keys))
+            })
             .await?;
-        self.store.clear_password(user.id).await?;
-        let sessions = self.store.delete_user_sessions(user.id, None).await?;
-        let devices = self.store.delete_user_trusted_devices(user.id).await?;
-        let keys = self.store.revoke_user_api_keys(user.id, now).await?;
         self.audit(
             Audit::event("not_me_reported", "success")
                 .actor(&user.login)

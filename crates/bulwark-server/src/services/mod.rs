@@ -154,6 +154,38 @@ impl App {
     }
 }
 
+impl App {
+    /// Runs the steps of an action that changes a user's access in several statements. When
+    /// one fails, the steps before it may have taken effect (an account disabled whose
+    /// sessions could not be ended), so the attempt is audited as `stopped` (an event with
+    /// outcome `failure`) with a detail saying where it stopped and why, and the error is
+    /// returned. On success the caller audits what was done.
+    pub(crate) async fn run_steps<T>(
+        &self,
+        stopped: Audit,
+        now: UnixTime,
+        steps: impl std::future::Future<Output = Result<T, ServiceError>>,
+    ) -> Result<T, ServiceError> {
+        match steps.await {
+            Ok(done) => Ok(done),
+            Err(e) => {
+                let why = match &e {
+                    ServiceError::Internal(_) => "an internal error".to_string(),
+                    other => other.to_string(),
+                };
+                self.audit(
+                    stopped.detail(format!(
+                        "stopped part-way ({why}): the steps before may have taken effect"
+                    )),
+                    now,
+                )
+                .await;
+                Err(e)
+            }
+        }
+    }
+}
+
 /// A short, stable browser name from a user agent ("Firefox on Linux"): shown in lists and
 /// used to bind trusted devices to the browser they were issued to.
 pub fn browser_name(ua: Option<&str>) -> String {

@@ -770,8 +770,16 @@ impl App {
         let user = &current.user;
         self.check_own_password(user, password, client, now).await?;
         let _forget = self.forget_on_exit(&user.login);
-        self.clear_second_factors(user).await?;
-        let token = self.restart_sessions(current, client, false, now).await?;
+        let stopped = Audit::event("totp_disabled", "failure")
+            .actor(&user.login)
+            .subject(&user.login)
+            .client(client);
+        let token = self
+            .run_steps(stopped, now, async {
+                self.clear_second_factors(user).await?;
+                self.restart_sessions(current, client, false, now).await
+            })
+            .await?;
         self.audit(
             Audit::event("totp_disabled", "success")
                 .actor(&user.login)
@@ -898,9 +906,17 @@ impl App {
         let now = self.now();
         let user = self.user_by_login(login).await?;
         let _forget = self.forget_on_exit(&user.login);
-        self.clear_second_factors(&user).await?;
-        self.store.delete_user_sessions(user.id, None).await?;
-        self.store.delete_throttle(&self.code_key(user.id)).await?;
+        let stopped = Audit::event("totp_reset_by_admin", "failure")
+            .actor(actor)
+            .subject(&user.login)
+            .client(client);
+        self.run_steps(stopped, now, async {
+            self.clear_second_factors(&user).await?;
+            self.store.delete_user_sessions(user.id, None).await?;
+            self.store.delete_throttle(&self.code_key(user.id)).await?;
+            Ok(())
+        })
+        .await?;
         self.audit(
             Audit::event("totp_reset_by_admin", "success")
                 .actor(actor)

@@ -142,19 +142,27 @@ impl App {
             self.refuse_last_admin(&user, "disable").await?;
         }
         let _forget = self.forget_on_exit(&user.login);
-        self.store.update_active(user.id, active).await?;
-        self.store.delete_user_sessions(user.id, None).await?;
-        if !active {
-            // Re-enabling later must not bring back browsers that skip the second step, nor
-            // keys that programs (or whoever copied them) still hold.
-            self.store.delete_user_trusted_devices(user.id).await?;
-            self.store.revoke_user_api_keys(user.id, now).await?;
-        }
         let event = if active {
             "user_enabled"
         } else {
             "user_disabled"
         };
+        let stopped = Audit::event(event, "failure")
+            .actor(actor)
+            .subject(&user.login)
+            .client(client);
+        self.run_steps(stopped, now, async {
+            self.store.update_active(user.id, active).await?;
+            self.store.delete_user_sessions(user.id, None).await?;
+            if !active {
+                // Re-enabling later must not bring back browsers that skip the second step,
+                // nor keys that programs (or whoever copied them) still hold.
+                self.store.delete_user_trusted_devices(user.id).await?;
+                self.store.revoke_user_api_keys(user.id, now).await?;
+            }
+            Ok(())
+        })
+        .await?;
         self.audit(
             Audit::event(event, "success")
                 .actor(actor)
@@ -220,8 +228,16 @@ impl App {
             return Err(ServiceError::PolicyRejected(violations));
         }
         let _forget = self.forget_on_exit(&user.login);
-        self.apply_new_password(&user, password, must_change, now)
-            .await?;
+        let stopped = Audit::event("password_set_by_admin", "failure")
+            .actor(actor)
+            .subject(&user.login)
+            .client(client);
+        self.run_steps(
+            stopped,
+            now,
+            self.apply_new_password(&user, password, must_change, now),
+        )
+        .await?;
         self.audit(
             Audit::event("password_set_by_admin", "success")
                 .actor(actor)

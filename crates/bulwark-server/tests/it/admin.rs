@@ -540,3 +540,68 @@ async fn every_admin_act_through_the_api_changes_state_and_is_audited() {
     assert_eq!(res.status, StatusCode::FORBIDDEN);
     assert!(user(&t, "carol").await.active);
 }
+
+/// Makes the database refuse to delete sessions from now on, as a failing disk or a broken
+/// replica would refuse a write half-way through an action.
+async fn refuse_session_deletes(t: &TestApp) {
+    if on_postgres() {
+        t.as_attacker(
+            "CREATE FUNCTION refuse_write() RETURNS trigger LANGUAGE plpgsql AS \
+             $$ BEGIN RAISE EXCEPTION 'refused'; END $$",
+        )
+        .await;
+        t.as_attacker(
+            "CREATE TRIGGER refuse_session_deletes BEFORE DELETE ON sessions \
+             FOR EACH ROW EXECUTE FUNCTION refuse_write()",
+        )
+        .await;
+    } else {
+        t.as_attacker(
+            "CREATE TRIGGER refuse_session_deletes BEFORE DELETE ON sessions \
+             BEGIN SELECT RAISE(ABORT, 'refused'); END",
+        )
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn an_action_stopped_half_way_is_audited_with_what_may_have_happened() {
+    let t = TestApp::new().await;
+    t.add_user("alice", PW, &["internal"]).await;
+    let b = t.browser();
+    b.login("alice", PW).await;
+    refuse_session_deletes(&t).await;
+    let client = bulwark_server::services::ClientInfo::cli();
+
+    // Disabling takes several statements: the account is disabled, then ending its
+    // sessions fails.
+    let err = t
+        .app
+        .set_user_active("alice", false, "root", &client)
+        .await
+        .unwrap_err();
+    let user = t.app.user_by_login("alice").await.unwrap();
+    assert!(!user.active, "the first step took effect");
+    let events = t.audit_events("user_disabled").await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    let event = &events[0];
+    assert_eq!(event.outcome, "failure");
+    assert_eq!(event.actor.as_deref(), Some("root"));
+    assert_eq!(event.subject.as_deref(), Some("alice"));
+    let detail = event.detail.as_deref().unwrap_or("");
+    assert!(
+        detail.starts_with("stopped part-way (") && detail.contains("may have taken effect"),
+        "{detail} ({err})"
+    );
+    // No internals in the detail.
+    assert!(!detail.contains("refused"), "{detail}");
+
+    // The same for a two-factor reset by an administrator.
+    t.app
+        .admin_reset_two_factor("alice", "root", &client)
+        .await
+        .unwrap_err();
+    let events = t.audit_events("totp_reset_by_admin").await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].outcome, "failure");
+}

@@ -505,7 +505,8 @@ async fn a_disable_that_fails_half_way_still_drops_the_cached_key_here() {
         .set_user_active("alice", false, "test", &ClientInfo::cli())
         .await
         .is_err());
-    // Nothing was audited, but the account is disabled: its cached key stops at once.
+    // Audited as a failure only (which no cache acts on), but the account is disabled: its
+    // cached key stops at once.
     assert_challenge(&bearer(&t, RPC, key).await, "owner disabled half-way");
 }
 
