@@ -750,13 +750,12 @@ impl App {
             .await;
             return Err(e);
         }
-        let _forget = self.forget_on_exit(&user.login);
         let stopped = Audit::event("password_change", "failure")
             .actor(&user.login)
             .subject(&user.login)
             .client(client);
         let token = self
-            .run_steps(stopped, now, async {
+            .run_steps(&user.login, stopped, now, async {
                 self.apply_new_password(user, new, false, now).await?;
                 // The new session keeps what this one proved.
                 self.start_session_at(
@@ -836,7 +835,6 @@ impl App {
         let info = self.inspect_link(TokenPurpose::NotMe, token).await?;
         let user = info.user.ok_or(ServiceError::InvalidLink)?;
         let now = self.now();
-        let _forget = self.forget_on_exit(&user.login);
         self.store
             .consume_one_time_token(TokenPurpose::NotMe, &TokenHash::of(token), now)
             .await?
@@ -846,7 +844,7 @@ impl App {
             .subject(&user.login)
             .client(client);
         let (sessions, devices, keys) = self
-            .run_steps(stopped, now, async {
+            .run_steps(&user.login, stopped, now, async {
                 self.store
                     .revoke_user_tokens(user.id, TokenPurpose::NotMe, now)
                     .await?;

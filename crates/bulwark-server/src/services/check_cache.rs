@@ -218,9 +218,9 @@ pub fn changes_access(event: &str, outcome: &str) -> bool {
 }
 
 /// Drops a user's cached sessions and keys when it goes out of scope, whatever the outcome:
-/// an action of several statements that fails half-way audits nothing, yet what it did
-/// before failing must not keep passing from this process's caches (see
-/// [`App::forget_on_exit`]).
+/// an action of several statements that fails or is dropped half-way audits no success
+/// (which is what drops cached entries), yet what it did before must not keep passing from
+/// this process's caches (held by [`App::run_steps`]).
 pub(crate) struct ForgetOnExit<'a> {
     app: &'a App,
     login: &'a str,

@@ -155,17 +155,21 @@ impl App {
 }
 
 impl App {
-    /// Runs the steps of an action that changes a user's access in several statements. When
+    /// Runs the steps of an action that changes `login`'s access in several statements. When
     /// one fails, the steps before it may have taken effect (an account disabled whose
     /// sessions could not be ended), so the attempt is audited as `stopped` (an event with
     /// outcome `failure`) with a detail saying where it stopped and why, and the error is
-    /// returned. On success the caller audits what was done.
+    /// returned. On success the caller audits what was done. Either way, and also when this
+    /// future is dropped half-way, the user's cached sessions and keys are dropped here
+    /// ([`check_cache::ForgetOnExit`]).
     pub(crate) async fn run_steps<T>(
         &self,
+        login: &str,
         stopped: Audit,
         now: UnixTime,
         steps: impl std::future::Future<Output = Result<T, ServiceError>>,
     ) -> Result<T, ServiceError> {
+        let _forget = self.forget_on_exit(login);
         match steps.await {
             Ok(done) => Ok(done),
             Err(e) => {

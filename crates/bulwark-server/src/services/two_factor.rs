@@ -769,13 +769,12 @@ impl App {
         let now = self.now();
         let user = &current.user;
         self.check_own_password(user, password, client, now).await?;
-        let _forget = self.forget_on_exit(&user.login);
         let stopped = Audit::event("totp_disabled", "failure")
             .actor(&user.login)
             .subject(&user.login)
             .client(client);
         let token = self
-            .run_steps(stopped, now, async {
+            .run_steps(&user.login, stopped, now, async {
                 self.clear_second_factors(user).await?;
                 self.restart_sessions(current, client, false, now).await
             })
@@ -905,12 +904,11 @@ impl App {
     ) -> Result<(), ServiceError> {
         let now = self.now();
         let user = self.user_by_login(login).await?;
-        let _forget = self.forget_on_exit(&user.login);
         let stopped = Audit::event("totp_reset_by_admin", "failure")
             .actor(actor)
             .subject(&user.login)
             .client(client);
-        self.run_steps(stopped, now, async {
+        self.run_steps(&user.login, stopped, now, async {
             self.clear_second_factors(&user).await?;
             self.store.delete_user_sessions(user.id, None).await?;
             self.store.delete_throttle(&self.code_key(user.id)).await?;

@@ -141,7 +141,6 @@ impl App {
         if !active {
             self.refuse_last_admin(&user, "disable").await?;
         }
-        let _forget = self.forget_on_exit(&user.login);
         let event = if active {
             "user_enabled"
         } else {
@@ -151,7 +150,7 @@ impl App {
             .actor(actor)
             .subject(&user.login)
             .client(client);
-        self.run_steps(stopped, now, async {
+        self.run_steps(&user.login, stopped, now, async {
             self.store.update_active(user.id, active).await?;
             self.store.delete_user_sessions(user.id, None).await?;
             if !active {
@@ -227,12 +226,12 @@ impl App {
         if !violations.is_empty() {
             return Err(ServiceError::PolicyRejected(violations));
         }
-        let _forget = self.forget_on_exit(&user.login);
         let stopped = Audit::event("password_set_by_admin", "failure")
             .actor(actor)
             .subject(&user.login)
             .client(client);
         self.run_steps(
+            &user.login,
             stopped,
             now,
             self.apply_new_password(&user, password, must_change, now),
