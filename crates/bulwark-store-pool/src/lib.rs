@@ -4,7 +4,7 @@
 //! sqlx's own pool pings every connection given back to it: one more round trip after every
 //! statement, to the SQLite connection's worker thread or to the PostgreSQL server. A login
 //! paid it six times over (bench_login on SQLite: 48–59 thread switches per login with sqlx's
-//! pool, 31–33 with this one; on PostgreSQL 34–37 against 25–27). The ping exists for three
+//! pool, 31–33 with this one; on PostgreSQL 36–37 against 22–23). The ping exists for three
 //! things, each handled here without it:
 //!
 //! - **Work left queued.** A transaction dropped unfinished queues its rollback. SQLite's
@@ -32,6 +32,11 @@ use sqlx::{ConnectOptions, Connection, Database, Describe, Execute, Executor, Tr
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// How long the stores keep an idle connection unused (`Settings::idle_timeout`): after a
+/// burst, the connections no longer needed go (on SQLite, each with a page cache of up to
+/// 2 MiB), the one in use stays.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// How a pool behaves.
 #[derive(Debug, Clone, Copy)]

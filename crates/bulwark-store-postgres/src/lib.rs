@@ -22,7 +22,7 @@ use bulwark_core::password::hash::PasswordHash;
 use bulwark_core::token::TokenHash;
 use bulwark_core::UnixTime;
 use bulwark_store::*;
-use bulwark_store_pool::{Connections, Settings};
+use bulwark_store_pool::{Connections, Settings, IDLE_TIMEOUT};
 use sqlx::postgres::{PgConnectOptions, PgRow, Postgres};
 use sqlx::{Connection, PgConnection, Row};
 use std::str::FromStr;
@@ -62,8 +62,6 @@ impl Default for PoolSettings {
 /// A pooled connection idle this long is pinged before it is lent: a busy pool's are not
 /// (a ping is a round trip to the server before every statement).
 const PING_AFTER_IDLE: Duration = Duration::from_secs(1);
-/// Idle connections unused this long are closed (but for one).
-const IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// A Bulwark store on a PostgreSQL database.
 #[derive(Clone, Debug)]

@@ -8,7 +8,7 @@ use bulwark_core::password::hash::PasswordHash;
 use bulwark_core::token::TokenHash;
 use bulwark_core::UnixTime;
 use bulwark_store::*;
-use bulwark_store_pool::{Connections, Settings};
+use bulwark_store_pool::{Connections, Settings, IDLE_TIMEOUT};
 use sqlx::sqlite::{
     Sqlite, SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
@@ -22,9 +22,6 @@ use std::time::Duration;
 mod bulk;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
-
-/// Idle connections unused this long are closed (but for one).
-const IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// A Bulwark store on one SQLite database file.
 #[derive(Clone, Debug)]
@@ -69,8 +66,6 @@ impl SqliteStore {
                 acquire_timeout,
                 // A local file does not go stale.
                 ping_after_idle: None,
-                // After a burst, the page caches (up to 2 MiB each) of connections no longer
-                // needed are given back.
                 idle_timeout: Some(IDLE_TIMEOUT),
                 // The one failure that outlives a statement.
                 broken: |e| matches!(e, sqlx::Error::WorkerCrashed),
