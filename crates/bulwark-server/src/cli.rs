@@ -1316,6 +1316,9 @@ async fn check_keys_open_secrets(app: &App) -> Result<(), CliError> {
     )))
 }
 
+/// How long a stopping server waits for the actions of clients that went away.
+const EXIT_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 async fn serve(config: Config) -> Result<ExitCode, CliError> {
     let listen = config.server.listen;
     let app = build_app(config).await?;
@@ -1353,6 +1356,7 @@ async fn serve(config: Config) -> Result<ExitCode, CliError> {
     }
     let _ = std::io::stdout().flush();
     let router = crate::web::router(app);
+    let unfinished = router.unfinished();
     axum::serve(
         listener,
         router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
@@ -1360,6 +1364,13 @@ async fn serve(config: Config) -> Result<ExitCode, CliError> {
     .with_graceful_shutdown(shutdown_signal())
     .await
     .map_err(|e| CliError::Message(format!("server error: {e}")))?;
+    // Actions whose clients went away are not answered, but finish before the exit.
+    if !unfinished.wait(EXIT_WAIT).await {
+        tracing::warn!(
+            "stopping with requests still running after {} s",
+            EXIT_WAIT.as_secs()
+        );
+    }
     if let Err(e) = flush_at_exit.flush_api_key_usage().await {
         tracing::warn!(error = %e, "cannot write API key last-use times at exit");
     }

@@ -29,9 +29,11 @@ use tracing::Instrument;
 /// Bulwark's web service, ready to serve: the full router with every middleware, with the
 /// gateway's two check endpoints answered before it.
 pub fn router(app: App) -> Web {
+    let unfinished = Unfinished::default();
     Web {
-        router: routes(app.clone()),
+        router: routes(app.clone(), unfinished.clone()),
         app,
+        unfinished,
     }
 }
 
@@ -47,6 +49,7 @@ pub fn router(app: App) -> Web {
 pub struct Web {
     app: App,
     router: Router,
+    unfinished: Unfinished,
 }
 
 impl std::fmt::Debug for Web {
@@ -56,6 +59,11 @@ impl std::fmt::Debug for Web {
 }
 
 impl Web {
+    /// The requests still running to their end (see [`Unfinished`]), to wait for at exit.
+    pub fn unfinished(&self) -> Unfinished {
+        self.unfinished.clone()
+    }
+
     /// For `axum::serve`, with the peer's address in each request (`ConnectInfo`).
     pub fn into_make_service_with_connect_info<C>(
         self,
@@ -94,7 +102,7 @@ impl tower::Service<Request> for Web {
 }
 
 /// Every route with every middleware.
-fn routes(app: App) -> Router {
+fn routes(app: App, unfinished: Unfinished) -> Router {
     let limit = app.config.server.max_body_bytes;
     let csp = content_security_policy(&app);
     Router::new()
@@ -190,6 +198,7 @@ fn routes(app: App) -> Router {
             security_headers,
         ))
         .layer(middleware::from_fn(request_log))
+        .layer(middleware::from_fn_with_state(unfinished, run_to_the_end))
         .merge(gateway_routes())
         .with_state(app)
 }
@@ -307,9 +316,62 @@ async fn request_log(req: Request, next: Next) -> Response {
     .await
 }
 
+/// A request that may change something runs to its end even if its client goes away.
+///
+/// When a connection closes, the server drops the request's future wherever it waits: an
+/// action of several statements would stop between two of them, with nothing audited and
+/// no mail sent. A "this wasn't me" link would be used up with the password removed but the
+/// sessions and API keys kept; an account disabled with its keys still valid. So every
+/// request but a `GET`, `HEAD` or `OPTIONS` runs as a task of its own that the closing
+/// connection does not stop; those three only read, and a long read (an export) should stop
+/// when nobody is there to receive it. A log line is written for the request either way.
+async fn run_to_the_end(
+    State(unfinished): State<Unfinished>,
+    req: Request,
+    next: Next,
+) -> Response {
+    use axum::http::Method;
+    if matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
+        return next.run(req).await;
+    }
+    // Not taken only once the server is stopping and waits for the requests (no new ones
+    // come then).
+    let running = unfinished.0.clone().try_read_owned().ok();
+    let task = async move {
+        let response = next.run(req).await;
+        drop(running);
+        response
+    };
+    match tokio::spawn(task).await {
+        Ok(response) => response,
+        Err(e) => {
+            tracing::error!(error = %e, "request task failed");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
+}
+
+/// The requests that run to their end whatever their clients do ([`run_to_the_end`]): each
+/// holds a share of the lock while it runs; a server stopping takes the whole lock before
+/// it exits, so that an action whose client went away is not cut short by the exit either.
+#[derive(Clone, Default)]
+pub struct Unfinished(std::sync::Arc<tokio::sync::RwLock<()>>);
+
+impl Unfinished {
+    /// Waits until every request that must run to its end has ended, at most `limit`;
+    /// `false` if some had not by then.
+    pub async fn wait(&self, limit: std::time::Duration) -> bool {
+        tokio::time::timeout(limit, self.0.write()).await.is_ok()
+    }
+}
+
+/// The paths whose last part is a mailed link's token: whoever reads one in a log could
+/// use the link (a "this wasn't me" link removes the password and hands out a reset link).
+const LINK_PATHS: [&str; 4] = ["/password/reset/", "/invite/", "/not-me/", "/setup/"];
+
 /// Paths that embed a token are logged with the token replaced.
 fn log_path(path: &str) -> String {
-    for prefix in ["/password/reset/", "/invite/", "/setup/"] {
+    for prefix in LINK_PATHS {
         if path.starts_with(prefix) {
             return format!("{prefix}<token>");
         }
@@ -322,4 +384,83 @@ fn request_id() -> String {
     let mut b = [0u8; 8];
     rand::rngs::OsRng.fill_bytes(&mut b);
     bulwark_core::hex(&b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+    use tokio::sync::Notify;
+    use tower::ServiceExt;
+
+    /// An action in two steps: `started` after the first, then it waits for `go`; `done`
+    /// once the second is taken.
+    struct TwoSteps {
+        started: Arc<Notify>,
+        go: Arc<Notify>,
+        done: Arc<AtomicBool>,
+    }
+
+    fn two_steps(unfinished: Unfinished) -> (Router, TwoSteps) {
+        let steps = TwoSteps {
+            started: Arc::new(Notify::new()),
+            go: Arc::new(Notify::new()),
+            done: Arc::new(AtomicBool::new(false)),
+        };
+        let (started, go, done) = (steps.started.clone(), steps.go.clone(), steps.done.clone());
+        let action = move || async move {
+            started.notify_one();
+            go.notified().await;
+            done.store(true, Ordering::SeqCst);
+            StatusCode::NO_CONTENT
+        };
+        let router = Router::new()
+            .route("/action", get(action.clone()).post(action))
+            .layer(middleware::from_fn_with_state(unfinished, run_to_the_end));
+        (router, steps)
+    }
+
+    fn request(method: &str) -> Request {
+        Request::builder()
+            .method(method)
+            .uri("/action")
+            .body(axum::body::Body::empty())
+            .unwrap_or_default()
+    }
+
+    #[tokio::test]
+    async fn a_post_whose_caller_goes_away_runs_to_its_end_and_the_exit_waits_for_it() {
+        let unfinished = Unfinished::default();
+        let (router, steps) = two_steps(unfinished.clone());
+        let call = tokio::spawn(router.oneshot(request("POST")));
+        steps.started.notified().await;
+        // The connection closes: the server drops the request's future.
+        call.abort();
+        assert!(
+            !unfinished.wait(Duration::from_millis(50)).await,
+            "the action is still running"
+        );
+        steps.go.notify_one();
+        assert!(unfinished.wait(Duration::from_secs(10)).await);
+        assert!(
+            steps.done.load(Ordering::SeqCst),
+            "the second step was taken"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_get_stops_with_its_caller() {
+        let unfinished = Unfinished::default();
+        let (router, steps) = two_steps(unfinished.clone());
+        let call = tokio::spawn(router.oneshot(request("GET")));
+        steps.started.notified().await;
+        call.abort();
+        assert!(call.await.is_err_and(|e| e.is_cancelled()));
+        steps.go.notify_one();
+        tokio::task::yield_now().await;
+        assert!(unfinished.wait(Duration::from_millis(50)).await);
+        assert!(!steps.done.load(Ordering::SeqCst));
+    }
 }

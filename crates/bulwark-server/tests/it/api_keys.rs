@@ -153,7 +153,12 @@ fn input(name: &str, scopes: &[&str], expiry: ExpiryChoice) -> NewApiKeyInput {
 }
 
 /// A key made by an administrator at the command line.
-async fn cli_key(t: &TestApp, login: &str, name: &str, scopes: &[&str]) -> CreatedApiKey {
+pub(crate) async fn cli_key(
+    t: &TestApp,
+    login: &str,
+    name: &str,
+    scopes: &[&str],
+) -> CreatedApiKey {
     t.app
         .create_api_key(
             KeyActor::Cli,

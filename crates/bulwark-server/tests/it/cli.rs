@@ -708,7 +708,15 @@ fn lockout_via_cli_unlock() {
 
 /// The reset link in an `.eml` of the outbox whose subject is "Reset your password".
 fn wait_for_reset_link(outbox: &Path, base: &str) -> String {
-    let prefix = format!("{base}/password/reset/");
+    wait_for_link(
+        outbox,
+        "Subject: Reset your password",
+        &format!("{base}/password/reset/"),
+    )
+}
+
+/// The token of the link starting with `prefix` in the first mail with `subject`.
+fn wait_for_link(outbox: &Path, subject: &str, prefix: &str) -> String {
     let started = Instant::now();
     loop {
         let mails = std::fs::read_dir(outbox)
@@ -721,7 +729,7 @@ fn wait_for_reset_link(outbox: &Path, base: &str) -> String {
             })
             .unwrap_or_default();
         for mail in mails {
-            if !mail.contains("Subject: Reset your password") {
+            if !mail.contains(subject) {
                 continue;
             }
             // Undo quoted-printable soft line breaks and `=` escapes.
@@ -730,8 +738,8 @@ fn wait_for_reset_link(outbox: &Path, base: &str) -> String {
                 .replace("=\n", "")
                 .replace("=3D", "=");
             let start = text
-                .find(&prefix)
-                .unwrap_or_else(|| panic!("no reset link in:\n{mail}"))
+                .find(prefix)
+                .unwrap_or_else(|| panic!("no {prefix} link in:\n{mail}"))
                 + prefix.len();
             let token: String = text[start..]
                 .chars()
@@ -742,7 +750,7 @@ fn wait_for_reset_link(outbox: &Path, base: &str) -> String {
         }
         assert!(
             started.elapsed() < DEADLINE,
-            "no reset mail in {} within {DEADLINE:?}",
+            "no {subject:?} mail in {} within {DEADLINE:?}",
             outbox.display()
         );
         std::thread::sleep(Duration::from_millis(100));
@@ -843,7 +851,15 @@ fn logs_never_contain_secrets() {
     );
     assert_eq!(res.status, 200, "{res:#?}");
     assert!(res.body.contains("If an account matches"), "{}", res.body);
-    let reset_token = wait_for_reset_link(&data_dir(root).join("outbox"), &base);
+    let outbox = data_dir(root).join("outbox");
+    // The password change mailed a "this wasn't me" link: opening it changes nothing.
+    let not_me_token = wait_for_link(
+        &outbox,
+        "Subject: Your password was changed",
+        &format!("{base}/not-me/"),
+    );
+    assert_eq!(anon.get(&format!("/not-me/{not_me_token}")).status, 200);
+    let reset_token = wait_for_reset_link(&outbox, &base);
     let res = anon.get(&format!("/password/reset/{reset_token}"));
     assert_eq!(res.status, 303, "{res:#?}");
     assert_eq!(res.location(), "/password/set");
@@ -880,6 +896,7 @@ fn logs_never_contain_secrets() {
         "path=/password/forgot",
         "path=/setup/<token>",
         "path=/password/reset/<token>",
+        "path=/not-me/<token>",
         "status=303",
         "status=401",
     ] {
@@ -893,6 +910,7 @@ fn logs_never_contain_secrets() {
         ("reset password", reset.into()),
         ("setup token", setup_token),
         ("reset token", reset_token),
+        ("this-wasn't-me token", not_me_token),
     ];
     for browser in [&b, &anon] {
         for name in ["bulwark_session", "bulwark_csrf", "bulwark_link"] {

@@ -162,3 +162,93 @@ async fn the_password_changed_mail_carries_the_link_and_a_lock_is_mailed() {
             .await;
     }
 }
+
+/// Makes ending a session slow (about a second a row): the statement is still running when
+/// the test lets go of the request.
+async fn slow_session_deletes(t: &TestApp) {
+    if on_postgres() {
+        t.as_attacker(
+            "CREATE FUNCTION slow_delete() RETURNS trigger LANGUAGE plpgsql AS \
+             $$ BEGIN PERFORM pg_sleep(1); RETURN OLD; END $$",
+        )
+        .await;
+        t.as_attacker(
+            "CREATE TRIGGER slow_session_deletes BEFORE DELETE ON sessions \
+             FOR EACH ROW EXECUTE FUNCTION slow_delete()",
+        )
+        .await;
+    } else {
+        // SQLite cannot sleep in a statement: the trigger counts to a million instead.
+        t.as_attacker(
+            "CREATE TRIGGER slow_session_deletes BEFORE DELETE ON sessions BEGIN \
+             SELECT count(*) FROM (WITH RECURSIVE n(x) AS \
+             (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 1000000) SELECT x FROM n); END",
+        )
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn securing_the_account_goes_on_when_the_owner_s_connection_drops() {
+    use tokio::io::AsyncWriteExt;
+    let t = TestApp::new().await;
+    let alice = t.add_user("alice", PW, &["internal"]).await;
+    assert_eq!(
+        t.browser_from("192.0.2.10").login("alice", PW).await.status,
+        StatusCode::SEE_OTHER
+    );
+    let thief = t.browser_from("203.0.113.66");
+    assert_eq!(thief.login("alice", PW).await.status, StatusCode::SEE_OTHER);
+    crate::api_keys::cli_key(&t, "alice", "stolen", &["gateway"]).await;
+    t.wait_for_queued_mail(1).await;
+    let mail = t
+        .mails()
+        .await
+        .into_iter()
+        .find(|m| m.subject == "New login to your account")
+        .expect("new-device mail");
+    let link = mail.link(&format!("{BASE}/not-me/")).expect("not-me link");
+    let path = link.trim_start_matches(BASE).to_string();
+    slow_session_deletes(&t).await;
+
+    // The owner confirms over a real connection (a phone on a train), which drops while the
+    // sessions are being ended: the password is gone by then, the API key not yet.
+    let owner = t.browser_from("198.51.100.5");
+    let form = encode_form(&[("csrf_token", &owner.csrf().await)]);
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: {}\r\n\
+         Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{form}",
+        owner.cookie_header().expect("the CSRF cookie"),
+        form.len()
+    );
+    let addr = t.serve_on_loopback().await;
+    let mut connection = tokio::net::TcpStream::connect(addr).await.unwrap();
+    connection.write_all(request.as_bytes()).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while t.store.get_user(alice.id).await.unwrap().has_password {
+        assert!(std::time::Instant::now() < deadline, "the password stayed");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    drop(connection);
+
+    // Every step is still taken, and audited.
+    while t.audit_events("not_me_reported").await.is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "securing the account stopped with the connection"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let events = t.audit_events("not_me_reported").await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].outcome, "success", "{events:?}");
+    assert!(t
+        .store
+        .list_user_sessions(alice.id)
+        .await
+        .unwrap()
+        .is_empty());
+    let keys = t.store.list_user_api_keys(alice.id).await.unwrap();
+    assert!(keys.iter().all(|k| k.revoked_at.is_some()), "{keys:?}");
+    assert!(thief.get("/account").await.location().starts_with("/login"));
+}

@@ -210,6 +210,18 @@ impl TestApp {
         }
     }
 
+    /// Serves the app on a loopback port, as `bulwark serve` does, until the test ends.
+    pub async fn serve_on_loopback(&self) -> SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let service = self
+            .router
+            .clone()
+            .into_make_service_with_connect_info::<SocketAddr>();
+        tokio::spawn(async move { axum::serve(listener, service).await.unwrap() });
+        addr
+    }
+
     pub fn browser(&self) -> Browser {
         self.browser_from("192.0.2.10")
     }
@@ -385,6 +397,17 @@ impl Browser {
         self.jar.lock().unwrap().insert(name.into(), value.into());
     }
 
+    /// The `Cookie` header this browser sends, if it holds any cookie.
+    pub fn cookie_header(&self) -> Option<String> {
+        let jar = self.jar.lock().unwrap();
+        (!jar.is_empty()).then(|| {
+            jar.iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        })
+    }
+
     pub fn clear_cookies(&self) {
         self.jar.lock().unwrap().clear();
     }
@@ -400,15 +423,8 @@ impl Browser {
             .method(method)
             .uri(path)
             .header(header::USER_AGENT, self.user_agent);
-        let cookies: Vec<String> = self
-            .jar
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect();
-        if !cookies.is_empty() {
-            req = req.header(header::COOKIE, cookies.join("; "));
+        if let Some(cookies) = self.cookie_header() {
+            req = req.header(header::COOKIE, cookies);
         }
         if let Some(ct) = content_type {
             req = req.header(header::CONTENT_TYPE, ct);
