@@ -459,6 +459,7 @@ async fn open_store(config: &Config) -> Result<Arc<dyn Store>, CliError> {
         let settings = PoolSettings {
             max_connections: db.max_connections,
             acquire_timeout,
+            ..PoolSettings::default()
         };
         let store = PgStore::connect_with(options, settings).await?;
         return Ok(Arc::new(store));

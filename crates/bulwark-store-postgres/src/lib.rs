@@ -48,6 +48,16 @@ pub struct PoolSettings {
     pub max_connections: u32,
     /// How long a request waits for a connection before the store answers `Unavailable`.
     pub acquire_timeout: Duration,
+    /// How long the server lets one of the pool's connections sit in a transaction without a
+    /// statement before it ends the connection (`idle_in_transaction_session_timeout`).
+    ///
+    /// Bulwark's transactions send their statements one after the other, with nothing to wait
+    /// for in between. A transaction left open by a bug (a cancelled request, say: see the
+    /// pool's cancelled-begin fix) would otherwise hold its locks until its connection's next
+    /// use, or for ever: the audit chain's advisory lock among them, which every node's
+    /// audited action waits for. The server ends it instead, and the pool replaces the
+    /// connection.
+    pub idle_in_transaction_timeout: Duration,
 }
 
 impl Default for PoolSettings {
@@ -55,6 +65,7 @@ impl Default for PoolSettings {
         Self {
             max_connections: 8,
             acquire_timeout: Duration::from_secs(5),
+            idle_in_transaction_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -95,11 +106,18 @@ impl PgStore {
         settings: PoolSettings,
     ) -> StoreResult<Self> {
         let options = options.application_name("bulwark");
+        // The migration's connection (`options`) is not the pool's: a migration may take
+        // its time between statements.
+        let timeout = settings.idle_in_transaction_timeout.as_millis().max(1);
+        let pooled = options.clone().options([(
+            "idle_in_transaction_session_timeout",
+            format!("{timeout}ms"),
+        )]);
         // A connection idle for a while may have been broken by a database restart: it is
         // pinged, and replaced if that fails, before use. One broken under load fails its
         // statement and is closed, not given back.
         let pool = Connections::open(
-            options.clone(),
+            pooled,
             Settings {
                 max_connections: settings.max_connections,
                 acquire_timeout: settings.acquire_timeout,
@@ -159,10 +177,16 @@ async fn applied_version(conn: &mut PgConnection) -> StoreResult<Option<i64>> {
 }
 
 /// SQLSTATEs that mean "the database cannot serve right now", not "this query is wrong":
-/// class 08 (connection exception), the server shutting down or starting up, and too many
-/// connections.
+/// class 08 (connection exception), the server shutting down or starting up, too many
+/// connections, and the server ending a connection that sat idle in a transaction (25P03,
+/// see [`PoolSettings::idle_in_transaction_timeout`]) or idle at all (57P05, a server's
+/// `idle_session_timeout`).
 fn unavailable_code(code: &str) -> bool {
-    code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03" | "53300")
+    code.starts_with("08")
+        || matches!(
+            code,
+            "57P01" | "57P02" | "57P03" | "57P05" | "53300" | "25P03"
+        )
 }
 
 fn map_err(e: sqlx::Error) -> StoreError {
@@ -2093,5 +2117,61 @@ impl Store for PgStore {
             .await
             .map_err(map_err)?;
         Ok(())
+    }
+}
+
+#[cfg(all(test, feature = "testing"))]
+#[allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_transaction_left_open_is_ended_by_the_server_and_frees_the_audit_lock() {
+        let url = testing::fresh_database_url().await;
+        let settings = PoolSettings {
+            idle_in_transaction_timeout: Duration::from_millis(500),
+            ..PoolSettings::default()
+        };
+        let store = PgStore::connect(&url, settings).await.unwrap();
+        store.migrate().await.unwrap();
+        // A bug leaves a transaction open on one of the pool's connections, holding the
+        // audit chain's lock.
+        let mut leaked = store.pool.acquire().await.unwrap();
+        sqlx::raw_sql(&format!(
+            "BEGIN; SELECT pg_advisory_xact_lock({AUDIT_LOCK})"
+        ))
+        .execute(leaked.connection().unwrap())
+        .await
+        .unwrap();
+
+        // Another node's audited action waits for the lock only until the server ends the
+        // abandoned transaction.
+        let other = PgStore::connect(&url, PoolSettings::default())
+            .await
+            .unwrap();
+        let event = NewAuditEvent {
+            at: 1_700_000_000,
+            actor: Some("cli".into()),
+            subject: Some("alice".into()),
+            event: "user_disabled".into(),
+            outcome: "success".into(),
+            detail: None,
+            ip: None,
+            user_agent: None,
+        };
+        let appended = tokio::time::timeout(Duration::from_secs(20), other.append_audit(&event))
+            .await
+            .expect("the audit append still waits for the abandoned lock");
+        appended.unwrap();
+
+        // The abandoned connection is gone, and a use of it says so.
+        let err = sqlx::query("SELECT 1")
+            .execute(leaked.connection().unwrap())
+            .await
+            .unwrap_err();
+        assert!(connection_lost(&err), "{err}");
+        drop(leaked);
+        // The store goes on with a new connection.
+        store.append_audit(&event).await.unwrap();
     }
 }

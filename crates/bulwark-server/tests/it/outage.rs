@@ -44,6 +44,7 @@ async fn app_behind_relay() -> (TestApp, CuttableRelay) {
         PoolSettings {
             max_connections: 4,
             acquire_timeout: Duration::from_secs(1),
+            ..PoolSettings::default()
         },
     )
     .await
