@@ -251,10 +251,10 @@ impl<DB: Database> Conn<DB> {
     }
 
     /// Starts a transaction with the given statement (on SQLite `BEGIN IMMEDIATE`: take the
-    /// write lock first).
+    /// write lock first; on PostgreSQL `BEGIN; SET LOCAL …`).
     pub async fn begin_with(
         &mut self,
-        statement: &'static str,
+        statement: impl Into<std::borrow::Cow<'static, str>>,
     ) -> Result<Transaction<'_, DB>, sqlx::Error> {
         let Conn {
             conn, broken, home, ..

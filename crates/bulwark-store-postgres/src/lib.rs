@@ -22,7 +22,7 @@ use bulwark_core::password::hash::PasswordHash;
 use bulwark_core::token::TokenHash;
 use bulwark_core::UnixTime;
 use bulwark_store::*;
-use bulwark_store_pool::{Connections, Settings, IDLE_TIMEOUT};
+use bulwark_store_pool::{Conn, Connections, Settings, IDLE_TIMEOUT};
 use sqlx::postgres::{PgConnectOptions, PgRow, Postgres};
 use sqlx::{Connection, PgConnection, Row};
 use std::str::FromStr;
@@ -48,15 +48,17 @@ pub struct PoolSettings {
     pub max_connections: u32,
     /// How long a request waits for a connection before the store answers `Unavailable`.
     pub acquire_timeout: Duration,
-    /// How long the server lets one of the pool's connections sit in a transaction without a
-    /// statement before it ends the connection (`idle_in_transaction_session_timeout`).
+    /// How long the server lets one of the store's transactions sit without a statement
+    /// before it ends it with its connection (`SET LOCAL idle_in_transaction_session_timeout`
+    /// in each transaction's `BEGIN`; zero leaves the server's setting alone).
     ///
     /// Bulwark's transactions send their statements one after the other, with nothing to wait
     /// for in between. A transaction left open by a bug (a cancelled request, say: see the
     /// pool's cancelled-begin fix) would otherwise hold its locks until its connection's next
     /// use, or for ever: the audit chain's advisory lock among them, which every node's
     /// audited action waits for. The server ends it instead, and the pool replaces the
-    /// connection.
+    /// connection. Set per transaction, not per connection, it needs no startup option (which
+    /// connection poolers may refuse) and leaves any other session of the role as it is.
     pub idle_in_transaction_timeout: Duration,
 }
 
@@ -80,6 +82,8 @@ pub struct PgStore {
     pool: Connections<Postgres>,
     /// For the migration lock's own connection.
     options: PgConnectOptions,
+    /// What starts a transaction (see [`PoolSettings::idle_in_transaction_timeout`]).
+    begin: String,
     /// The audit chain's head as this store last wrote it (see `AuditHead`).
     audit_head: std::sync::Arc<AuditHead>,
 }
@@ -106,18 +110,11 @@ impl PgStore {
         settings: PoolSettings,
     ) -> StoreResult<Self> {
         let options = options.application_name("bulwark");
-        // The migration's connection (`options`) is not the pool's: a migration may take
-        // its time between statements.
-        let timeout = settings.idle_in_transaction_timeout.as_millis().max(1);
-        let pooled = options.clone().options([(
-            "idle_in_transaction_session_timeout",
-            format!("{timeout}ms"),
-        )]);
         // A connection idle for a while may have been broken by a database restart: it is
         // pinged, and replaced if that fails, before use. One broken under load fails its
         // statement and is closed, not given back.
         let pool = Connections::open(
-            pooled,
+            options.clone(),
             Settings {
                 max_connections: settings.max_connections,
                 acquire_timeout: settings.acquire_timeout,
@@ -128,11 +125,24 @@ impl PgStore {
         )
         .await
         .map_err(map_err)?;
+        let begin = match settings.idle_in_transaction_timeout.as_millis() {
+            0 => "BEGIN".to_string(),
+            ms => format!("BEGIN; SET LOCAL idle_in_transaction_session_timeout = {ms}"),
+        };
         Ok(Self {
             pool,
             options,
+            begin,
             audit_head: std::sync::Arc::default(),
         })
+    }
+
+    /// Starts a transaction on `conn` (see [`PoolSettings::idle_in_transaction_timeout`]).
+    async fn begin<'c>(
+        &self,
+        conn: &'c mut Conn<Postgres>,
+    ) -> StoreResult<sqlx::Transaction<'c, Postgres>> {
+        conn.begin_with(self.begin.clone()).await.map_err(map_err)
     }
 
     /// The migration versions this build knows, oldest first.
@@ -157,7 +167,7 @@ impl PgStore {
             sqlx::migrate::MigrateError::Execute(e) => map_err(e),
             other => StoreError::Backend(format!("migration failed: {other}")),
         })?;
-        seal_audit_backlog(&self.pool).await
+        seal_audit_backlog(self).await
     }
 }
 
@@ -384,7 +394,7 @@ fn like_pattern(search: &str) -> String {
 impl UserStore for PgStore {
     async fn insert_user(&self, user: &NewUser) -> StoreResult<UserRecord> {
         let mut conn = self.pool.acquire().await.map_err(map_err)?;
-        let mut tx = conn.begin().await.map_err(map_err)?;
+        let mut tx = self.begin(&mut conn).await?;
         let email = user.email.as_ref().map(|e| e.as_str().to_string());
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO users (login, email, email_lower, display_name, password_hash, password_changed_at, \
@@ -651,7 +661,7 @@ impl UserStore for PgStore {
 
     async fn update_groups(&self, id: UserId, groups: &[GroupName]) -> StoreResult<()> {
         let mut conn = self.pool.acquire().await.map_err(map_err)?;
-        let mut tx = conn.begin().await.map_err(map_err)?;
+        let mut tx = self.begin(&mut conn).await?;
         // The user's row lock serialises concurrent replacements of their groups.
         let exists: Option<i64> =
             sqlx::query_scalar("SELECT id FROM users WHERE id = $1 FOR UPDATE")
@@ -713,7 +723,7 @@ impl UserStore for PgStore {
 
     async fn update_password(&self, change: &PasswordChange) -> StoreResult<()> {
         let mut conn = self.pool.acquire().await.map_err(map_err)?;
-        let mut tx = conn.begin().await.map_err(map_err)?;
+        let mut tx = self.begin(&mut conn).await?;
         // Updating the user first takes its row lock: concurrent changes queue here.
         let r = sqlx::query(
             "UPDATE users SET password_hash = $1, password_changed_at = $2, must_change_password = $3 WHERE id = $4",
@@ -748,7 +758,7 @@ impl UserStore for PgStore {
 
     async fn rehash_password(&self, id: UserId, hash: &PasswordHash) -> StoreResult<()> {
         let mut conn = self.pool.acquire().await.map_err(map_err)?;
-        let mut tx = conn.begin().await.map_err(map_err)?;
+        let mut tx = self.begin(&mut conn).await?;
         let r = sqlx::query("UPDATE users SET password_hash = $1 WHERE id = $2")
             .bind(hash.as_str())
             .bind(id)
@@ -1139,10 +1149,10 @@ async fn chain_head(conn: &mut PgConnection) -> StoreResult<ChainHead> {
 }
 
 /// Seals events written before the chain existed (migration 0005) into it, in id order.
-async fn seal_audit_backlog(pool: &Connections<Postgres>) -> StoreResult<()> {
+async fn seal_audit_backlog(store: &PgStore) -> StoreResult<()> {
     loop {
-        let mut conn = pool.acquire().await.map_err(map_err)?;
-        let mut tx = conn.begin().await.map_err(map_err)?;
+        let mut conn = store.pool.acquire().await.map_err(map_err)?;
+        let mut tx = store.begin(&mut conn).await?;
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
             .bind(AUDIT_LOCK)
             .execute(&mut *tx)
@@ -1186,7 +1196,7 @@ impl PgStore {
     /// Appends `e` after the head of the chain, read under the audit lock.
     async fn append_audit_locked(&self, e: &NewAuditEvent) -> StoreResult<ChainHead> {
         let mut conn = self.pool.acquire().await.map_err(map_err)?;
-        let mut tx = conn.begin().await.map_err(map_err)?;
+        let mut tx = self.begin(&mut conn).await?;
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
             .bind(AUDIT_LOCK)
             .execute(&mut *tx)
@@ -1333,7 +1343,7 @@ impl AuditStore for PgStore {
 
     async fn prune_audit(&self, c: &AuditCheckpoint) -> StoreResult<u64> {
         let mut conn = self.pool.acquire().await.map_err(map_err)?;
-        let mut tx = conn.begin().await.map_err(map_err)?;
+        let mut tx = self.begin(&mut conn).await?;
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
             .bind(AUDIT_LOCK)
             .execute(&mut *tx)
@@ -1661,7 +1671,7 @@ impl TwoFactorStore for PgStore {
         at: UnixTime,
     ) -> StoreResult<()> {
         let mut conn = self.pool.acquire().await.map_err(map_err)?;
-        let mut tx = conn.begin().await.map_err(map_err)?;
+        let mut tx = self.begin(&mut conn).await?;
         sqlx::query("DELETE FROM recovery_codes WHERE user_id = $1")
             .bind(user)
             .execute(&mut *tx)
@@ -2012,7 +2022,7 @@ impl SettingsStore for PgStore {
 
     async fn seed_settings(&self, initial: &[(String, String)], at: UnixTime) -> StoreResult<bool> {
         let mut conn = self.pool.acquire().await.map_err(map_err)?;
-        let mut tx = conn.begin().await.map_err(map_err)?;
+        let mut tx = self.begin(&mut conn).await?;
         // A second node starting at the same moment waits here, then finds the settings stored.
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
             .bind(SETTINGS_LOCK)
@@ -2041,7 +2051,7 @@ impl SettingsStore for PgStore {
 
     async fn change_settings(&self, changes: &[SettingChange], at: UnixTime) -> StoreResult<bool> {
         let mut conn = self.pool.acquire().await.map_err(map_err)?;
-        let mut tx = conn.begin().await.map_err(map_err)?;
+        let mut tx = self.begin(&mut conn).await?;
         for c in changes {
             let done = match (&c.old, &c.new) {
                 (None, Some(new)) => sqlx::query(
@@ -2137,12 +2147,14 @@ mod tests {
         // A bug leaves a transaction open on one of the pool's connections, holding the
         // audit chain's lock.
         let mut leaked = store.pool.acquire().await.unwrap();
-        sqlx::raw_sql(&format!(
-            "BEGIN; SELECT pg_advisory_xact_lock({AUDIT_LOCK})"
-        ))
-        .execute(leaked.connection().unwrap())
-        .await
-        .unwrap();
+        let mut tx = store.begin(&mut leaked).await.unwrap();
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(AUDIT_LOCK)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        // Nothing rolls it back (as after the cancelled begins the pool now closes).
+        std::mem::forget(tx);
 
         // Another node's audited action waits for the lock only until the server ends the
         // abandoned transaction.

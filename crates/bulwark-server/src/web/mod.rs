@@ -325,6 +325,10 @@ async fn request_log(req: Request, next: Next) -> Response {
 /// request but a `GET`, `HEAD` or `OPTIONS` runs as a task of its own that the closing
 /// connection does not stop; those three only read, and a long read (an export) should stop
 /// when nobody is there to receive it. A log line is written for the request either way.
+///
+/// Such a request no longer ends with its connection, so open connections no longer bound
+/// how many run: [`Unfinished`] does, answering 503 with `Retry-After` beyond
+/// [`MAX_UNFINISHED`].
 async fn run_to_the_end(
     State(unfinished): State<Unfinished>,
     req: Request,
@@ -334,9 +338,21 @@ async fn run_to_the_end(
     if matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
         return next.run(req).await;
     }
-    // Not taken only once the server is stopping and waits for the requests (no new ones
-    // come then).
-    let running = unfinished.0.clone().try_read_owned().ok();
+    let busy = crate::services::ServiceError::Busy { retry_after: 1 };
+    let api = req.uri().path().starts_with("/api/");
+    let Ok(running) = unfinished.permits.clone().try_acquire_owned() else {
+        tracing::warn!(
+            method = %req.method(),
+            path = %log_path(req.uri().path()),
+            "too many requests running at once: answered 503"
+        );
+        return if api {
+            api::ApiError::from(busy).into_response()
+        } else {
+            PageError::from(busy).into_response()
+        };
+    };
+    let (method, path) = (req.method().clone(), log_path(req.uri().path()));
     let task = async move {
         let response = next.run(req).await;
         drop(running);
@@ -345,23 +361,46 @@ async fn run_to_the_end(
     match tokio::spawn(task).await {
         Ok(response) => response,
         Err(e) => {
-            tracing::error!(error = %e, "request task failed");
+            tracing::error!(%method, %path, error = %e, "request failed: its task stopped");
             StatusCode::INTERNAL_SERVER_ERROR.into_response()
         }
     }
 }
 
+/// How many requests [`run_to_the_end`] runs at once. Far above what a node answers in the
+/// time its clients wait (a login takes a hashing thread for tens of milliseconds; at most
+/// `passwords.max_queued` wait for one), it bounds the tasks of clients that send and go.
+pub const MAX_UNFINISHED: u32 = 4096;
+
 /// The requests that run to their end whatever their clients do ([`run_to_the_end`]): each
-/// holds a share of the lock while it runs; a server stopping takes the whole lock before
-/// it exits, so that an action whose client went away is not cut short by the exit either.
-#[derive(Clone, Default)]
-pub struct Unfinished(std::sync::Arc<tokio::sync::RwLock<()>>);
+/// holds a permit while it runs; a server stopping takes every permit before it exits, so
+/// that an action whose client went away is not cut short by the exit either.
+#[derive(Clone)]
+pub struct Unfinished {
+    permits: std::sync::Arc<tokio::sync::Semaphore>,
+    limit: u32,
+}
+
+impl Default for Unfinished {
+    fn default() -> Self {
+        Self::new(MAX_UNFINISHED)
+    }
+}
 
 impl Unfinished {
+    fn new(limit: u32) -> Self {
+        Self {
+            permits: std::sync::Arc::new(tokio::sync::Semaphore::new(limit as usize)),
+            limit,
+        }
+    }
+
     /// Waits until every request that must run to its end has ended, at most `limit`;
     /// `false` if some had not by then.
     pub async fn wait(&self, limit: std::time::Duration) -> bool {
-        tokio::time::timeout(limit, self.0.write()).await.is_ok()
+        tokio::time::timeout(limit, self.permits.acquire_many(self.limit))
+            .await
+            .is_ok_and(|all| all.is_ok())
     }
 }
 
@@ -404,6 +443,10 @@ mod tests {
     }
 
     fn two_steps(unfinished: Unfinished) -> (Router, TwoSteps) {
+        two_steps_at("/action", unfinished)
+    }
+
+    fn two_steps_at(path: &str, unfinished: Unfinished) -> (Router, TwoSteps) {
         let steps = TwoSteps {
             started: Arc::new(Notify::new()),
             go: Arc::new(Notify::new()),
@@ -417,15 +460,19 @@ mod tests {
             StatusCode::NO_CONTENT
         };
         let router = Router::new()
-            .route("/action", get(action.clone()).post(action))
+            .route(path, get(action.clone()).post(action))
             .layer(middleware::from_fn_with_state(unfinished, run_to_the_end));
         (router, steps)
     }
 
     fn request(method: &str) -> Request {
+        request_to(method, "/action")
+    }
+
+    fn request_to(method: &str, path: &str) -> Request {
         Request::builder()
             .method(method)
-            .uri("/action")
+            .uri(path)
             .body(axum::body::Body::empty())
             .unwrap_or_default()
     }
@@ -448,6 +495,40 @@ mod tests {
             steps.done.load(Ordering::SeqCst),
             "the second step was taken"
         );
+    }
+
+    #[tokio::test]
+    async fn beyond_the_limit_a_post_is_answered_busy_and_a_get_still_runs() {
+        let unfinished = Unfinished::new(1);
+        let (router, steps) = two_steps_at("/api/v1/action", unfinished.clone());
+        let first = tokio::spawn(router.clone().oneshot(request_to("POST", "/api/v1/action")));
+        steps.started.notified().await;
+        for (path, json) in [("/api/v1/action", true), ("/elsewhere", false)] {
+            let res = router
+                .clone()
+                .oneshot(request_to("POST", path))
+                .await
+                .unwrap();
+            assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE, "{path}");
+            assert_eq!(res.headers()[header::RETRY_AFTER], "1", "{path}");
+            let is_json = res.headers()[header::CONTENT_TYPE]
+                .to_str()
+                .unwrap_or_default()
+                .starts_with("application/json");
+            assert_eq!(is_json, json, "{path}");
+        }
+        // Reads are not counted.
+        let read = tokio::spawn(router.clone().oneshot(request_to("GET", "/api/v1/action")));
+        steps.started.notified().await;
+        steps.go.notify_one();
+        steps.go.notify_one();
+        for call in [first, read] {
+            assert_eq!(
+                call.await.unwrap().unwrap().status(),
+                StatusCode::NO_CONTENT
+            );
+        }
+        assert!(unfinished.wait(Duration::from_secs(10)).await);
     }
 
     #[tokio::test]
