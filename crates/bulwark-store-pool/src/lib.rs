@@ -20,7 +20,10 @@
 //!   `broken` test recognises closes the connection instead of giving it back.
 //! - **A connection that broke while idle** (a database restart): one idle for at least
 //!   `ping_after_idle` is pinged before it is lent, and replaced if the ping fails. A busy
-//!   pool's connections are not (that would be a round trip before every statement).
+//!   pool's connections are not (that would be a round trip before every statement), but
+//!   once one connection is found broken, every connection that was idle then is pinged
+//!   before its next use: a restart ends them all, and one statement finds out, not one
+//!   per connection.
 //!
 //! Idle connections unused for `idle_timeout` are closed, all but the most recently used one.
 
@@ -29,6 +32,7 @@ use futures_core::future::BoxFuture;
 use futures_core::stream::BoxStream;
 use futures_util::{StreamExt, TryStreamExt};
 use sqlx::{ConnectOptions, Connection, Database, Describe, Execute, Executor, Transaction};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -46,7 +50,9 @@ pub struct Settings {
     /// How long a borrower waits for a connection (`PoolTimedOut`), opening one included.
     pub acquire_timeout: Duration,
     /// A connection idle at least this long is pinged before it is lent; `None`: never
-    /// (a local file does not go stale).
+    /// (a local file does not go stale). So is every connection that was idle when another
+    /// was found broken: a server that restarts ends them all at once, and without the ping
+    /// each would fail one statement of a busy pool (whose connections are never idle long).
     pub ping_after_idle: Option<Duration>,
     /// Idle connections unused this long are closed, but for the most recently used one;
     /// `None`: kept open.
@@ -64,11 +70,15 @@ struct Shared<DB: Database> {
     idle: Mutex<Vec<Idle<DB::Connection>>>,
     permits: Arc<Semaphore>,
     settings: Settings,
+    /// Connections found broken so far.
+    breaks: AtomicU64,
 }
 
 struct Idle<C> {
     conn: C,
     since: Instant,
+    /// `breaks` when it was given back: a break since makes it suspect.
+    breaks: u64,
 }
 
 impl<DB: Database> Clone for Connections<DB> {
@@ -101,9 +111,11 @@ impl<DB: Database> Connections<DB> {
             idle: Mutex::new(vec![Idle {
                 conn: first,
                 since: Instant::now(),
+                breaks: 0,
             }]),
             permits: Arc::new(Semaphore::new(settings.max_connections.max(1) as usize)),
             settings,
+            breaks: AtomicU64::new(0),
         });
         if let Some(timeout) = settings.idle_timeout {
             if let Ok(runtime) = tokio::runtime::Handle::try_current() {
@@ -152,11 +164,17 @@ impl<DB: Database> Shared<DB> {
             // The most recently given back: its caches are warm, and the others grow idle
             // long enough to be closed.
             let next = self.idle.lock().ok().and_then(|mut idle| idle.pop());
-            let Some(Idle { mut conn, since }) = next else {
+            let Some(Idle {
+                mut conn,
+                since,
+                breaks,
+            }) = next
+            else {
                 break;
             };
+            let suspect = breaks != self.breaks.load(Ordering::Relaxed);
             match self.settings.ping_after_idle {
-                Some(after) if since.elapsed() >= after => {
+                Some(after) if suspect || since.elapsed() >= after => {
                     if conn.ping().await.is_ok() {
                         return Ok(conn);
                     }
@@ -173,6 +191,7 @@ impl<DB: Database> Shared<DB> {
             idle.push(Idle {
                 conn,
                 since: Instant::now(),
+                breaks: self.breaks.load(Ordering::Relaxed),
             });
         }
     }
@@ -235,7 +254,10 @@ impl<DB: Database> Conn<DB> {
 
     /// Notes what an error says about the connection itself.
     pub fn observe(&mut self, error: Option<&sqlx::Error>) {
-        self.broken |= error.is_some_and(self.home.settings.broken);
+        if !self.broken && error.is_some_and(self.home.settings.broken) {
+            self.broken = true;
+            self.home.breaks.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Ends a statement of the pool's `Executor`, run on `connection()`.
@@ -272,6 +294,9 @@ impl<DB: Database> Conn<DB> {
             }
             Err(e) => {
                 *broken = (home.settings.broken)(&e);
+                if *broken {
+                    home.breaks.fetch_add(1, Ordering::Relaxed);
+                }
                 Err(e)
             }
         }
@@ -299,8 +324,14 @@ impl<DB: Database> Drop for Conn<DB> {
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
                 let limit = home.settings.acquire_timeout;
-                if let Ok(Ok(())) = tokio::time::timeout(limit, conn.flush()).await {
-                    home.give_back(conn);
+                match tokio::time::timeout(limit, conn.flush()).await {
+                    Ok(Ok(())) => home.give_back(conn),
+                    // The connection failed: in a transaction whose statements the pool did
+                    // not see, say. The others idle may have failed with it.
+                    Ok(Err(_)) => {
+                        home.breaks.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(_) => {}
                 }
                 drop(permit);
             });

@@ -165,3 +165,91 @@ async fn begins_cancelled_at_every_point_leave_no_transaction_open() {
         assert_eq!(code.as_deref(), Some("25P01"), "{err}");
     }
 }
+
+/// Whether an error means the connection is gone (the stores' own test is the same kind).
+fn lost(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_) | sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|c| c.starts_with("57P")),
+        _ => false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn once_a_connection_is_found_broken_the_idle_ones_are_checked_before_use() {
+    let name = format!("bulwark-pool-break-{}", std::process::id());
+    let options = PgStore::parse_url(&server_url())
+        .unwrap()
+        .application_name(&name);
+    let pool = Connections::<Postgres>::open(
+        options,
+        Settings {
+            max_connections: 4,
+            acquire_timeout: Duration::from_secs(5),
+            // Never idle long enough to be pinged for that.
+            ping_after_idle: Some(Duration::from_secs(3600)),
+            idle_timeout: None,
+            broken: lost,
+        },
+    )
+    .await
+    .unwrap();
+    // Four connections, all used, then idle in the pool.
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let mut conn = pool.acquire().await.unwrap();
+        sqlx::query("SELECT 1")
+            .execute(conn.connection().unwrap())
+            .await
+            .unwrap();
+        held.push(conn);
+    }
+    drop(held);
+    let started = Instant::now();
+    while pool.idle_count() < 4 {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "never given back"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // The server ends every one of them (a restart, a failover).
+    let mut admin = PgStore::parse_url(&server_url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let ended: i64 = sqlx::query_scalar(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = $1",
+    )
+    .bind(&name)
+    .fetch_one(&mut admin)
+    .await
+    .unwrap();
+    assert_eq!(ended, 4);
+    loop {
+        let left: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE application_name = $1")
+                .bind(&name)
+                .fetch_one(&mut admin)
+                .await
+                .unwrap();
+        if left == 0 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "{left} left");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    admin.close().await.unwrap();
+
+    // The first statement finds out; the three other connections are checked before they
+    // are lent, not each found broken by a statement of its own.
+    let mut failed = 0;
+    for _ in 0..4 {
+        if sqlx::query("SELECT 1").execute(&pool).await.is_err() {
+            failed += 1;
+        }
+    }
+    assert_eq!(failed, 1, "statements that met a broken connection");
+}
