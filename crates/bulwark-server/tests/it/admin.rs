@@ -544,24 +544,11 @@ async fn every_admin_act_through_the_api_changes_state_and_is_audited() {
 /// Makes the database refuse to delete sessions from now on, as a failing disk or a broken
 /// replica would refuse a write half-way through an action.
 async fn refuse_session_deletes(t: &TestApp) {
-    if on_postgres() {
-        t.as_attacker(
-            "CREATE FUNCTION refuse_write() RETURNS trigger LANGUAGE plpgsql AS \
-             $$ BEGIN RAISE EXCEPTION 'refused'; END $$",
-        )
-        .await;
-        t.as_attacker(
-            "CREATE TRIGGER refuse_session_deletes BEFORE DELETE ON sessions \
-             FOR EACH ROW EXECUTE FUNCTION refuse_write()",
-        )
-        .await;
-    } else {
-        t.as_attacker(
-            "CREATE TRIGGER refuse_session_deletes BEFORE DELETE ON sessions \
-             BEGIN SELECT RAISE(ABORT, 'refused'); END",
-        )
-        .await;
-    }
+    t.before_session_deletes(
+        "RAISE EXCEPTION 'refused';",
+        "SELECT RAISE(ABORT, 'refused');",
+    )
+    .await;
 }
 
 #[tokio::test]

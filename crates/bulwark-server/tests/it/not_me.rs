@@ -5,19 +5,25 @@
 
 use crate::support::*;
 use axum::http::StatusCode;
-use bulwark_store::AuditFilter;
+use bulwark_store::{AuditFilter, UserRecord};
 
 const PW: &str = "Correct-Horse-Battery-Staple-42";
 const PW2: &str = "Another-Long-Passphrase-77";
 const BASE: &str = "http://127.0.0.1:9091";
 
-#[tokio::test]
-async fn a_login_from_a_new_device_can_be_disowned_from_the_mail() {
-    let t = TestApp::new().await;
+/// Alice logged in at home; then someone else logs in from elsewhere with her password.
+struct Theft {
+    alice: UserRecord,
+    home: Browser,
+    thief: Browser,
+    /// The path of the "this wasn't me" link in the new-device mail.
+    link: String,
+}
+
+async fn a_thief_logs_in(t: &TestApp) -> Theft {
     let alice = t.add_user("alice", PW, &["internal"]).await;
     let home = t.browser_from("192.0.2.10");
     assert_eq!(home.login("alice", PW).await.status, StatusCode::SEE_OTHER);
-    // The attacker, somewhere else, with the password.
     let thief = t.browser_from("203.0.113.66");
     assert_eq!(thief.login("alice", PW).await.status, StatusCode::SEE_OTHER);
     t.wait_for_queued_mail(1).await;
@@ -29,7 +35,24 @@ async fn a_login_from_a_new_device_can_be_disowned_from_the_mail() {
         .expect("new-device mail");
     assert!(mail.text.contains("203.0.113.66"), "{}", mail.text);
     let link = mail.link(&format!("{BASE}/not-me/")).expect("not-me link");
-    let path = link.trim_start_matches(BASE);
+    Theft {
+        alice,
+        home,
+        thief,
+        link: link.trim_start_matches(BASE).to_string(),
+    }
+}
+
+#[tokio::test]
+async fn a_login_from_a_new_device_can_be_disowned_from_the_mail() {
+    let t = TestApp::new().await;
+    let Theft {
+        alice,
+        home,
+        thief,
+        link,
+    } = a_thief_logs_in(&t).await;
+    let path = link.as_str();
 
     // Opening the link (as a mail scanner would) changes nothing.
     let owner = t.browser_from("198.51.100.5");
@@ -164,51 +187,28 @@ async fn the_password_changed_mail_carries_the_link_and_a_lock_is_mailed() {
 }
 
 /// Makes ending a session slow (a fraction of a second to a second a row): the statement is
-/// still running when the test lets go of the request.
+/// still running when the test lets go of the request. SQLite cannot sleep in a statement:
+/// its trigger counts instead.
 async fn slow_session_deletes(t: &TestApp) {
-    if on_postgres() {
-        t.as_attacker(
-            "CREATE FUNCTION slow_delete() RETURNS trigger LANGUAGE plpgsql AS \
-             $$ BEGIN PERFORM pg_sleep(1); RETURN OLD; END $$",
-        )
-        .await;
-        t.as_attacker(
-            "CREATE TRIGGER slow_session_deletes BEFORE DELETE ON sessions \
-             FOR EACH ROW EXECUTE FUNCTION slow_delete()",
-        )
-        .await;
-    } else {
-        // SQLite cannot sleep in a statement: the trigger counts instead.
-        t.as_attacker(
-            "CREATE TRIGGER slow_session_deletes BEFORE DELETE ON sessions BEGIN \
-             SELECT count(*) FROM (WITH RECURSIVE n(x) AS \
-             (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 300000) SELECT x FROM n); END",
-        )
-        .await;
-    }
+    t.before_session_deletes(
+        "PERFORM pg_sleep(1); RETURN OLD;",
+        "SELECT count(*) FROM (WITH RECURSIVE n(x) AS \
+         (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 300000) SELECT x FROM n);",
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn securing_the_account_goes_on_when_the_owner_s_connection_drops() {
     use tokio::io::AsyncWriteExt;
     let t = TestApp::new().await;
-    let alice = t.add_user("alice", PW, &["internal"]).await;
-    assert_eq!(
-        t.browser_from("192.0.2.10").login("alice", PW).await.status,
-        StatusCode::SEE_OTHER
-    );
-    let thief = t.browser_from("203.0.113.66");
-    assert_eq!(thief.login("alice", PW).await.status, StatusCode::SEE_OTHER);
+    let Theft {
+        alice,
+        thief,
+        link: path,
+        ..
+    } = a_thief_logs_in(&t).await;
     crate::api_keys::cli_key(&t, "alice", "stolen", &["gateway"]).await;
-    t.wait_for_queued_mail(1).await;
-    let mail = t
-        .mails()
-        .await
-        .into_iter()
-        .find(|m| m.subject == "New login to your account")
-        .expect("new-device mail");
-    let link = mail.link(&format!("{BASE}/not-me/")).expect("not-me link");
-    let path = link.trim_start_matches(BASE).to_string();
     slow_session_deletes(&t).await;
 
     // The owner confirms over a real connection (a phone on a train), which drops while the

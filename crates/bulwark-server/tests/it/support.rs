@@ -180,6 +180,30 @@ impl TestApp {
 
     /// Runs SQL on the app's database as an attacker with database access would: around the
     /// store, with the audit log's protecting triggers switched off first.
+    /// A trigger running before each session delete, as someone with access to the database
+    /// would add one: `plpgsql` is the body of its function on PostgreSQL, `sqlite` the body
+    /// of the trigger on SQLite. To make ending sessions fail, or take its time.
+    pub async fn before_session_deletes(&self, plpgsql: &str, sqlite: &str) {
+        if on_postgres() {
+            self.as_attacker(&format!(
+                "CREATE FUNCTION before_session_delete() RETURNS trigger LANGUAGE plpgsql AS \
+                 $$ BEGIN {plpgsql} END $$"
+            ))
+            .await;
+            self.as_attacker(
+                "CREATE TRIGGER before_session_deletes BEFORE DELETE ON sessions \
+                 FOR EACH ROW EXECUTE FUNCTION before_session_delete()",
+            )
+            .await;
+        } else {
+            self.as_attacker(&format!(
+                "CREATE TRIGGER before_session_deletes BEFORE DELETE ON sessions \
+                 BEGIN {sqlite} END"
+            ))
+            .await;
+        }
+    }
+
     pub async fn as_attacker(&self, sql: &str) {
         match &self.postgres_url {
             Some(url) => {
