@@ -338,21 +338,21 @@ async fn run_to_the_end(
     if matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
         return next.run(req).await;
     }
-    let busy = crate::services::ServiceError::Busy { retry_after: 1 };
-    let api = req.uri().path().starts_with("/api/");
+    // For the two messages below; the path is shortened (and its tokens hidden) only then.
+    let (method, uri) = (req.method().clone(), req.uri().clone());
     let Ok(running) = unfinished.permits.clone().try_acquire_owned() else {
         tracing::warn!(
-            method = %req.method(),
-            path = %log_path(req.uri().path()),
+            %method,
+            path = %log_path(uri.path()),
             "too many requests running at once: answered 503"
         );
-        return if api {
+        let busy = crate::services::ServiceError::Busy { retry_after: 1 };
+        return if uri.path().starts_with("/api/") {
             api::ApiError::from(busy).into_response()
         } else {
             PageError::from(busy).into_response()
         };
     };
-    let (method, path) = (req.method().clone(), log_path(req.uri().path()));
     let task = async move {
         let response = next.run(req).await;
         drop(running);
@@ -361,6 +361,7 @@ async fn run_to_the_end(
     match tokio::spawn(task).await {
         Ok(response) => response,
         Err(e) => {
+            let path = log_path(uri.path());
             tracing::error!(%method, %path, error = %e, "request failed: its task stopped");
             StatusCode::INTERNAL_SERVER_ERROR.into_response()
         }
@@ -369,7 +370,7 @@ async fn run_to_the_end(
 
 /// How many requests [`run_to_the_end`] runs at once. Far above what a node answers in the
 /// time its clients wait (a login takes a hashing thread for tens of milliseconds; at most
-/// `passwords.max_queued` wait for one), it bounds the tasks of clients that send and go.
+/// `passwords.max_queued_hashes` wait for one), it bounds the tasks of clients that send and go.
 pub const MAX_UNFINISHED: u32 = 4096;
 
 /// The requests that run to their end whatever their clients do ([`run_to_the_end`]): each
