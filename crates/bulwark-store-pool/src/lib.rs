@@ -186,6 +186,22 @@ impl<DB: Database> Shared<DB> {
         self.options.connect().await
     }
 
+    /// Whether `e` means its connection is broken (the store's `broken` test); such a break
+    /// is counted ([`Shared::broke`]).
+    fn breaks_on(&self, e: &sqlx::Error) -> bool {
+        let broken = (self.settings.broken)(e);
+        if broken {
+            self.broke();
+        }
+        broken
+    }
+
+    /// Counts a connection found broken: the connections idle now become suspect, pinged
+    /// before their next use.
+    fn broke(&self) {
+        self.breaks.fetch_add(1, Ordering::Relaxed);
+    }
+
     fn give_back(&self, conn: DB::Connection) {
         if let Ok(mut idle) = self.idle.lock() {
             idle.push(Idle {
@@ -254,9 +270,8 @@ impl<DB: Database> Conn<DB> {
 
     /// Notes what an error says about the connection itself.
     pub fn observe(&mut self, error: Option<&sqlx::Error>) {
-        if !self.broken && error.is_some_and(self.home.settings.broken) {
+        if !self.broken && error.is_some_and(|e| self.home.breaks_on(e)) {
             self.broken = true;
-            self.home.breaks.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -293,10 +308,7 @@ impl<DB: Database> Conn<DB> {
                 Ok(tx)
             }
             Err(e) => {
-                *broken = (home.settings.broken)(&e);
-                if *broken {
-                    home.breaks.fetch_add(1, Ordering::Relaxed);
-                }
+                *broken = home.breaks_on(&e);
                 Err(e)
             }
         }
@@ -328,9 +340,7 @@ impl<DB: Database> Drop for Conn<DB> {
                     Ok(Ok(())) => home.give_back(conn),
                     // The connection failed: in a transaction whose statements the pool did
                     // not see, say. The others idle may have failed with it.
-                    Ok(Err(_)) => {
-                        home.breaks.fetch_add(1, Ordering::Relaxed);
-                    }
+                    Ok(Err(_)) => home.broke(),
                     Err(_) => {}
                 }
                 drop(permit);
