@@ -268,6 +268,21 @@ impl<DB: Database> Conn<DB> {
         self.conn.as_mut().ok_or(sqlx::Error::PoolClosed)
     }
 
+    /// The connection for work the pool cannot drain if it stops half-way: a PostgreSQL
+    /// `COPY … TO STDOUT`, whose rows keep coming after a cancel or an error and which sqlx
+    /// does not count as a statement to wait for. The connection is closed, not given back,
+    /// unless [`Conn::finished_whole`] follows.
+    pub fn connection_for_whole(&mut self) -> Result<&mut DB::Connection, sqlx::Error> {
+        self.broken = true;
+        self.conn.as_mut().ok_or(sqlx::Error::PoolClosed)
+    }
+
+    /// The work begun on [`Conn::connection_for_whole`] ran to its end: the connection goes
+    /// back to the pool as usual.
+    pub fn finished_whole(&mut self) {
+        self.broken = false;
+    }
+
     /// Notes what an error says about the connection itself.
     pub fn observe(&mut self, error: Option<&sqlx::Error>) {
         if !self.broken && error.is_some_and(|e| self.home.breaks_on(e)) {

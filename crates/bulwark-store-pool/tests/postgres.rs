@@ -253,3 +253,75 @@ async fn once_a_connection_is_found_broken_the_idle_ones_are_checked_before_use(
     }
     assert_eq!(failed, 1, "statements that met a broken connection");
 }
+
+/// The server process behind the connection `pid`, if it still runs.
+async fn backend_runs(pool: &Connections<Postgres>, pid: i32) -> bool {
+    sqlx::query_scalar("SELECT count(*) > 0 FROM pg_stat_activity WHERE pid = $1")
+        .bind(pid)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_stopped_half_way_closes_its_connection_and_a_whole_one_gives_it_back() {
+    use futures_util::TryStreamExt;
+    let pool = pool().await;
+    let copy = "COPY (SELECT g FROM generate_series(1, 1000000) g) TO STDOUT";
+    // Read to its end: the connection goes back and serves the next statement.
+    let mut conn = pool.acquire().await.unwrap();
+    let pg = conn.connection_for_whole().unwrap();
+    let whole: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut *pg)
+        .await
+        .unwrap();
+    let rows = pg
+        .copy_out_raw("COPY (SELECT g FROM generate_series(1, 1000) g) TO STDOUT")
+        .await
+        .unwrap();
+    assert_eq!(rows.try_collect::<Vec<_>>().await.unwrap().len(), 1000);
+    conn.finished_whole();
+    drop(conn);
+    let mut conn = pool.acquire().await.unwrap();
+    let again: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(conn.connection().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        again, whole,
+        "the connection of a whole COPY was not given back"
+    );
+    drop(conn);
+
+    // Stopped after its first row, twice: each borrower after gets an answer to its own
+    // statement, not the rest of the rows.
+    for _ in 0..2 {
+        let mut conn = pool.acquire().await.unwrap();
+        let pg = conn.connection_for_whole().unwrap();
+        let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+            .fetch_one(&mut *pg)
+            .await
+            .unwrap();
+        let mut rows = pg.copy_out_raw(copy).await.unwrap();
+        assert_eq!(rows.try_next().await.unwrap().unwrap().as_ref(), b"1\n");
+        drop(rows);
+        drop(conn);
+        for i in 0..3i64 {
+            let n: i64 = sqlx::query_scalar("SELECT $1::int8")
+                .bind(i)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+            assert_eq!(n, i);
+        }
+        // And the server stops sending: the stopped COPY's backend ends.
+        let started = Instant::now();
+        while backend_runs(&pool, pid).await {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "the COPY still runs"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
