@@ -495,8 +495,9 @@ impl UserStore for PgStore {
     ) -> StoreResult<SecurityPage> {
         use futures_util::TryStreamExt;
         let statement = report_copy::statement(after_id, up_to, limit);
-        let rows = usize::try_from(limit).unwrap_or(usize::MAX).min(1000);
-        let mut data = Vec::with_capacity(rows.saturating_mul(160));
+        let rows =
+            usize::try_from(limit).map_or(report_copy::ROOM_FOR, |n| n.min(report_copy::ROOM_FOR));
+        let mut data = Vec::with_capacity(rows.saturating_mul(report_copy::BYTES_PER_ROW));
         let mut conn = self.pool.acquire().await.map_err(map_err)?;
         // Closed rather than given back unless the answer is read to its end (cancelled
         // half-way, its rows would still be coming for the next borrower).

@@ -25,6 +25,11 @@ pub(crate) fn statement(after_id: UserId, up_to: UserId, limit: u32) -> String {
     )
 }
 
+/// Rows a page is given room for before its answer comes (the reports ask for 1,000).
+pub(crate) const ROOM_FOR: usize = 1000;
+/// Bytes of COPY answer a row of generated users takes (about 155), to size the buffer.
+pub(crate) const BYTES_PER_ROW: usize = 160;
+
 const SIGNATURE: &[u8; 11] = b"PGCOPY\n\xff\r\n\0";
 /// Flags bit 16 says each row starts with an OID; bits 17–31 are for future formats a
 /// reader must refuse.
