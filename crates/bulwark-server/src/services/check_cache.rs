@@ -23,7 +23,7 @@
 
 use super::api_keys::AuthenticatedKey;
 use super::auth::CheckedSession;
-use super::ServiceError;
+use super::{ServiceError, STOPPED_PART_WAY};
 use crate::app::App;
 use bulwark_core::UnixTime;
 use std::collections::HashMap;
@@ -209,18 +209,23 @@ const SYNC_BATCH: u32 = 500;
 /// outage, say): it then empties both caches and goes on from the newest event.
 const SYNC_MAX_BATCHES: usize = 20;
 
-/// Whether an audited event can change what a cached session or key proves. Refusals and
-/// failures change nothing there, and an address locked out (`ip_locked`, about no user)
-/// would otherwise empty every node's caches for anyone who can fail logins from many
-/// addresses.
-pub fn changes_access(event: &str, outcome: &str) -> bool {
-    outcome == "success" && event != "ip_locked"
+/// Whether an audited event can change what a cached session or key proves: a success, or
+/// an action of several statements that stopped part-way ([`STOPPED_PART_WAY`]: the steps
+/// before may have ended sessions or keys). Refusals and other failures change nothing
+/// there, and an address locked out (`ip_locked`, about no user) would otherwise empty every
+/// node's caches for anyone who can fail logins from many addresses.
+pub fn changes_access(event: &str, outcome: &str, detail: Option<&str>) -> bool {
+    match outcome {
+        "success" => event != "ip_locked",
+        "failure" => detail.is_some_and(|d| d.starts_with(STOPPED_PART_WAY)),
+        _ => false,
+    }
 }
 
 /// Drops a user's cached sessions and keys when it goes out of scope, whatever the outcome:
-/// an action of several statements that fails or is dropped half-way audits no success
-/// (which is what drops cached entries), yet what it did before must not keep passing from
-/// this process's caches (held by [`App::run_steps`]).
+/// an action of several statements that is dropped half-way audits nothing, and one that
+/// fails audits no success, yet what it did before must not keep passing from this
+/// process's caches (held by [`App::run_steps`]).
 pub(crate) struct ForgetOnExit<'a> {
     app: &'a App,
     login: &'a str,
@@ -246,8 +251,14 @@ impl App {
     }
 
     /// Drops the cached sessions and keys an event makes stale, if it can make any.
-    pub(crate) fn forget_cached(&self, event: &str, outcome: &str, subject: Option<&str>) {
-        if changes_access(event, outcome) {
+    pub(crate) fn forget_cached(
+        &self,
+        event: &str,
+        outcome: &str,
+        detail: Option<&str>,
+        subject: Option<&str>,
+    ) {
+        if changes_access(event, outcome, detail) {
             self.forget(subject);
         }
     }
@@ -260,7 +271,8 @@ impl App {
         for _ in 0..SYNC_MAX_BATCHES {
             let events = self.store.audit_chain(*after, SYNC_BATCH).await?;
             for e in &events {
-                self.forget_cached(&e.event, &e.outcome, e.subject.as_deref());
+                let detail = e.detail.as_deref();
+                self.forget_cached(&e.event, &e.outcome, detail, e.subject.as_deref());
                 *after = (*after).max(e.id);
             }
             if events.len() < SYNC_BATCH as usize {
@@ -355,12 +367,16 @@ mod tests {
     }
 
     #[test]
-    fn only_successes_other_than_an_address_lockout_change_access() {
-        assert!(changes_access("api_key_revoked", "success"));
-        assert!(changes_access("user_disabled", "success"));
-        assert!(changes_access("login", "success"));
-        assert!(!changes_access("login", "failure"));
-        assert!(!changes_access("login", "denied"));
-        assert!(!changes_access("ip_locked", "success"));
+    fn successes_but_an_address_lockout_and_actions_stopped_part_way_change_access() {
+        assert!(changes_access("api_key_revoked", "success", None));
+        assert!(changes_access("user_disabled", "success", None));
+        assert!(changes_access("login", "success", None));
+        assert!(!changes_access("login", "failure", None));
+        assert!(!changes_access("login", "failure", Some("wrong password")));
+        assert!(!changes_access("login", "denied", None));
+        assert!(!changes_access("ip_locked", "success", None));
+        let stopped = format!("{STOPPED_PART_WAY} (an internal error): the steps before…");
+        assert!(changes_access("user_disabled", "failure", Some(&stopped)));
+        assert!(!changes_access("user_disabled", "denied", Some(&stopped)));
     }
 }

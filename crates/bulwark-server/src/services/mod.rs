@@ -138,7 +138,13 @@ impl App {
     /// error. Every change to a user or a session is audited, so this is also where the
     /// gateway's caches of sessions and API keys are invalidated.
     pub async fn audit(&self, audit: Audit, now: UnixTime) {
-        self.forget_cached(&audit.0.event, &audit.0.outcome, audit.0.subject.as_deref());
+        let e = &audit.0;
+        self.forget_cached(
+            &e.event,
+            &e.outcome,
+            e.detail.as_deref(),
+            e.subject.as_deref(),
+        );
         let mut event = audit.0;
         event.at = now;
         self.metrics
@@ -153,6 +159,11 @@ impl App {
         }
     }
 }
+
+/// How the audit detail of an action stopped part-way by [`App::run_steps`] begins: other
+/// processes read it to drop the user's cached sessions and keys, as for a success
+/// ([`check_cache::changes_access`]).
+pub const STOPPED_PART_WAY: &str = "stopped part-way";
 
 impl App {
     /// Runs the steps of an action that changes `login`'s access in several statements. When
@@ -179,7 +190,7 @@ impl App {
                 };
                 self.audit(
                     stopped.detail(format!(
-                        "stopped part-way ({why}): the steps before may have taken effect"
+                        "{STOPPED_PART_WAY} ({why}): the steps before may have taken effect"
                     )),
                     now,
                 )

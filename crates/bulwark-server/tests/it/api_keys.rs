@@ -13,7 +13,7 @@ use bulwark_core::api_key::Scope;
 use bulwark_server::services::api_keys::{
     CreatedApiKey, ExpiryChoice, KeyActor, KeyCheck, KeyRef, KeyStatus, NewApiKeyInput, Refusal,
 };
-use bulwark_server::services::{ClientInfo, ServiceError};
+use bulwark_server::services::{ClientInfo, ServiceError, STOPPED_PART_WAY};
 use http_body_util::BodyExt;
 use std::net::SocketAddr;
 use tower::ServiceExt;
@@ -484,6 +484,30 @@ async fn events_written_by_other_processes_drop_the_cached_keys_of_their_subject
     );
     t.app.sync_caches(&mut after).await.unwrap();
     assert_eq!(after, refusal, "nothing new");
+
+    // An action on bob that stopped part-way over there (`App::run_steps`) may have ended
+    // his access before it stopped: his entry goes as for a success.
+    let stopped = t
+        .store
+        .append_audit(&bulwark_store::NewAuditEvent {
+            at: t.app.now(),
+            actor: Some("cli".into()),
+            subject: Some("bob".into()),
+            event: "user_disabled".into(),
+            outcome: "failure".into(),
+            detail: Some(format!(
+                "{STOPPED_PART_WAY} (an internal error): the steps before may have taken effect"
+            )),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    t.app.sync_caches(&mut after).await.unwrap();
+    assert_eq!(after, stopped);
+    assert_challenge(
+        &bearer(&t, RPC, bobs.key.expose()).await,
+        "an action stopped part-way read of in the log",
+    );
 }
 
 /// SQLite only: the store is made to fail with a trigger (skipped on PostgreSQL by
