@@ -22,7 +22,11 @@
 //! - (d) `nginx → hello`: the same nginx server block, with the auth subrequest sent to hello;
 //! - (e) `nginx → LemonLDAP::NG`: the same, with the auth subrequest sent over FastCGI to
 //!   LemonLDAP::NG's handler (`llng-fastcgi-server`, set up and given a session by
-//!   `scripts/bench`), as Debian's handler example configures it.
+//!   `scripts/bench`), as Debian's handler example configures it;
+//! - (c′), (d′), (e′) `check only`: the same three checks, on a location where nginx answers
+//!   the request itself after the check (`empty_gif`) instead of proxying it to hello. The
+//!   proxied request costs (c), (d) and (e) the same, which pulls their ratios toward 1;
+//!   these measure the checks alone, as forward-auth handlers are usually compared.
 //!
 //! Then extra phases on (b): latency at half of its median rate, twice (each connection waits
 //! 10 ms after an answer, with enough connections to offer half the rate: wrk2 is not in
@@ -61,6 +65,13 @@ type Res<T> = Result<T, BoxError>;
 
 const PASSWORD: &str = "Benchmark-Gateway-Password-2026";
 const FLOOD_LOGIN: &str = "flood";
+/// The path of (c′), (d′) and (e′): nginx checks the request, then answers it itself with
+/// a 43-byte GIF from memory (`empty_gif`) instead of proxying it to hello, so the figures
+/// are of the checks alone, as LemonLDAP::NG's handler is usually compared. (`return`
+/// would answer before the check: it runs in an earlier phase than `auth_request`.)
+const CHECK_ONLY_PATH: &str = "/web/check-only";
+const CHECK_ONLY_LOCATION: &str = "location = /web/check-only";
+
 /// Pause of each connection after an answer in the half-load phase.
 const PACE_MS: u64 = 10;
 
@@ -321,18 +332,48 @@ fn run(args: Args) -> Res<()> {
             name: "(d) nginx → hello",
             addr: n.baseline,
             path: "/web",
-            headers: browser,
+            headers: browser.clone(),
         });
-        if let (Some(addr), Some((_, cookie))) = (n.lemonldap, &lemonldap) {
+        let lemonldap = match (n.lemonldap, &lemonldap) {
+            (Some(addr), Some((_, cookie))) => Some((
+                addr,
+                vec![
+                    ("Host".to_string(), args.lemonldap_host.clone()),
+                    ("Cookie".to_string(), format!("lemonldap={cookie}")),
+                ],
+            )),
+            _ => None,
+        };
+        if let Some((addr, headers)) = &lemonldap {
             targets.push(Target {
                 key: "nginx_lemonldap",
                 name: "(e) nginx → LemonLDAP",
-                addr,
+                addr: *addr,
                 path: "/web",
-                headers: vec![
-                    ("Host".into(), args.lemonldap_host.clone()),
-                    ("Cookie".into(), format!("lemonldap={cookie}")),
-                ],
+                headers: headers.clone(),
+            });
+        }
+        targets.push(Target {
+            key: "check_bulwark",
+            name: "(c′) check only → bulwark",
+            addr: n.protected,
+            path: CHECK_ONLY_PATH,
+            headers: browser.clone(),
+        });
+        targets.push(Target {
+            key: "check_hello",
+            name: "(d′) check only → hello",
+            addr: n.baseline,
+            path: CHECK_ONLY_PATH,
+            headers: browser,
+        });
+        if let Some((addr, headers)) = lemonldap {
+            targets.push(Target {
+                key: "check_lemonldap",
+                name: "(e′) check only → LemonLDAP",
+                addr,
+                path: CHECK_ONLY_PATH,
+                headers,
             });
         }
     }
@@ -397,6 +438,27 @@ fn run(args: Args) -> Res<()> {
             "(e)/(d)",
             "nginx_lemonldap",
             "nginx_hello",
+            None,
+        ),
+        (
+            "c_over_d_check",
+            "(c′)/(d′)",
+            "check_bulwark",
+            "check_hello",
+            None,
+        ),
+        (
+            "c_over_e_check",
+            "(c′)/(e′)",
+            "check_bulwark",
+            "check_lemonldap",
+            Some(8.0),
+        ),
+        (
+            "e_over_d_check",
+            "(e′)/(d′)",
+            "check_lemonldap",
+            "check_hello",
             None,
         ),
         ("api_over_b", "api key/(b)", "api_key", "bulwark", None),
@@ -870,7 +932,8 @@ impl Nginx {
                  location / {{\n    auth_request /internal/auth;\n\
                  auth_request_set $user $upstream_http_remote_user;\n\
                  proxy_set_header Remote-User $user;\n    proxy_http_version 1.1;\n\
-                 proxy_set_header Connection \"\";\n    proxy_pass http://hello;\n  }}\n}}\n"
+                 proxy_set_header Connection \"\";\n    proxy_pass http://hello;\n  }}\n\
+                 {CHECK_ONLY_LOCATION} {{\n    auth_request /internal/auth;\n    empty_gif;\n  }}\n}}\n"
             )
         };
         let conf = format!(
@@ -904,7 +967,9 @@ impl Nginx {
                      auth_request_set $lmlocation $upstream_http_location;\n\
                      error_page 401 $lmlocation;\n\
                      proxy_set_header Remote-User $lmremote_user;\n    proxy_http_version 1.1;\n\
-                     proxy_set_header Connection \"\";\n    proxy_pass http://hello;\n  }}\n}}\n",
+                     proxy_set_header Connection \"\";\n    proxy_pass http://hello;\n  }}\n\
+                     {CHECK_ONLY_LOCATION} {{\n    set $original_uri $uri$is_args$args;\n\
+                     auth_request /lmauth;\n    empty_gif;\n  }}\n}}\n",
                     socket = socket.display()
                 );
                 match conf.rfind('}') {
