@@ -263,6 +263,14 @@ async fn backend_runs(pool: &Connections<Postgres>, pid: i32) -> bool {
         .unwrap()
 }
 
+/// The server process behind a connection.
+async fn backend_pid(conn: &mut sqlx::PgConnection) -> i32 {
+    sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(conn)
+        .await
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_copy_stopped_half_way_closes_its_connection_and_a_whole_one_gives_it_back() {
     use futures_util::TryStreamExt;
@@ -271,10 +279,7 @@ async fn a_copy_stopped_half_way_closes_its_connection_and_a_whole_one_gives_it_
     // Read to its end: the connection goes back and serves the next statement.
     let mut conn = pool.acquire().await.unwrap();
     let pg = conn.connection_for_whole().unwrap();
-    let whole: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
-        .fetch_one(&mut *pg)
-        .await
-        .unwrap();
+    let whole = backend_pid(pg).await;
     let rows = pg
         .copy_out_raw("COPY (SELECT g FROM generate_series(1, 1000) g) TO STDOUT")
         .await
@@ -283,10 +288,7 @@ async fn a_copy_stopped_half_way_closes_its_connection_and_a_whole_one_gives_it_
     conn.finished_whole();
     drop(conn);
     let mut conn = pool.acquire().await.unwrap();
-    let again: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
-        .fetch_one(conn.connection().unwrap())
-        .await
-        .unwrap();
+    let again = backend_pid(conn.connection().unwrap()).await;
     assert_eq!(
         again, whole,
         "the connection of a whole COPY was not given back"
@@ -298,10 +300,7 @@ async fn a_copy_stopped_half_way_closes_its_connection_and_a_whole_one_gives_it_
     for _ in 0..2 {
         let mut conn = pool.acquire().await.unwrap();
         let pg = conn.connection_for_whole().unwrap();
-        let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
-            .fetch_one(&mut *pg)
-            .await
-            .unwrap();
+        let pid = backend_pid(pg).await;
         let mut rows = pg.copy_out_raw(copy).await.unwrap();
         assert_eq!(rows.try_next().await.unwrap().unwrap().as_ref(), b"1\n");
         drop(rows);
