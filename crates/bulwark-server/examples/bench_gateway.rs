@@ -403,7 +403,9 @@ fn run(args: Args) -> Res<()> {
     println!();
     println!("Result (median of {} rounds)", args.rounds);
     let mut rates = std::collections::BTreeMap::new();
+    let mut round_rates = std::collections::BTreeMap::new();
     for (t, r) in targets.iter().zip(&results) {
+        round_rates.insert(t.key, r.iter().map(|s| s.rate).collect::<Vec<_>>());
         let rate = median(&r.iter().map(|s| s.rate).collect::<Vec<_>>());
         let p99 = median(&r.iter().map(|s| s.p99_ms).collect::<Vec<_>>());
         let p50 = median(&r.iter().map(|s| s.p50_ms).collect::<Vec<_>>());
@@ -467,8 +469,21 @@ fn run(args: Args) -> Res<()> {
             let verdict = target.map_or(String::new(), |t| {
                 format!(" (target >= {t:.2}: {})", met(r, t))
             });
-            println!("  ratio {label:<14} {r:.2}{verdict}");
+            // The two targets of a round are measured one right after the other: their
+            // ratio shows how far the machine moved between rounds, which the ratio of the
+            // medians (the figure) may take from two different rounds.
+            let per_round = match (round_rates.get(num), round_rates.get(den)) {
+                (Some(n), Some(d)) => n
+                    .iter()
+                    .zip(d)
+                    .map(|(n, d)| format!("{:.2}", n / d))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                _ => String::new(),
+            };
+            println!("  ratio {label:<14} {r:.2}{verdict}; per round {per_round}");
             summary.put(&format!("gateway.{key}"), format!("{r:.3}"))?;
+            summary.put(&format!("gateway.{key}.rounds"), &per_round)?;
         }
     }
     let peak = rates.get("bulwark").copied().unwrap_or(0.0);
