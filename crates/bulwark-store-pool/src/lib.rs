@@ -271,16 +271,23 @@ impl<DB: Database> Conn<DB> {
     /// The connection for work the pool cannot drain if it stops half-way: a PostgreSQL
     /// `COPY … TO STDOUT`, whose rows keep coming after a cancel or an error and which sqlx
     /// does not count as a statement to wait for. The connection is closed, not given back,
-    /// unless [`Conn::finished_whole`] follows.
+    /// unless [`Conn::finished_whole`] says the work ran to its end.
     pub fn connection_for_whole(&mut self) -> Result<&mut DB::Connection, sqlx::Error> {
         self.broken = true;
         self.conn.as_mut().ok_or(sqlx::Error::PoolClosed)
     }
 
-    /// The work begun on [`Conn::connection_for_whole`] ran to its end: the connection goes
-    /// back to the pool as usual.
-    pub fn finished_whole(&mut self) {
-        self.broken = false;
+    /// The work begun on [`Conn::connection_for_whole`] ended: run to its end (`None`), the
+    /// connection goes back to the pool as usual; stopped by `error`, it is closed, and an
+    /// error that says the connection broke makes the idle ones suspect, as after any
+    /// statement.
+    pub fn finished_whole(&mut self, error: Option<&sqlx::Error>) {
+        match error {
+            None => self.broken = false,
+            Some(e) => {
+                self.home.breaks_on(e);
+            }
+        }
     }
 
     /// Notes what an error says about the connection itself.

@@ -285,7 +285,7 @@ async fn a_copy_stopped_half_way_closes_its_connection_and_a_whole_one_gives_it_
         .await
         .unwrap();
     assert_eq!(rows.try_collect::<Vec<_>>().await.unwrap().len(), 1000);
-    conn.finished_whole();
+    conn.finished_whole(None);
     drop(conn);
     let mut conn = pool.acquire().await.unwrap();
     let again = backend_pid(conn.connection().unwrap()).await;
@@ -322,5 +322,38 @@ async fn a_copy_stopped_half_way_closes_its_connection_and_a_whole_one_gives_it_
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    // Ended by an error half-way (its server process terminated): the connection is closed,
+    // not lent again, and the next borrowers are served.
+    let mut conn = pool.acquire().await.unwrap();
+    let pg = conn.connection_for_whole().unwrap();
+    let pid = backend_pid(pg).await;
+    let mut rows = pg.copy_out_raw(copy).await.unwrap();
+    rows.try_next().await.unwrap().unwrap();
+    let terminated: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+        .bind(pid)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(terminated);
+    let error = loop {
+        match rows.try_next().await {
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("the COPY ran to its end although its backend was terminated"),
+            Err(e) => break e,
+        }
+    };
+    drop(rows);
+    conn.finished_whole(Some(&error));
+    drop(conn);
+    for i in 0..3i64 {
+        let (n, on): (i64, i32) = sqlx::query_as("SELECT $1::int8, pg_backend_pid()")
+            .bind(i)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(n, i);
+        assert_ne!(on, pid);
     }
 }

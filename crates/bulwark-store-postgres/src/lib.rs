@@ -502,13 +502,17 @@ impl UserStore for PgStore {
         // Closed rather than given back unless the answer is read to its end (cancelled
         // half-way, its rows would still be coming for the next borrower).
         let pg = conn.connection_for_whole().map_err(map_err)?;
-        let mut copy = pg.copy_out_raw(&statement).await.map_err(map_err)?;
-        while let Some(chunk) = copy.try_next().await.map_err(map_err)? {
-            data.extend_from_slice(&chunk);
+        let read = async {
+            let mut copy = pg.copy_out_raw(&statement).await?;
+            while let Some(chunk) = copy.try_next().await? {
+                data.extend_from_slice(&chunk);
+            }
+            Ok::<_, sqlx::Error>(())
         }
-        drop(copy);
-        conn.finished_whole();
+        .await;
+        conn.finished_whole(read.as_ref().err());
         drop(conn);
+        read.map_err(map_err)?;
         let mut page = SecurityPage::with_capacity(rows);
         report_copy::read_page(&data, &mut page).map_err(|e| StoreError::Backend(e.to_string()))?;
         Ok(page)
