@@ -139,6 +139,7 @@ impl<DB: Database> Connections<DB> {
                 conn: Some(conn),
                 broken: false,
                 busy: false,
+                whole: false,
                 home: Arc::clone(shared),
                 permit: Some(permit),
             })
@@ -255,6 +256,8 @@ pub struct Conn<DB: Database> {
     /// A statement through the pool started and has not ended (it was cancelled if the
     /// connection is dropped so).
     busy: bool,
+    /// Lent by [`Conn::connection_for_whole`] and not finished yet: closed if dropped so.
+    whole: bool,
     home: Arc<Shared<DB>>,
     /// Released after `drop` has given the connection back, so the next borrower finds it.
     permit: Option<OwnedSemaphorePermit>,
@@ -273,7 +276,7 @@ impl<DB: Database> Conn<DB> {
     /// does not count as a statement to wait for. The connection is closed, not given back,
     /// unless [`Conn::finished_whole`] says the work ran to its end.
     pub fn connection_for_whole(&mut self) -> Result<&mut DB::Connection, sqlx::Error> {
-        self.broken = true;
+        self.whole = true;
         self.conn.as_mut().ok_or(sqlx::Error::PoolClosed)
     }
 
@@ -283,7 +286,7 @@ impl<DB: Database> Conn<DB> {
     /// statement.
     pub fn finished_whole(&mut self, error: Option<&sqlx::Error>) {
         match error {
-            None => self.broken = false,
+            None => self.whole = false,
             Some(e) => {
                 self.home.breaks_on(e);
             }
@@ -342,7 +345,7 @@ impl<DB: Database> Drop for Conn<DB> {
         let Some(mut conn) = self.conn.take() else {
             return;
         };
-        if self.broken {
+        if self.broken || self.whole {
             return;
         }
         if !self.busy && !conn.should_flush() {

@@ -292,11 +292,13 @@ fn user_from_row(row: &PgRow) -> Result<UserRecord, sqlx::Error> {
 
 /// What the reports over every user read of each ([`SecurityRow`]), with the summary the
 /// triggers of migration 0009 keep on the user's row. [`report_copy`] reads them in this
-/// order, each checked for its type's size.
-const REPORT_COLUMNS: &str = "id, login, email, display_name, active, created_at, \
-     last_login_at, password_changed_at, password_hash IS NOT NULL AS has_password, \
-     device_account, grace_started_at, group_list AS groups, totp_confirmed AS totp_active, \
-     recovery_codes_left AS codes_left";
+/// order, in the binary form of the type each is cast to here (a cast to a column's own
+/// type costs nothing): a column whose type changed still arrives as the reader expects.
+const REPORT_COLUMNS: &str = "id::int8, login::text, email::text, display_name::text, \
+     active::bool, created_at::int8, last_login_at::int8, password_changed_at::int8, \
+     password_hash IS NOT NULL AS has_password, device_account::bool, \
+     grace_started_at::int8, group_list::text AS groups, totp_confirmed::bool AS totp_active, \
+     recovery_codes_left::int8 AS codes_left";
 
 fn throttle_from_row(r: &PgRow) -> Result<ThrottleRecord, sqlx::Error> {
     Ok(ThrottleRecord {

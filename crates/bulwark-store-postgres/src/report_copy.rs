@@ -9,8 +9,8 @@
 //! The format (PostgreSQL's documentation of `COPY`, "Binary Format"): an 11-byte
 //! signature, a flags word, a header extension; then per row a 16-bit field count and per
 //! field a 32-bit length (−1 for NULL) and that many bytes; a field count of −1 ends it.
-//! Every value read here is checked for its length, so a column whose type changed is
-//! refused by name rather than read wrong.
+//! The statement casts every column to the type read here, and every number and boolean is
+//! checked for its length: what does not fit is refused, naming the column.
 
 use bulwark_store::{SecurityPage, SecurityRow, UserId};
 

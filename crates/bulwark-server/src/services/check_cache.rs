@@ -258,7 +258,10 @@ impl App {
         detail: Option<&str>,
         subject: Option<&str>,
     ) {
-        if changes_access(event, outcome, detail) {
+        // An action stopped part-way is about one user: one about nobody (which no caller
+        // writes) must not empty every node's caches.
+        let about_nobody = outcome != "success" && subject.is_none();
+        if changes_access(event, outcome, detail) && !about_nobody {
             self.forget(subject);
         }
     }

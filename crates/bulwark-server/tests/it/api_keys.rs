@@ -485,6 +485,28 @@ async fn events_written_by_other_processes_drop_the_cached_keys_of_their_subject
     t.app.sync_caches(&mut after).await.unwrap();
     assert_eq!(after, refusal, "nothing new");
 
+    // A stopped action about nobody (which no caller writes) does not empty the caches.
+    let stopped =
+        format!("{STOPPED_PART_WAY} (an internal error): the steps before may have taken effect");
+    let about_nobody = t
+        .store
+        .append_audit(&bulwark_store::NewAuditEvent {
+            at: t.app.now(),
+            event: "user_disabled".into(),
+            outcome: "failure".into(),
+            detail: Some(stopped.clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    t.app.sync_caches(&mut after).await.unwrap();
+    assert_eq!(after, about_nobody);
+    assert_eq!(
+        bearer(&t, RPC, bobs.key.expose()).await.status,
+        StatusCode::OK,
+        "still cached"
+    );
+
     // An action on bob that stopped part-way over there (`App::run_steps`) may have ended
     // his access before it stopped: his entry goes as for a success.
     let stopped = t
@@ -495,9 +517,7 @@ async fn events_written_by_other_processes_drop_the_cached_keys_of_their_subject
             subject: Some("bob".into()),
             event: "user_disabled".into(),
             outcome: "failure".into(),
-            detail: Some(format!(
-                "{STOPPED_PART_WAY} (an internal error): the steps before may have taken effect"
-            )),
+            detail: Some(stopped),
             ..Default::default()
         })
         .await
