@@ -415,6 +415,29 @@ async fn a_key_revoked_on_another_node_stops_passing_within_the_cache_bound() {
     assert_challenge(&bearer(&t, RPC, key).await, "no cache");
 }
 
+/// An event audited by another process sharing the database (another node, a CLI
+/// command): its id.
+async fn audited_elsewhere(
+    t: &TestApp,
+    subject: Option<&str>,
+    event: &str,
+    outcome: &str,
+    detail: Option<&str>,
+) -> i64 {
+    t.store
+        .append_audit(&bulwark_store::NewAuditEvent {
+            at: t.app.now(),
+            actor: Some("cli".into()),
+            subject: subject.map(str::to_string),
+            event: event.into(),
+            outcome: outcome.into(),
+            detail: detail.map(str::to_string),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn events_written_by_other_processes_drop_the_cached_keys_of_their_subjects() {
     let t = TestApp::with_config(RULES).await;
@@ -438,18 +461,7 @@ async fn events_written_by_other_processes_drop_the_cached_keys_of_their_subject
     for login in ["alice", "bob"] {
         revoke_behind_this_node(&t, login).await;
     }
-    let event = t
-        .store
-        .append_audit(&bulwark_store::NewAuditEvent {
-            at: t.app.now(),
-            actor: Some("cli".into()),
-            subject: Some("alice".into()),
-            event: "api_key_revoked".into(),
-            outcome: "success".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let event = audited_elsewhere(&t, Some("alice"), "api_key_revoked", "success", None).await;
     for key in [&alices, &bobs] {
         assert_eq!(
             bearer(&t, RPC, key.key.expose()).await.status,
@@ -458,17 +470,7 @@ async fn events_written_by_other_processes_drop_the_cached_keys_of_their_subject
         );
     }
     // A refusal changes nothing: it leaves the cache alone.
-    let refusal = t
-        .store
-        .append_audit(&bulwark_store::NewAuditEvent {
-            at: t.app.now(),
-            subject: Some("bob".into()),
-            event: "login".into(),
-            outcome: "failure".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let refusal = audited_elsewhere(&t, Some("bob"), "login", "failure", None).await;
     // What `serve` does every second.
     t.app.sync_caches(&mut after).await.unwrap();
     assert_eq!(after, refusal);
@@ -488,17 +490,8 @@ async fn events_written_by_other_processes_drop_the_cached_keys_of_their_subject
     // A stopped action about nobody (which no caller writes) does not empty the caches.
     let stopped =
         format!("{STOPPED_PART_WAY} (an internal error): the steps before may have taken effect");
-    let about_nobody = t
-        .store
-        .append_audit(&bulwark_store::NewAuditEvent {
-            at: t.app.now(),
-            event: "user_disabled".into(),
-            outcome: "failure".into(),
-            detail: Some(stopped.clone()),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let about_nobody =
+        audited_elsewhere(&t, None, "user_disabled", "failure", Some(&stopped)).await;
     t.app.sync_caches(&mut after).await.unwrap();
     assert_eq!(after, about_nobody);
     assert_eq!(
@@ -509,19 +502,8 @@ async fn events_written_by_other_processes_drop_the_cached_keys_of_their_subject
 
     // An action on bob that stopped part-way over there (`App::run_steps`) may have ended
     // his access before it stopped: his entry goes as for a success.
-    let stopped = t
-        .store
-        .append_audit(&bulwark_store::NewAuditEvent {
-            at: t.app.now(),
-            actor: Some("cli".into()),
-            subject: Some("bob".into()),
-            event: "user_disabled".into(),
-            outcome: "failure".into(),
-            detail: Some(stopped),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let stopped =
+        audited_elsewhere(&t, Some("bob"), "user_disabled", "failure", Some(&stopped)).await;
     t.app.sync_caches(&mut after).await.unwrap();
     assert_eq!(after, stopped);
     assert_challenge(
