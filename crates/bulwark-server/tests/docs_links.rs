@@ -61,14 +61,21 @@ fn anchors(text: &str) -> HashSet<String> {
     found
 }
 
-/// The targets of `[text](target)` links on a line.
+/// The targets of the links on a line: `[text](target)`, `[text](target "title")` and a
+/// reference definition `[label]: target`.
 fn link_targets(line: &str) -> Vec<&str> {
+    fn first_word(s: &str) -> &str {
+        s.split_whitespace().next().unwrap_or("")
+    }
     let mut out = Vec::new();
+    if let Some(definition) = line.strip_prefix('[').and_then(|l| l.split_once("]: ")) {
+        out.push(first_word(definition.1));
+    }
     let mut rest = line;
     while let Some(i) = rest.find("](") {
         rest = &rest[i + 2..];
         if let Some(end) = rest.find(')') {
-            out.push(rest[..end].trim());
+            out.push(first_word(&rest[..end]));
             rest = &rest[end..];
         }
     }
@@ -126,13 +133,18 @@ fn every_link_between_the_pages_names_a_file_and_a_heading_that_exist() {
 }
 
 #[test]
-fn headings_are_named_as_the_web_view_names_them() {
+fn headings_and_links_are_read_as_the_web_view_reads_them() {
     assert_eq!(slug(" The LemonLDAP::NG peer"), "the-lemonldapng-peer");
     assert_eq!(
         slug("Results (2026-12-01 to -03, the shared 2-vCPU VM)"),
         "results-2026-12-01-to--03-the-shared-2-vcpu-vm"
     );
     assert_eq!(slug("`run_to_the_end` and exit"), "run_to_the_end-and-exit");
+    assert_eq!(
+        link_targets("see [a](x.md#b \"title\") and [c](#d); [e](https://f)"),
+        ["x.md#b", "#d", "https://f"]
+    );
+    assert_eq!(link_targets("[ref]: docs/y.md#z"), ["docs/y.md#z"]);
     let found = anchors("# A\n## A\n```\n# not a heading\n```\ntext <a id=\"x-y\"></a>\n");
     let expected: HashSet<String> = ["a", "a-1", "x-y"].map(String::from).into();
     assert_eq!(found, expected);
