@@ -210,14 +210,20 @@ const SYNC_BATCH: u32 = 500;
 const SYNC_MAX_BATCHES: usize = 20;
 
 /// Whether an audited event can change what a cached session or key proves: a success, or
-/// an action of several statements that stopped part-way ([`STOPPED_PART_WAY`]: the steps
-/// before may have ended sessions or keys). Refusals and other failures change nothing
-/// there, and an address locked out (`ip_locked`, about no user) would otherwise empty every
-/// node's caches for anyone who can fail logins from many addresses.
-pub fn changes_access(event: &str, outcome: &str, detail: Option<&str>) -> bool {
+/// an action on a user that stopped part-way ([`STOPPED_PART_WAY`]: the steps before may
+/// have ended sessions or keys). Refusals and other failures change nothing there. An event
+/// about no user empties every node's caches, so two that could come often are left out: an
+/// address locked out (`ip_locked`), which anyone who can fail logins from many addresses
+/// causes, and a stopped action naming nobody, which no caller writes.
+pub fn changes_access(
+    event: &str,
+    outcome: &str,
+    detail: Option<&str>,
+    subject: Option<&str>,
+) -> bool {
     match outcome {
         "success" => event != "ip_locked",
-        "failure" => detail.is_some_and(|d| d.starts_with(STOPPED_PART_WAY)),
+        "failure" => subject.is_some() && detail.is_some_and(|d| d.starts_with(STOPPED_PART_WAY)),
         _ => false,
     }
 }
@@ -258,10 +264,7 @@ impl App {
         detail: Option<&str>,
         subject: Option<&str>,
     ) {
-        // An action stopped part-way is about one user: one about nobody (which no caller
-        // writes) must not empty every node's caches.
-        let about_nobody = outcome != "success" && subject.is_none();
-        if changes_access(event, outcome, detail) && !about_nobody {
+        if changes_access(event, outcome, detail, subject) {
             self.forget(subject);
         }
     }
@@ -371,15 +374,37 @@ mod tests {
 
     #[test]
     fn successes_but_an_address_lockout_and_actions_stopped_part_way_change_access() {
-        assert!(changes_access("api_key_revoked", "success", None));
-        assert!(changes_access("user_disabled", "success", None));
-        assert!(changes_access("login", "success", None));
-        assert!(!changes_access("login", "failure", None));
-        assert!(!changes_access("login", "failure", Some("wrong password")));
-        assert!(!changes_access("login", "denied", None));
-        assert!(!changes_access("ip_locked", "success", None));
+        let alice = Some("alice");
+        assert!(changes_access("api_key_revoked", "success", None, alice));
+        assert!(changes_access("user_disabled", "success", None, alice));
+        assert!(changes_access("login", "success", None, alice));
+        assert!(!changes_access("login", "failure", None, alice));
+        assert!(!changes_access(
+            "login",
+            "failure",
+            Some("wrong password"),
+            alice
+        ));
+        assert!(!changes_access("login", "denied", None, alice));
+        assert!(!changes_access("ip_locked", "success", None, None));
         let stopped = format!("{STOPPED_PART_WAY} (an internal error): the steps before…");
-        assert!(changes_access("user_disabled", "failure", Some(&stopped)));
-        assert!(!changes_access("user_disabled", "denied", Some(&stopped)));
+        assert!(changes_access(
+            "user_disabled",
+            "failure",
+            Some(&stopped),
+            alice
+        ));
+        assert!(!changes_access(
+            "user_disabled",
+            "failure",
+            Some(&stopped),
+            None
+        ));
+        assert!(!changes_access(
+            "user_disabled",
+            "denied",
+            Some(&stopped),
+            alice
+        ));
     }
 }
