@@ -785,7 +785,10 @@ fn even_rate(
                         if waiting == 0 && done.load(Ordering::Acquire) {
                             return Ok::<_, BoxError>(tally);
                         }
-                        if waiting > 0 && answered.elapsed() > NO_ANSWER {
+                        if waiting == 0 {
+                            // Idle: the wait for an answer starts with the next request.
+                            answered = Instant::now();
+                        } else if answered.elapsed() > NO_ANSWER {
                             return Err(format!("no answer for {} s", NO_ANSWER.as_secs()).into());
                         }
                         buf.reserve(16 * 1024);
