@@ -14,7 +14,10 @@
 //! its chain. One Argon2id hash (the default parameters) serves as every user's password:
 //! hashing a million passwords would take hours and measures nothing about scale.
 //!
-//! Then, through HTTP on loopback, the full router as `serve` assembles it:
+//! Both populations are filled first and stay served; their gateway and login loads then
+//! take turns for three rounds (medians reported), so that the VM's drift over the minutes
+//! of the large fill does not fall on one side of the ratios. Through HTTP on loopback, the
+//! full router as `serve` assembles it:
 //!
 //! - **gateway**: `GET /api/authz/auth-request` with a valid session, loaded for `--seconds`
 //!   by `--connections` keep-alive connections, with the session cache off
@@ -25,8 +28,9 @@
 //!   until the last byte (one line per active user), median of 3;
 //! - **admin list**: the console's first page of `/admin/users`, everyone and "two-factor
 //!   off", median of 10;
-//! - **memory**: this process's resident set after the measurements (server, store and
-//!   load generator together: compare the two populations, not the absolute figure).
+//! - **memory**: this process's resident set (server, store and load generator together:
+//!   compare the two populations, not the absolute figure): the baseline's after a first
+//!   round of its loads, before the large fill; the large one's at the end.
 //!
 //! Targets (issue 8): gateway checks/s and login latency at the large size within 10% of the
 //! baseline's; the export in at most 2 s; the first page in at most 50 ms; memory flat.
@@ -84,6 +88,7 @@ struct Args {
     keep: Option<std::path::PathBuf>,
 }
 
+/// Figures of one population.
 #[derive(Debug, Default)]
 struct Figures {
     users: u64,
@@ -99,6 +104,19 @@ struct Figures {
     list_off_ms: f64,
     rss_mib: f64,
 }
+
+/// The loads of one population in one round.
+#[derive(Debug, Clone, Copy)]
+struct Round {
+    gateway_uncached: f64,
+    gateway_cached: f64,
+    gateway_p99_ms: f64,
+    login_p50_ms: f64,
+    login_p99_ms: f64,
+}
+
+/// Rounds of the gateway and login loads, each population once a round, in turns.
+const ROUNDS: usize = 3;
 
 fn main() -> ExitCode {
     let args = Args::parse();
@@ -122,13 +140,48 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> Res<()> {
-    let mut all = Vec::new();
-    for users in [args.baseline, args.users] {
-        let dir = tempfile::tempdir()?;
-        let f = measure(dir.path(), users, &args).await?;
-        if let Some(keep) = args.keep.as_ref().filter(|_| users == args.users) {
-            std::fs::rename(dir.keep(), keep)?;
+    // Both populations are filled first and kept serving; then their loads take turns, so
+    // that the VM's drift over the minutes of the large fill does not land on one of them.
+    let small_dir = tempfile::tempdir()?;
+    let small = Population::prepare(small_dir.path(), args.baseline, &args).await?;
+    // The baseline's memory once it has served checks and logins (each hashing thread keeps
+    // its Argon2 memory), before the large population exists.
+    small.round(&args).await?;
+    let small_rss = rss_mib();
+    let large_dir = tempfile::tempdir()?;
+    let large = Population::prepare(large_dir.path(), args.users, &args).await?;
+    let mut rounds: [Vec<Round>; 2] = [Vec::new(), Vec::new()];
+    for round in 0..ROUNDS {
+        let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+        for i in order {
+            let p = [&small, &large][i];
+            let r = p.round(&args).await?;
+            println!(
+                "  round {} {:>9} users: gateway {:.0}/s uncached, {:.0}/s cached (p99 {:.2} ms); \
+                 login p50 {:.1} ms p99 {:.1} ms",
+                round + 1,
+                p.users,
+                r.gateway_uncached,
+                r.gateway_cached,
+                r.gateway_p99_ms,
+                r.login_p50_ms,
+                r.login_p99_ms
+            );
+            rounds[i].push(r);
         }
+    }
+    let mut all = Vec::new();
+    for (i, p) in [&small, &large].into_iter().enumerate() {
+        let f = p.figures(&rounds[i]).await?;
+        all.push(Figures {
+            rss_mib: if i == 0 { small_rss } else { rss_mib() },
+            ..f
+        });
+    }
+    if let Some(keep) = args.keep.as_ref() {
+        std::fs::rename(large_dir.keep(), keep)?;
+    }
+    for f in &all {
         println!(
             "{:>9} users: filled in {:.0} s; gateway {:.0}/s uncached, {:.0}/s cached (p99 {:.2} ms); \
              login p50 {:.1} ms p99 {:.1} ms; export {:.2} s ({} lines); first page {:.1} ms, \
@@ -146,7 +199,6 @@ async fn run(args: Args) -> Res<()> {
             f.list_off_ms,
             f.rss_mib
         );
-        all.push(f);
     }
     let (small, large) = (&all[0], &all[1]);
     let met = |ok: bool| if ok { "met" } else { "NOT met" };
@@ -202,62 +254,98 @@ async fn run(args: Args) -> Res<()> {
     Ok(())
 }
 
-/// One population: fill, serve, measure.
-async fn measure(dir: &Path, users: u64, args: &Args) -> Res<Figures> {
-    let file = setup::write_config(dir, 0)?;
-    let clock = Arc::new(SystemClock);
-    let uncached = setup::build_app(dir, &file, args.store == "postgres", clock.clone()).await?;
-    let store = uncached.store.clone();
-    let started = Instant::now();
-    fill(&uncached, users).await?;
-    let fill_secs = started.elapsed().as_secs_f64();
-    // The same store behind a second app with the session cache on.
-    let mut cached_config = (*uncached.config).clone();
-    cached_config.gateway.cache_seconds = 5;
-    let cached = App::new(cached_config, store.clone(), clock, uncached.key_ring())?;
+/// One population, filled and served: by an app with the session cache off and one with
+/// it on, over the same store.
+struct Population {
+    users: u64,
+    fill_secs: f64,
+    uncached: SocketAddr,
+    cached: SocketAddr,
+    admin_cookie: String,
+    user_cookie: String,
+}
 
-    let admin_cookie = session_cookie(&store, 1, true).await?;
-    // A user in the middle of the population, without a second factor (odd numbers).
-    let user_cookie = session_cookie(&store, (users / 2) | 1, false).await?;
-    let uncached_addr = setup::serve(uncached.clone()).await?;
-    let cached_addr = setup::serve(cached).await?;
-
-    let check = |addr: SocketAddr| {
-        format!(
-            "GET /api/authz/auth-request HTTP/1.1\r\nHost: bulwark\r\nX-Original-URL: https://{HOST}/web\r\n\
-             X-Original-Method: GET\r\nX-Forwarded-For: 203.0.113.9\r\nCookie: {user_cookie}\r\n\r\n"
-        )
-        .replace("Host: bulwark", &format!("Host: {addr}"))
-    };
-    let (gateway_uncached, _) = load(uncached_addr, &check(uncached_addr), args).await?;
-    let (gateway_cached, gateway_p99_ms) = load(cached_addr, &check(cached_addr), args).await?;
-    let (login_p50_ms, login_p99_ms) = logins(uncached_addr, users).await?;
-    // The median of three: one export is a second or two, and one measurement of that moves
-    // by a sixth between runs on a shared VM.
-    let mut exports = Vec::new();
-    let mut export_lines = 0;
-    for _ in 0..EXPORTS {
-        let (secs, lines) = export(uncached_addr, &admin_cookie).await?;
-        exports.push(secs);
-        export_lines = lines;
+impl Population {
+    async fn prepare(dir: &Path, users: u64, args: &Args) -> Res<Self> {
+        let file = setup::write_config(dir, 0)?;
+        let clock = Arc::new(SystemClock);
+        let uncached =
+            setup::build_app(dir, &file, args.store == "postgres", clock.clone()).await?;
+        let store = uncached.store.clone();
+        let started = Instant::now();
+        fill(&uncached, users).await?;
+        let fill_secs = started.elapsed().as_secs_f64();
+        println!("{users:>9} users: filled in {fill_secs:.0} s");
+        // The same store behind a second app with the session cache on.
+        let mut cached_config = (*uncached.config).clone();
+        cached_config.gateway.cache_seconds = 5;
+        let cached = App::new(cached_config, store.clone(), clock, uncached.key_ring())?;
+        Ok(Self {
+            users,
+            fill_secs,
+            admin_cookie: session_cookie(&store, 1, true).await?,
+            // A user in the middle of the population, without a second factor (odd numbers).
+            user_cookie: session_cookie(&store, (users / 2) | 1, false).await?,
+            uncached: setup::serve(uncached).await?,
+            cached: setup::serve(cached).await?,
+        })
     }
-    let export_secs = setup::median(&exports);
-    let list_all_ms = page_ms(uncached_addr, "/admin/users", &admin_cookie).await?;
-    let list_off_ms = page_ms(uncached_addr, "/admin/users?status=2fa-off", &admin_cookie).await?;
-    Ok(Figures {
-        users,
-        fill_secs,
-        gateway_uncached,
-        gateway_cached,
-        gateway_p99_ms,
-        login_p50_ms,
-        login_p99_ms,
-        export_secs,
-        export_lines,
-        list_all_ms,
-        list_off_ms,
-        rss_mib: rss_mib(),
-    })
+
+    fn check(&self, addr: SocketAddr) -> String {
+        format!(
+            "GET /api/authz/auth-request HTTP/1.1\r\nHost: {addr}\r\nX-Original-URL: https://{HOST}/web\r\n\
+             X-Original-Method: GET\r\nX-Forwarded-For: 203.0.113.9\r\nCookie: {}\r\n\r\n",
+            self.user_cookie
+        )
+    }
+
+    /// The gateway loads (cache off, then on) and the logins.
+    async fn round(&self, args: &Args) -> Res<Round> {
+        let (gateway_uncached, _) = load(self.uncached, &self.check(self.uncached), args).await?;
+        let (gateway_cached, gateway_p99_ms) =
+            load(self.cached, &self.check(self.cached), args).await?;
+        let (login_p50_ms, login_p99_ms) = logins(self.uncached, self.users).await?;
+        Ok(Round {
+            gateway_uncached,
+            gateway_cached,
+            gateway_p99_ms,
+            login_p50_ms,
+            login_p99_ms,
+        })
+    }
+
+    /// The medians of `rounds`, and the export and console page timed now.
+    async fn figures(&self, rounds: &[Round]) -> Res<Figures> {
+        let pick = |f: fn(&Round) -> f64| setup::median(&rounds.iter().map(f).collect::<Vec<_>>());
+        // The median of three: one export is a second or two, and one measurement of that
+        // moves by a sixth between runs on a shared VM.
+        let mut exports = Vec::new();
+        let mut export_lines = 0;
+        for _ in 0..EXPORTS {
+            let (secs, lines) = export(self.uncached, &self.admin_cookie).await?;
+            exports.push(secs);
+            export_lines = lines;
+        }
+        Ok(Figures {
+            users: self.users,
+            fill_secs: self.fill_secs,
+            gateway_uncached: pick(|r| r.gateway_uncached),
+            gateway_cached: pick(|r| r.gateway_cached),
+            gateway_p99_ms: pick(|r| r.gateway_p99_ms),
+            login_p50_ms: pick(|r| r.login_p50_ms),
+            login_p99_ms: pick(|r| r.login_p99_ms),
+            export_secs: setup::median(&exports),
+            export_lines,
+            list_all_ms: page_ms(self.uncached, "/admin/users", &self.admin_cookie).await?,
+            list_off_ms: page_ms(
+                self.uncached,
+                "/admin/users?status=2fa-off",
+                &self.admin_cookie,
+            )
+            .await?,
+            rss_mib: 0.0,
+        })
+    }
 }
 
 /// Fills the store with `users` generated users (see `scale/fill.rs`), then lets the store
