@@ -8,6 +8,9 @@
 #                         tests create a database of their own in it)
 #   stop_test_postgres    stops the cluster and deletes its directory; safe to call twice
 #
+# TEST_PG_OPTIONS adds server settings after the ones below (a later `-c` wins), e.g.
+# TEST_PG_OPTIONS="-c shared_buffers=1GB" for the million-user benchmark.
+#
 # Debian installs the server binaries in /usr/lib/postgresql/<version>/bin, outside PATH; the
 # newest version there is used, else `initdb` from PATH. Root runs the server as `postgres`
 # (PostgreSQL refuses to run as root); any other user runs it as themself.
@@ -73,7 +76,7 @@ start_test_postgres() {
             --log="$TEST_PG_DIR/server.log" --wait --timeout=60 \
             -o "-c listen_addresses=127.0.0.1 -c port=$port -c unix_socket_directories=$TEST_PG_DIR \
                 -c fsync=off -c synchronous_commit=off -c full_page_writes=off \
-                -c max_connections=300 -c shared_buffers=64MB" \
+                -c max_connections=300 -c shared_buffers=64MB ${TEST_PG_OPTIONS:-}" \
             start >/dev/null; then
             export TEST_POSTGRES_URL="postgres://postgres@127.0.0.1:$port/postgres"
             echo "test PostgreSQL $("$TEST_PG_BIN/postgres" --version | awk '{print $3}') on 127.0.0.1:$port ($TEST_PG_DIR)"
