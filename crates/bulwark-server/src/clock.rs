@@ -160,7 +160,23 @@ mod tests {
             assert_eq!(format_iso(t), reference(t), "{t}");
             t += 86_400 * 13 + 3_607;
         }
-        for t in [0, 1_795_392_000, 951_782_400, i64::MIN, i64::MAX, -1] {
+        // Every day of three centuries, at a different second of each.
+        for day in -25_567..84_000_i64 {
+            let t = day * 86_400 + (day * 7_919).rem_euclid(86_400);
+            assert_eq!(format_iso(t), reference(t), "{t}");
+        }
+        for t in [
+            0,
+            1_795_392_000,
+            951_782_400,
+            i64::MIN,
+            i64::MAX,
+            -1,
+            -62_167_219_200,
+            -62_167_219_201,
+            253_402_300_799,
+            253_402_300_800,
+        ] {
             assert_eq!(format_iso(t), reference(t), "{t}");
         }
         assert_eq!(format_iso(1_795_460_525), "2026-11-23T19:02:05Z");

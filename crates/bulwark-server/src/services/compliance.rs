@@ -576,54 +576,58 @@ impl CsvWriter {
 
 /// Appends the CSV line of `u` (with its CRLF); `scratch` is room for a field being built.
 fn write_csv_line(out: &mut String, scratch: &mut String, u: &SecurityRow<'_>, v: &Verdict) {
-    let mut field = |out: &mut String, write: &dyn Fn(&mut String)| {
-        scratch.clear();
-        write(scratch);
-        push_field(out, scratch);
-    };
-    let time = |t: Option<UnixTime>| {
-        move |s: &mut String| {
-            if let Some(t) = t {
-                crate::clock::write_iso(s, t);
-            }
-        }
-    };
     push_field(out, u.login);
     out.push(',');
     push_field(out, u.email.unwrap_or_default());
     out.push(',');
     push_field(out, u.display_name);
     out.push(',');
-    field(out, &|s| {
-        for (i, g) in u.groups().enumerate() {
-            if i > 0 {
-                s.push(' ');
-            }
-            s.push_str(g);
+    scratch.clear();
+    for (i, g) in u.groups().enumerate() {
+        if i > 0 {
+            scratch.push(' ');
         }
-    });
+        scratch.push_str(g);
+    }
+    push_field(out, scratch);
     out.push(',');
     out.push_str(yes_no(v.two_factor));
     out.push(',');
     out.push_str(v.standing_name());
     out.push(',');
-    field(out, &time(v.grace_deadline()));
+    push_time(out, v.grace_deadline());
     out.push(',');
-    field(out, &|s| {
+    {
         use std::fmt::Write;
-        let _ = write!(s, "{}", v.recovery_codes_left);
-    });
+        // Digits: nothing to quote or defuse.
+        let _ = write!(out, "{}", v.recovery_codes_left);
+    }
     out.push(',');
-    field(out, &time(u.last_login_at));
+    push_time(out, u.last_login_at);
     out.push(',');
-    field(out, &time(u.password_changed_at));
+    push_time(out, u.password_changed_at);
     out.push(',');
-    field(out, &time(v.password_expires_at));
+    push_time(out, v.password_expires_at);
     out.push(',');
     out.push_str(yes_no(v.password_expired));
     out.push(',');
     out.push_str(yes_no(v.stale));
     out.push_str("\r\n");
+}
+
+/// Appends a time as a CSV field (empty for none). ISO text of the years 0–9999 starts with
+/// a digit and holds nothing CSV quotes, so it is written as it is; any other (a year before
+/// 0 starts with `-`) goes through [`push_field`].
+fn push_time(out: &mut String, t: Option<UnixTime>) {
+    let Some(t) = t else {
+        return;
+    };
+    let start = out.len();
+    crate::clock::write_iso(out, t);
+    if !out.as_bytes().get(start).is_some_and(u8::is_ascii_digit) {
+        let text = out.split_off(start);
+        push_field(out, &text);
+    }
 }
 
 fn yes_no(b: bool) -> &'static str {
@@ -967,6 +971,20 @@ mod tests {
         assert_eq!(csv_field("=HYPERLINK(\"x\")"), "\"'=HYPERLINK(\"\"x\"\")\"");
         assert_eq!(csv_field("+1"), "'+1");
         assert_eq!(csv_field("a\nb"), "\"a\nb\"");
+    }
+
+    #[test]
+    fn csv_times_are_written_as_they_are_and_odd_ones_defused() {
+        let mut out = String::from("x,");
+        push_time(&mut out, Some(1_795_460_525));
+        assert_eq!(out, "x,2026-11-23T19:02:05Z");
+        out.truncate(2);
+        push_time(&mut out, None);
+        assert_eq!(out, "x,");
+        // A year before 0 starts with `-`, which a spreadsheet would read as a formula.
+        push_time(&mut out, Some(-62_167_219_201));
+        assert!(out.starts_with("x,'-"), "{out}");
+        assert!(out.ends_with("-12-31T23:59:59Z"), "{out}");
     }
 
     #[test]
