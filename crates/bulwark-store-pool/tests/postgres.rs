@@ -178,22 +178,7 @@ fn lost(e: &sqlx::Error) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn once_a_connection_is_found_broken_the_idle_ones_are_checked_before_use() {
     let name = format!("bulwark-pool-break-{}", std::process::id());
-    let options = PgStore::parse_url(&server_url())
-        .unwrap()
-        .application_name(&name);
-    let pool = Connections::<Postgres>::open(
-        options,
-        Settings {
-            max_connections: 4,
-            acquire_timeout: Duration::from_secs(5),
-            // Never idle long enough to be pinged for that.
-            ping_after_idle: Some(Duration::from_secs(3600)),
-            idle_timeout: None,
-            broken: lost,
-        },
-    )
-    .await
-    .unwrap();
+    let pool = named_pool(&name, 4).await;
     // Four connections, all used, then idle in the pool.
     let mut held = Vec::new();
     for _ in 0..4 {
@@ -215,33 +200,7 @@ async fn once_a_connection_is_found_broken_the_idle_ones_are_checked_before_use(
     }
 
     // The server ends every one of them (a restart, a failover).
-    let mut admin = PgStore::parse_url(&server_url())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let ended: i64 = sqlx::query_scalar(
-        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = $1",
-    )
-    .bind(&name)
-    .fetch_one(&mut admin)
-    .await
-    .unwrap();
-    assert_eq!(ended, 4);
-    loop {
-        let left: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE application_name = $1")
-                .bind(&name)
-                .fetch_one(&mut admin)
-                .await
-                .unwrap();
-        if left == 0 {
-            break;
-        }
-        assert!(started.elapsed() < Duration::from_secs(10), "{left} left");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    admin.close().await.unwrap();
+    end_every_backend(&name, 4).await;
 
     // The first statement finds out; the three other connections are checked before they
     // are lent, not each found broken by a statement of its own.
@@ -252,6 +211,60 @@ async fn once_a_connection_is_found_broken_the_idle_ones_are_checked_before_use(
         }
     }
     assert_eq!(failed, 1, "statements that met a broken connection");
+}
+
+/// Ends the `expected` server processes of the connections named `name` (as a restart or a
+/// failover would), and waits until they are gone.
+async fn end_every_backend(name: &str, expected: i64) {
+    let mut admin = PgStore::parse_url(&server_url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let ended: i64 = sqlx::query_scalar(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = $1",
+    )
+    .bind(name)
+    .fetch_one(&mut admin)
+    .await
+    .unwrap();
+    assert_eq!(ended, expected);
+    let started = Instant::now();
+    loop {
+        let left: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE application_name = $1")
+                .bind(name)
+                .fetch_one(&mut admin)
+                .await
+                .unwrap();
+        if left == 0 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "{left} left");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    admin.close().await.unwrap();
+}
+
+/// A pool of at most `max_connections`, named `name` on the server, whose errors say whether
+/// a connection is gone ([`lost`]), never pinged for being idle.
+async fn named_pool(name: &str, max_connections: u32) -> Connections<Postgres> {
+    let options = PgStore::parse_url(&server_url())
+        .unwrap()
+        .application_name(name);
+    Connections::<Postgres>::open(
+        options,
+        Settings {
+            max_connections,
+            acquire_timeout: Duration::from_secs(5),
+            // Never idle long enough to be pinged for that.
+            ping_after_idle: Some(Duration::from_secs(3600)),
+            idle_timeout: None,
+            broken: lost,
+        },
+    )
+    .await
+    .unwrap()
 }
 
 /// The server process behind the connection `pid`, if it still runs.
@@ -358,5 +371,54 @@ async fn a_copy_stopped_half_way_closes_its_connection_and_a_whole_one_gives_it_
             .unwrap();
         assert_eq!(n, i);
         assert_ne!(on, pid);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_ended_by_a_lost_connection_makes_the_idle_ones_suspect() {
+    use futures_util::TryStreamExt;
+    let name = format!("bulwark-pool-copy-break-{}", std::process::id());
+    let pool = named_pool(&name, 3).await;
+    // Three connections used; two go back idle, the third streams a COPY.
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut conn = pool.acquire().await.unwrap();
+        sqlx::query("SELECT 1")
+            .execute(conn.connection().unwrap())
+            .await
+            .unwrap();
+        held.push(conn);
+    }
+    let mut copying = held.pop().unwrap();
+    drop(held);
+    let pg = copying.connection_for_whole().unwrap();
+    let mut rows = pg
+        .copy_out_raw("COPY (SELECT generate_series(1, 1000000000)) TO STDOUT")
+        .await
+        .unwrap();
+    rows.try_next().await.unwrap().unwrap();
+
+    // The server ends all three (a restart, a failover): the COPY is the first to find out.
+    end_every_backend(&name, 3).await;
+    let error = loop {
+        match rows.try_next().await {
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("the COPY ran to its end although its backend was terminated"),
+            Err(e) => break e,
+        }
+    };
+    assert!(lost(&error), "{error:?}");
+    drop(rows);
+    copying.finished_whole(Some(&error));
+    drop(copying);
+
+    // The two idle connections are checked before they are lent: no statement meets them.
+    for i in 0..3i64 {
+        let n: i64 = sqlx::query_scalar("SELECT $1::int8")
+            .bind(i)
+            .fetch_one(&pool)
+            .await
+            .unwrap_or_else(|e| panic!("statement {i} met a broken connection: {e}"));
+        assert_eq!(n, i);
     }
 }
