@@ -2,7 +2,7 @@
 //! file never needs, work queued on a connection that goes back idle.
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
 
-use bulwark_store_pool::{Connections, Settings};
+use bulwark_store_pool::{Conn, Connections, Settings};
 use bulwark_store_postgres::testing::server_url;
 use bulwark_store_postgres::PgStore;
 use sqlx::postgres::Postgres;
@@ -180,16 +180,7 @@ async fn once_a_connection_is_found_broken_the_idle_ones_are_checked_before_use(
     let name = format!("bulwark-pool-break-{}", std::process::id());
     let pool = named_pool(&name, 4).await;
     // Four connections, all used, then idle in the pool.
-    let mut held = Vec::new();
-    for _ in 0..4 {
-        let mut conn = pool.acquire().await.unwrap();
-        sqlx::query("SELECT 1")
-            .execute(conn.connection().unwrap())
-            .await
-            .unwrap();
-        held.push(conn);
-    }
-    drop(held);
+    drop(used_connections(&pool, 4).await);
     let started = Instant::now();
     while pool.idle_count() < 4 {
         assert!(
@@ -267,6 +258,32 @@ async fn named_pool(name: &str, max_connections: u32) -> Connections<Postgres> {
     .unwrap()
 }
 
+/// `n` connections borrowed at once, each of which has run a statement.
+async fn used_connections(pool: &Connections<Postgres>, n: usize) -> Vec<Conn<Postgres>> {
+    let mut held = Vec::new();
+    for _ in 0..n {
+        let mut conn = pool.acquire().await.unwrap();
+        sqlx::query("SELECT 1")
+            .execute(conn.connection().unwrap())
+            .await
+            .unwrap();
+        held.push(conn);
+    }
+    held
+}
+
+/// Three statements through the pool, each answered with its own value.
+async fn answers_three_statements(pool: &Connections<Postgres>) {
+    for i in 0..3i64 {
+        let n: i64 = sqlx::query_scalar("SELECT $1::int8")
+            .bind(i)
+            .fetch_one(pool)
+            .await
+            .expect("a statement through the pool failed");
+        assert_eq!(n, i);
+    }
+}
+
 /// The server process behind the connection `pid`, if it still runs.
 async fn backend_runs(pool: &Connections<Postgres>, pid: i32) -> bool {
     sqlx::query_scalar("SELECT count(*) > 0 FROM pg_stat_activity WHERE pid = $1")
@@ -321,14 +338,7 @@ async fn a_copy_stopped_half_way_closes_its_connection_and_a_whole_one_gives_it_
         assert_eq!(rows.try_next().await.unwrap().unwrap().as_ref(), b"1\n");
         drop(rows);
         drop(conn);
-        for i in 0..3i64 {
-            let n: i64 = sqlx::query_scalar("SELECT $1::int8")
-                .bind(i)
-                .fetch_one(&pool)
-                .await
-                .unwrap();
-            assert_eq!(n, i);
-        }
+        answers_three_statements(&pool).await;
         // And the server stops sending: the stopped COPY's backend ends.
         let started = Instant::now();
         while backend_runs(&pool, pid).await {
@@ -380,15 +390,7 @@ async fn a_copy_ended_by_a_lost_connection_makes_the_idle_ones_suspect() {
     let name = format!("bulwark-pool-copy-break-{}", std::process::id());
     let pool = named_pool(&name, 3).await;
     // Three connections used; two go back idle, the third streams a COPY.
-    let mut held = Vec::new();
-    for _ in 0..3 {
-        let mut conn = pool.acquire().await.unwrap();
-        sqlx::query("SELECT 1")
-            .execute(conn.connection().unwrap())
-            .await
-            .unwrap();
-        held.push(conn);
-    }
+    let mut held = used_connections(&pool, 3).await;
     let mut copying = held.pop().unwrap();
     drop(held);
     let pg = copying.connection_for_whole().unwrap();
@@ -413,12 +415,5 @@ async fn a_copy_ended_by_a_lost_connection_makes_the_idle_ones_suspect() {
     drop(copying);
 
     // The two idle connections are checked before they are lent: no statement meets them.
-    for i in 0..3i64 {
-        let n: i64 = sqlx::query_scalar("SELECT $1::int8")
-            .bind(i)
-            .fetch_one(&pool)
-            .await
-            .unwrap_or_else(|e| panic!("statement {i} met a broken connection: {e}"));
-        assert_eq!(n, i);
-    }
+    answers_three_statements(&pool).await;
 }
