@@ -108,7 +108,10 @@ pub fn parse_response(buf: &[u8]) -> std::io::Result<Option<(Response, usize)>> 
         let len = len
             .parse::<usize>()
             .map_err(|_| bad("bad content-length"))?;
-        let Some(body) = buf.get(at..at + len) else {
+        let end = at
+            .checked_add(len)
+            .ok_or_else(|| bad("bad content-length"))?;
+        let Some(body) = buf.get(at..end) else {
             return Ok(None);
         };
         res.body = body.to_vec();
@@ -133,7 +136,8 @@ pub fn parse_response(buf: &[u8]) -> std::io::Result<Option<(Response, usize)>> 
                 }
                 break;
             }
-            let Some(chunk) = buf.get(at..at + size) else {
+            let end = at.checked_add(size).ok_or_else(|| bad("bad chunk size"))?;
+            let Some(chunk) = buf.get(at..end) else {
                 return Ok(None);
             };
             res.body.extend_from_slice(chunk);
