@@ -287,9 +287,7 @@ impl<DB: Database> Conn<DB> {
     pub fn finished_whole(&mut self, error: Option<&sqlx::Error>) {
         match error {
             None => self.whole = false,
-            Some(e) => {
-                self.home.breaks_on(e);
-            }
+            Some(e) => self.observe(Some(e)),
         }
     }
 
