@@ -423,9 +423,7 @@ fn run(args: Args) -> Res<()> {
         println!(
             "  {:<24} {rate:>9.0} req/s  p50 {p50:.2} ms  p99 {p99:.2} ms{}",
             t.name,
-            cpu.map_or(String::new(), |us| format!(
-                "  servers' CPU {us:.1} µs/request"
-            ))
+            cpu_text(cpu)
         );
         if let Some(us) = cpu {
             summary.put(&format!("gateway.{}.cpu_us", t.key), format!("{us:.1}"))?;
@@ -545,15 +543,20 @@ fn process_cpu() -> Option<Duration> {
     Some(Duration::from_millis((user + system) * 10))
 }
 
+/// The servers' CPU per request as a report line shows it, if it was measured.
+fn cpu_text(cpu_us: Option<f64>) -> String {
+    cpu_us.map_or(String::new(), |us| {
+        format!("  servers' CPU {us:.1} µs/request")
+    })
+}
+
 fn report(label: &str, s: &Stats) -> Res<()> {
     println!(
         "  {label:<32} {:>9.0} req/s  p50 {:.2} ms  p99 {:.2} ms{}{}",
         s.rate,
         s.p50_ms,
         s.p99_ms,
-        s.cpu_us.map_or(String::new(), |us| format!(
-            "  servers' CPU {us:.1} µs/request"
-        )),
+        cpu_text(s.cpu_us),
         match &s.first_error {
             Some(e) => format!("  ({} errors: {e})", s.errors),
             None => String::new(),
