@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! cargo run --release -p bulwark-server --example bench_gateway -- [--seconds N]
-//!     [--connections C] [--warmup S] [--rounds R] [--load wrk|client]
+//!     [--connections C] [--warmup S] [--rounds R] [--slice-seconds S] [--load wrk|client]
 //!     [--lemonldap-socket PATH --lemonldap-cookie-file FILE] [--summary FILE]
 //! ```
 //!
@@ -33,6 +33,13 @@
 //! Debian; then the same rate at an even pace from this process, see `even_rate`), and its
 //! rate while `2 × passwords.max_concurrent_hashes` browsers log in (a
 //! different user, right password) as fast as they can.
+//!
+//! Rounds. In each of the R rounds every target is loaded for N seconds, in slices of S
+//! seconds (1 by default) with the targets taking turns: all of them for one slice, then all
+//! of them again in reverse order, and so on (each one's first slice after its warm-up). A
+//! target's round figure puts its slices together. The VM this runs on changes speed from one
+//! few seconds to the next; measured in one go, a target could fall entirely in a slow
+//! stretch its baseline missed, while in slices each has its share of every stretch.
 //!
 //! Every target must answer 200 before and after it is loaded, and any 4xx, 5xx or socket
 //! error during a phase makes the run invalid. Figures are medians of the rounds.
@@ -91,6 +98,11 @@ struct Args {
     /// Times each target is measured.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
+    /// A round's measured seconds of each target are taken in slices this long, the targets
+    /// taking turns slice by slice, so that the VM's drift over the round falls on every
+    /// target alike. `--slice-seconds` equal to `--seconds` measures each target in one go.
+    #[arg(long, default_value_t = 1)]
+    slice_seconds: u64,
     /// The store: sqlite (a temporary file) or postgres (a fresh database on the server named
     /// by TEST_POSTGRES_URL, e.g. under scripts/with-postgres).
     #[arg(long, default_value = "sqlite", value_parser = ["sqlite", "postgres"])]
@@ -130,6 +142,9 @@ fn main() -> ExitCode {
 #[derive(Debug, Default, Clone)]
 struct Stats {
     rate: f64,
+    /// Answers counted and the seconds they were counted over.
+    requests: u64,
+    seconds: f64,
     p50_ms: f64,
     p99_ms: f64,
     /// CPU time of this process (the servers: Bulwark and hello) per answered request, in
@@ -137,6 +152,35 @@ struct Stats {
     cpu_us: Option<f64>,
     errors: u64,
     first_error: Option<String>,
+}
+
+impl Stats {
+    /// One target's slices of a round as one measurement: the rate over their time put
+    /// together, the CPU per request over their requests, and the median of their latency
+    /// percentiles (each slice's percentiles come from its own load generator).
+    fn joined(slices: Vec<Stats>) -> Stats {
+        let requests: u64 = slices.iter().map(|s| s.requests).sum();
+        let seconds: f64 = slices.iter().map(|s| s.seconds).sum();
+        let cpu: Option<f64> = slices
+            .iter()
+            .map(|s| s.cpu_us.map(|us| us * s.requests as f64))
+            .sum();
+        let of = |f: fn(&Stats) -> f64| median(&slices.iter().map(f).collect::<Vec<_>>());
+        Stats {
+            rate: if seconds > 0.0 {
+                requests as f64 / seconds
+            } else {
+                0.0
+            },
+            requests,
+            seconds,
+            p50_ms: of(|s| s.p50_ms),
+            p99_ms: of(|s| s.p99_ms),
+            cpu_us: cpu.filter(|_| requests > 0).map(|c| c / requests as f64),
+            errors: slices.iter().map(|s| s.errors).sum(),
+            first_error: slices.into_iter().find_map(|s| s.first_error),
+        }
+    }
 }
 
 struct Target {
@@ -171,8 +215,8 @@ enum Load {
 }
 
 impl Load {
-    /// Loads `t` for warm-up + `seconds`; with `pace`, each connection waits that long after
-    /// every answer.
+    /// Loads `t` for `--warmup` + `--seconds`; with `pace`, each connection waits that long
+    /// after every answer.
     fn measure(
         &self,
         rt: &tokio::runtime::Runtime,
@@ -181,17 +225,36 @@ impl Load {
         args: &Args,
         pace: Option<(&Path, Duration)>,
     ) -> Res<Stats> {
+        self.phase(rt, t, connections, args.warmup, args.seconds, pace)
+    }
+
+    /// Loads `t` for `warmup` (unmeasured, may be 0) + `seconds`.
+    fn phase(
+        &self,
+        rt: &tokio::runtime::Runtime,
+        t: &Target,
+        connections: usize,
+        warmup: u64,
+        seconds: u64,
+        pace: Option<(&Path, Duration)>,
+    ) -> Res<Stats> {
         match self {
             Load::Wrk(w) => {
                 let script = pace.map(|(s, _)| s);
-                if args.warmup > 0 {
-                    w.run(&t.url(), &t.headers, connections, args.warmup, script)?;
+                if warmup > 0 {
+                    w.run(&t.url(), &t.headers, connections, warmup, script)?;
                 }
                 let cpu = process_cpu();
-                let r = w.run(&t.url(), &t.headers, connections, args.seconds, script)?;
+                let r = w.run(&t.url(), &t.headers, connections, seconds, script)?;
                 let cpu = cpu.zip(process_cpu()).map(|(before, after)| after - before);
                 Ok(Stats {
                     rate: r.rate,
+                    requests: r.requests,
+                    seconds: if r.rate > 0.0 {
+                        r.requests as f64 / r.rate
+                    } else {
+                        seconds as f64
+                    },
                     p50_ms: r.p50_ms,
                     p99_ms: r.p99_ms,
                     cpu_us: cpu
@@ -204,8 +267,8 @@ impl Load {
             Load::Client => rt.block_on(load_client(
                 t,
                 connections,
-                args.warmup,
-                args.seconds,
+                warmup,
+                seconds,
                 pace.map(|(_, d)| d),
             )),
         }
@@ -264,7 +327,7 @@ fn run(args: Args) -> Res<()> {
         args.cache_seconds
     );
     println!(
-        "  load:     {}, {} keep-alive connections; {} round(s) of {} s warm-up + {} s measured per target",
+        "  load:     {}, {} keep-alive connections; {} round(s) of {} s warm-up + {} s measured per target, in slices of {} s, the targets taking turns",
         match &load {
             Load::Wrk(w) => format!("wrk ({} thread(s), separate process)", w.threads()),
             Load::Client => "in-process client".into(),
@@ -272,7 +335,8 @@ fn run(args: Args) -> Res<()> {
         args.connections,
         args.rounds,
         args.warmup,
-        args.seconds
+        args.seconds,
+        args.slice_seconds.clamp(1, args.seconds.max(1))
     );
     println!();
 
@@ -390,17 +454,27 @@ fn run(args: Args) -> Res<()> {
     }
 
     let mut results: Vec<Vec<Stats>> = vec![Vec::new(); targets.len()];
+    let slices = slice_lengths(args.seconds, args.slice_seconds);
     for round in 1..=args.rounds {
-        // Every other round runs the targets in reverse, so that no target always follows
-        // the same one (a target measured right after another can inherit its state: a warm
-        // or cold nginx, connections still closing, the scheduler's history).
-        let mut order: Vec<usize> = (0..targets.len()).collect();
-        if round % 2 == 0 {
-            order.reverse();
+        let mut taken: Vec<Vec<Stats>> = vec![Vec::new(); targets.len()];
+        for (pass, &seconds) in slices.iter().enumerate() {
+            // Every other pass runs the targets in reverse, so that no target always follows
+            // the same one (a target measured right after another can inherit its state: a
+            // warm or cold nginx, connections still closing, the scheduler's history).
+            let mut order: Vec<usize> = (0..targets.len()).collect();
+            if (round - 1 + pass) % 2 == 1 {
+                order.reverse();
+            }
+            // Each target's first slice of a round comes after its warm-up.
+            let warmup = if pass == 0 { args.warmup } else { 0 };
+            for i in order {
+                let t = &targets[i];
+                let s = load.phase(&client_rt, t, args.connections, warmup, seconds, None)?;
+                taken[i].push(s);
+            }
         }
-        for i in order {
-            let t = &targets[i];
-            let s = load.measure(&client_rt, t, args.connections, &args, None)?;
+        for (i, t) in targets.iter().enumerate() {
+            let s = Stats::joined(std::mem::take(&mut taken[i]));
             report(&format!("round {round} {}", t.name), &s)?;
             results[i].push(s);
         }
@@ -519,6 +593,7 @@ fn run(args: Args) -> Res<()> {
     }
     summary.put("gateway.connections", args.connections)?;
     summary.put("gateway.seconds", args.seconds)?;
+    summary.put("gateway.slice_seconds", slices[0])?;
     summary.put(
         "gateway.load",
         match &load {
@@ -908,7 +983,9 @@ fn figures(tallies: Vec<Tally>, seconds: u64) -> (Stats, Schedule) {
             stats.first_error = tally.first_error;
         }
     }
-    stats.rate = latencies.len() as f64 / seconds.max(1) as f64;
+    stats.requests = latencies.len() as u64;
+    stats.seconds = seconds.max(1) as f64;
+    stats.rate = stats.requests as f64 / stats.seconds;
     stats.p50_ms = percentile_ms(&latencies, 50);
     stats.p99_ms = percentile_ms(&latencies, 99);
     let schedule = Schedule {
@@ -1007,6 +1084,14 @@ async fn expect_ok(t: &Target) -> Res<()> {
         .into());
     }
     Ok(())
+}
+
+/// `seconds` cut into slices of `slice` seconds (the last one shorter if they do not divide).
+fn slice_lengths(seconds: u64, slice: u64) -> Vec<u64> {
+    let (seconds, slice) = (seconds.max(1), slice.max(1));
+    (0..seconds.div_ceil(slice))
+        .map(|k| slice.min(seconds - k * slice))
+        .collect()
 }
 
 /// Loads one target from this process: `connections` keep-alive connections for warm-up +
