@@ -136,6 +136,28 @@ pub fn exit_code(result: Res<()>) -> std::process::ExitCode {
     }
 }
 
+/// The machine's CPU time so far, from the first line of `/proc/stat`: the ticks its
+/// hypervisor gave to other guests (steal), and all ticks.
+pub fn machine_ticks() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let ticks: Vec<u64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .map(|f| f.parse().ok())
+        .collect::<Option<_>>()?;
+    Some((*ticks.get(7)?, ticks.iter().sum()))
+}
+
+/// The share of the machine's time stolen by its hypervisor between two [`machine_ticks`].
+pub fn steal_between(before: Option<(u64, u64)>, after: Option<(u64, u64)>) -> Option<f64> {
+    let ((s0, t0), (s1, t1)) = (before?, after?);
+    let total = t1.checked_sub(t0).filter(|t| *t > 0)?;
+    Some(s1.saturating_sub(s0) as f64 / total as f64)
+}
+
 /// The median of some figures (the upper one of an even count); 0 for none.
 pub fn median(values: &[f64]) -> f64 {
     let mut v = values.to_vec();
